@@ -1,0 +1,34 @@
+# sa-ejhead: `make demo` and `make test` set up .venv on first use and reuse it afterwards.
+PYTHON ?= python3.11
+D2 ?= pypi
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.sa_ejhead-ready
+ITERS ?=
+PYTEST_ARGS ?=
+
+.PHONY: setup demo test format lint clean-venv
+
+# The stamp is written only at the end of a successful set-up; a .venv without it is removed and
+# rebuilt. A change of setup.py or of the bootstrap script re-runs the set-up.
+$(STAMP): setup.py tools/bootstrap.py tools/constraints.txt
+	@command -v $(PYTHON) >/dev/null 2>&1 || { \
+	  echo "[setup] ERROR: $(PYTHON) not found. Install Python 3.11 or run 'make PYTHON=/path/to/python3.11 ...'."; exit 1; }
+	$(PYTHON) tools/bootstrap.py --venv $(VENV) --detectron2 $(D2)
+
+setup: $(STAMP)
+
+demo: $(STAMP)
+	$(PY) tools/run_demo.py $(if $(ITERS),--iters $(ITERS),)
+
+test: $(STAMP)
+	$(PY) -m pytest tests $(PYTEST_ARGS)
+
+format: $(STAMP)
+	$(PY) -m black -l 100 sa_ejhead tools tests configs projects setup.py
+
+lint: $(STAMP)
+	$(PY) -m black -l 100 --check sa_ejhead tools tests configs projects setup.py
+
+clean-venv:
+	rm -rf $(VENV)

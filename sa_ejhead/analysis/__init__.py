@@ -1,0 +1,1 @@
+"""Cost analysis helpers (parameters, FLOPs, latency)."""

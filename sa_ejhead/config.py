@@ -1,0 +1,43 @@
+"""yacs config keys of sa-ejhead.
+
+Detectron2's ``DefaultTrainer`` and ``tools/train_net.py`` use yacs configs; call
+:func:`add_sa_ejhead_config` on ``get_cfg()`` before merging one of our YAML files. LazyConfig users
+don't need this: our modules take explicit keyword arguments.
+"""
+from detectron2.config import CfgNode as CN
+
+__all__ = ["add_sa_ejhead_config"]
+
+
+def add_sa_ejhead_config(cfg):
+    """Add the SA-FPN and EJ-Head keys (with the paper's defaults) to a Detectron2 config.
+
+    Args:
+        cfg (CfgNode): a config from ``detectron2.config.get_cfg()``; changed in place.
+
+    Returns:
+        CfgNode: the same ``cfg``.
+    """
+    # SA-FPN (DESIGN.md section 2). IN_FEATURES / OUT_CHANNELS / NORM / FUSE_TYPE are read from
+    # MODEL.FPN, exactly as Detectron2's build_resnet_fpn_backbone does.
+    cfg.MODEL.SAFPN = CN()
+    # "td" | "bu" | "buf" | "td+buf" | "sa" | "pa"
+    cfg.MODEL.SAFPN.MODE = "sa"
+    # "conv" (3x3 stride 2) | "maxpool"
+    cfg.MODEL.SAFPN.DOWNSAMPLE = "conv"
+    cfg.MODEL.SAFPN.SQUARE_PAD = 0
+
+    # EJ-Head (DESIGN.md section 3). The "Enriched Feature" switch is the box pooler resolution:
+    # MODEL.ROI_BOX_HEAD.POOLER_RESOLUTION = 14.
+    cfg.MODEL.EJ_HEAD = CN()
+    cfg.MODEL.EJ_HEAD.INTERLEAVE = True
+    cfg.MODEL.EJ_HEAD.INTERLEAVE_APPEND_GT = True
+    cfg.MODEL.EJ_HEAD.INTERLEAVE_IOU_THRESHOLD = 0.5
+    cfg.MODEL.EJ_HEAD.INTERLEAVE_MAX_POSITIVES = 128
+    # "none" | "conv1" | "conv2" | "conv3" | "residual"
+    cfg.MODEL.EJ_HEAD.REFINEMENT = "residual"
+    # "shared" (box and mask RoIs) | "box"
+    cfg.MODEL.EJ_HEAD.REFINEMENT_SCOPE = "shared"
+    # "flatten" (faithful) | "avgpool" | "stride2conv"
+    cfg.MODEL.EJ_HEAD.BOX_FC_INPUT = "flatten"
+    return cfg

@@ -1,0 +1,1 @@
+"""Models of sa-ejhead; importing this module registers them with Detectron2."""

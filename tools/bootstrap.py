@@ -19,6 +19,7 @@ The Makefile treats ``.venv`` as good only if the stamp exists, and this script 
 ``.venv`` without a stamp before it starts, so a failed or interrupted set-up is never mistaken
 for a good one. Every failure exits with a message that names the step and what to do.
 """
+
 import argparse
 import base64
 import csv
@@ -136,8 +137,19 @@ def fetch_detectron2_wheel(py, cache):
     if not wheel.exists():
         with tempfile.TemporaryDirectory(dir=cache) as tmp:
             run(
-                [py, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
-                 "--python-version", "3.10", "--dest", tmp, D2_DIST],
+                [
+                    py,
+                    "-m",
+                    "pip",
+                    "download",
+                    "--no-deps",
+                    "--only-binary=:all:",
+                    "--python-version",
+                    "3.10",
+                    "--dest",
+                    tmp,
+                    D2_DIST,
+                ],
                 "downloading Detectron2 (sal-detectron2==0.7.2) from PyPI",
                 "Check that https://pypi.org can be reached (or your pip index / proxy settings), "
                 "then run `make setup` again; or use the source build: `make setup D2=git`.",
@@ -173,14 +185,17 @@ def main(argv=None):
     parser.add_argument("--detectron2", choices=["pypi", "git"], default="pypi")
     parser.add_argument("--cache", default=str(ROOT / ".cache" / "wheels"))
     args = parser.parse_args(argv)
-    venv = Path(args.venv)
+    venv = Path(args.venv).resolve()
     try:
         check_python()
         if venv.exists():
             log(f"removing incomplete environment {venv} (no {STAMP_NAME})")
             shutil.rmtree(venv)
-        run([sys.executable, "-m", "venv", venv], "creating the virtual environment",
-            "Install the venv module (Debian: `apt install python3.11-venv`).")
+        run(
+            [sys.executable, "-m", "venv", venv],
+            "creating the virtual environment",
+            "Install the venv module (Debian: `apt install python3.11-venv`).",
+        )
         py = venv / "bin" / "python"
         pip = [py, "-m", "pip", "install", "--disable-pip-version-check", "-c", CONSTRAINTS]
         net_hint = "Check that the package index can be reached, then run `make setup` again."
@@ -192,11 +207,17 @@ def main(argv=None):
                 pure = repack_pure_python(wheel, tmp)
                 run(pip + [pure], "installing the repacked Detectron2 wheel", net_hint)
         else:
-            run(pip + ["--no-build-isolation", D2_GIT], "building Detectron2 from source",
-                "The source build needs https://github.com to be reachable and a C++ compiler.")
+            run(
+                pip + ["--no-build-isolation", D2_GIT],
+                "building Detectron2 from source",
+                "The source build needs https://github.com to be reachable and a C++ compiler.",
+            )
         run(pip + ["-e", f"{ROOT}[dev]"], "installing sa_ejhead (editable)", net_hint)
-        run([py, "-c", IMPORT_CHECK], "checking the installed packages",
-            "An import failed: see the traceback above.")
+        run(
+            [py, "-c", IMPORT_CHECK],
+            "checking the installed packages",
+            "An import failed: see the traceback above.",
+        )
         (venv / STAMP_NAME).write_text(" ".join(TORCH_PAIR + [args.detectron2]) + "\n")
         log(f"ready: {venv}")
     except SetupError as e:

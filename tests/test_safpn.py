@@ -1,0 +1,568 @@
+"""SA-FPN (DESIGN.md section 2): modes, odd sizes, Detectron2 FPN equivalence and checkpoints,
+gradients, efficiency levers, and both config systems. Tiny and CPU-only."""
+
+import itertools
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import sa_ejhead  # noqa: F401  (registers build_resnet_safpn_backbone)
+from detectron2.checkpoint import DetectionCheckpointer
+from detectron2.config import LazyConfig, get_cfg, instantiate
+from detectron2.layers import ShapeSpec
+from detectron2.model_zoo import get_config
+from detectron2.modeling import BACKBONE_REGISTRY, build_backbone, build_model
+from detectron2.modeling.backbone import FPN, Backbone
+from detectron2.modeling.backbone.fpn import LastLevelMaxPool
+from detectron2.modeling.backbone.resnet import BasicBlock, BasicStem, ResNet
+from detectron2.structures import BitMasks, Boxes, Instances
+from detectron2.utils.events import EventStorage
+from sa_ejhead.config import add_sa_ejhead_config
+from sa_ejhead.modeling import SAFPN, build_resnet_safpn_backbone
+from sa_ejhead.modeling.safpn import SAFPN_MODES, _match_size, _resize_nearest
+
+IN_FEATURES = ["res2", "res3", "res4", "res5"]
+MODES = list(SAFPN_MODES)
+LAZY_MODEL = "configs/common/models/mask_rcnn_safpn.py"
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny tensors: one intra-op thread is faster than two on a shared 2-core machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def _tiny_resnet(width=8, seed=0):
+    """A ResNet-18-like bottom-up, one BasicBlock per stage, ``width`` channels at res2."""
+    torch.manual_seed(seed)
+    stages, c_in = [], width
+    for i, c_out in enumerate([width, 2 * width, 4 * width, 8 * width]):
+        stride = 1 if i == 0 else 2
+        stages.append(
+            ResNet.make_stage(
+                BasicBlock, 1, stride_per_block=[stride], in_channels=c_in, out_channels=c_out
+            )
+        )
+        c_in = c_out
+    return ResNet(BasicStem(3, width), stages, out_features=IN_FEATURES)
+
+
+def _neck(mode="sa", out_channels=16, seed=0, **kwargs):
+    kwargs.setdefault("top_block", LastLevelMaxPool())
+    neck = SAFPN(_tiny_resnet(seed=seed), IN_FEATURES, out_channels, mode=mode, **kwargs)
+    return neck.eval()
+
+
+class _FloorPyramid(Backbone):
+    """A non-ResNet bottom-up whose stride-2 layers round *down* (kernel 2, no padding)."""
+
+    def __init__(self, width=8):
+        super().__init__()
+        self.stem = nn.Conv2d(3, width, kernel_size=4, stride=4)
+        self.downs = nn.ModuleList(nn.Conv2d(width, width, 2, stride=2) for _ in range(3))
+        self._out_features = list(IN_FEATURES)
+        self._out_feature_strides = {f: 4 * 2**i for i, f in enumerate(IN_FEATURES)}
+        self._out_feature_channels = {f: width for f in IN_FEATURES}
+
+    def forward(self, x):
+        feats = [self.stem(x)]
+        for down in self.downs:
+            feats.append(down(feats[-1]))
+        return dict(zip(IN_FEATURES, feats))
+
+
+def _ceil_div(a, b):
+    return -(-a // b)
+
+
+# --- 1. modes, outputs, odd sizes -----------------------------------------------------------
+
+
+@pytest.mark.parametrize("mode,downsample", itertools.product(MODES, ["conv", "maxpool"]))
+def test_outputs_p2_to_p6_at_odd_size(mode, downsample):
+    neck = _neck(mode, downsample=downsample)
+    shapes = neck.output_shape()
+    assert list(shapes) == ["p2", "p3", "p4", "p5", "p6"]
+    assert [s.stride for s in shapes.values()] == [4, 8, 16, 32, 64]
+    assert {s.channels for s in shapes.values()} == {16}
+    assert neck.size_divisibility == 32
+    assert neck.padding_constraints == {"square_size": 0}
+    h, w = 67, 93  # unpadded and odd: levels 17x24, 9x12, 5x6, 3x3, 2x2
+    with torch.no_grad():
+        out = neck(torch.randn(2, 3, h, w))
+    assert list(out) == list(shapes)
+    for name, t in out.items():
+        stride = shapes[name].stride
+        assert tuple(t.shape) == (2, 16, _ceil_div(h, stride), _ceil_div(w, stride)), name
+        assert torch.isfinite(t).all()
+
+
+def test_square_pad_and_size_divisibility_as_fpn():
+    neck = _neck("sa", square_pad=1024)
+    assert neck.padding_constraints == {"square_size": 1024}
+    fpn = FPN(_tiny_resnet(), IN_FEATURES, 16, top_block=LastLevelMaxPool(), square_pad=1024)
+    assert neck.padding_constraints == fpn.padding_constraints
+    assert neck.size_divisibility == fpn.size_divisibility
+    assert neck.output_shape() == fpn.output_shape()
+    # without top_block: p2..p5 only; from res3: p3..p5, size_divisibility stays the last stride
+    assert list(_neck("sa", top_block=None).output_shape()) == ["p2", "p3", "p4", "p5"]
+    neck3 = SAFPN(_tiny_resnet(), IN_FEATURES[1:], 16, mode="sa")
+    assert list(neck3(torch.randn(1, 3, 64, 64))) == ["p3", "p4", "p5"]
+    assert neck3.size_divisibility == 32
+
+
+def test_resize_and_match_helpers():
+    x = torch.randn(1, 2, 7, 8)
+    ref = torch.zeros(1, 1, 13, 16)
+    up = _resize_nearest(x, ref)
+    # on a ceil-halving pyramid, resizing to the exact size == 2x nearest upsample then crop
+    expected = F.interpolate(x, scale_factor=2.0, mode="nearest")[..., :13, :16]
+    assert torch.equal(up, expected)
+    cropped = _match_size(torch.randn(1, 2, 7, 9), torch.zeros(1, 1, 6, 9))
+    assert cropped.shape[-2:] == (6, 9)
+    padded = _match_size(torch.ones(1, 2, 5, 5), torch.zeros(1, 1, 6, 7))
+    assert padded.shape[-2:] == (6, 7)
+    assert padded[..., 5:, :].abs().sum() == 0 and padded[..., :, 5:].abs().sum() == 0
+    assert torch.equal(padded[..., :5, :5], torch.ones(1, 2, 5, 5))
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_floor_rounding_bottom_up(mode):
+    """Down of an odd map is one larger than a floor-halving bottom-up's level: it is cropped."""
+    torch.manual_seed(0)
+    neck = SAFPN(_FloorPyramid(), IN_FEATURES, 8, mode=mode, top_block=LastLevelMaxPool())
+    with torch.no_grad():
+        out = neck(torch.randn(1, 3, 108, 100))  # levels 27x25, 13x12, 6x6, 3x3
+    assert [tuple(t.shape[-2:]) for t in out.values()] == [
+        (27, 25),
+        (13, 12),
+        (6, 6),
+        (3, 3),
+        (2, 2),
+    ]
+
+
+def test_invalid_arguments_raise():
+    with pytest.raises(ValueError, match="unknown mode 'fpn'"):
+        _neck("fpn")
+    with pytest.raises(ValueError, match="unknown downsample 'avgpool'"):
+        _neck("sa", downsample="avgpool")
+    with pytest.raises(ValueError, match="unknown fuse_type 'max'"):
+        _neck("sa", fuse_type="max")
+    with pytest.raises(ValueError, match="unknown fuse_position 'middle'"):
+        _neck("sa", fuse_position="middle")
+    with pytest.raises(ValueError, match="share_laterals=True needs both pathways"):
+        _neck("buf", share_laterals=True)
+    with pytest.raises(ValueError, match="fuse_position='before' needs both pathways"):
+        _neck("pa", fuse_position="before")
+    with pytest.raises(ValueError, match="td_only_levels must be the finest levels"):
+        _neck("sa", td_only_levels=["p3"])
+    with pytest.raises(ValueError, match="td_only_levels must be the finest levels"):
+        _neck("sa", td_only_levels=["p2", "p3", "p4", "p5"])
+    with pytest.raises(ValueError, match="not log2 contiguous"):
+        SAFPN(_tiny_resnet(), ["res2", "res4"], 16)
+
+
+# --- 2. td == Detectron2's FPN; the modes compose as DESIGN.md says ---------------------------
+
+
+@pytest.mark.parametrize("norm,fuse_type", [("", "sum"), ("GN", "avg")])
+def test_td_mode_is_detectron2_fpn(norm, fuse_type):
+    kwargs = dict(norm=norm, fuse_type=fuse_type)
+    fpn = FPN(_tiny_resnet(seed=1), IN_FEATURES, 32, top_block=LastLevelMaxPool(), **kwargs)
+    ours = SAFPN(
+        _tiny_resnet(seed=2), IN_FEATURES, 32, mode="td", top_block=LastLevelMaxPool(), **kwargs
+    )
+    assert list(ours.state_dict()) == list(fpn.state_dict())  # same names, same order
+    ours.load_state_dict(fpn.state_dict(), strict=True)
+    fpn.load_state_dict(ours.state_dict(), strict=True)
+    x = torch.randn(2, 3, 64, 96)
+    with torch.no_grad():
+        a, b = fpn.eval()(x), ours.eval()(x)
+    assert list(a) == list(b)
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+
+
+def _copy_by_name(src, dst):
+    """Copy the parameters that ``dst`` has from ``src`` (a different mode of the neck)."""
+    missing = dst.load_state_dict(src.state_dict(), strict=False).missing_keys
+    assert missing == []
+
+
+def _ref_bottom_up(neck, feats, fuse_upper):
+    """B_i from DESIGN.md's formulas, with the neck's own convolutions."""
+    lat = [getattr(neck, f"buf_lateral{s}")(f) for s, f in zip([2, 3, 4, 5], feats)]
+    sums = []
+    for k, s in enumerate([2, 3, 4, 5]):
+        b = lat[k]
+        if k > 0:
+            b = b + getattr(neck, f"buf_down{s}")(sums[-1])
+        if fuse_upper and k < 3:
+            b = b + F.interpolate(lat[k + 1], scale_factor=2.0, mode="nearest")
+        sums.append(b)
+    return sums
+
+
+@pytest.mark.parametrize("downsample", ["conv", "maxpool"])
+def test_modes_follow_the_design_formulas(downsample):
+    x = torch.randn(1, 3, 64, 128)
+    sa = _neck("sa", downsample=downsample)
+    necks = {m: _neck(m, seed=3, downsample=downsample) for m in ["td", "bu", "buf", "td+buf"]}
+    for m in necks.values():
+        _copy_by_name(sa, m)
+    with torch.no_grad():
+        feats = [sa.bottom_up(x)[f] for f in IN_FEATURES]
+        out = {m: n(x) for m, n in necks.items()}
+        out_sa = sa(x)
+        for fuse_upper, mode in [(False, "bu"), (True, "buf")]:
+            ref = _ref_bottom_up(sa, feats, fuse_upper)
+            for s, b in zip([2, 3, 4, 5], ref):
+                expected = getattr(sa, f"buf_output{s}")(b)
+                torch.testing.assert_close(out[mode][f"p{s}"], expected, rtol=0, atol=1e-5)
+        for s in [2, 3, 4, 5]:
+            p = f"p{s}"
+            torch.testing.assert_close(out["td+buf"][p], out["td"][p] + out["buf"][p])
+            fused = getattr(sa, f"sa_fuse{s}")(torch.cat([out["td"][p], out["buf"][p]], dim=1))
+            torch.testing.assert_close(out_sa[p], fused)
+        # p6 is LastLevelMaxPool on the final p5
+        assert torch.equal(out_sa["p6"], F.max_pool2d(out_sa["p5"], 1, stride=2))
+
+
+def test_pa_mode_follows_panet():
+    x = torch.randn(1, 3, 64, 96)
+    pa = _neck("pa")
+    td = _neck("td", seed=4)
+    _copy_by_name(pa, td)
+    with torch.no_grad():
+        n, out = td(x), pa(x)
+        assert torch.equal(out["p2"], n["p2"])  # P'2 = N2
+        prev = out["p2"]
+        for s in [3, 4, 5]:
+            expected = getattr(pa, f"pa_output{s}")(n[f"p{s}"] + getattr(pa, f"pa_down{s}")(prev))
+            torch.testing.assert_close(out[f"p{s}"], expected)
+            prev = out[f"p{s}"]
+
+
+# --- 3. every parameter gets a gradient -----------------------------------------------------
+
+_GRAD_CASES = [dict(mode=m, downsample=d) for m in MODES for d in ["conv", "maxpool"]] + [
+    dict(mode=m, downsample=d, **lever)
+    for m in ["sa", "td+buf"]
+    for d in ["conv", "maxpool"]
+    for lever in [
+        dict(share_laterals=True),
+        dict(fuse_position="before"),
+        dict(td_only_levels=["p2"]),
+        dict(share_laterals=True, fuse_position="before", td_only_levels=["p2", "p3"]),
+    ]
+]
+
+
+@pytest.mark.parametrize("kwargs", _GRAD_CASES, ids=lambda kw: "-".join(map(str, kw.values())))
+def test_every_parameter_gets_a_gradient(kwargs):
+    neck = _neck(norm="GN", out_channels=32, **kwargs).train()
+    torch.manual_seed(0)
+    out = neck(torch.randn(1, 3, 37, 45))
+    loss = sum((t * torch.randn_like(t)).sum() for t in out.values())
+    loss.backward()
+    params = dict(neck.named_parameters())
+    for name, p in params.items():
+        assert p.grad is not None, f"{name} gets no gradient"
+        assert p.grad.abs().sum() > 0, f"{name} gets a zero gradient"
+
+
+# --- efficiency levers ----------------------------------------------------------------------
+
+
+def _neck_params(neck):
+    return {k: v.numel() for k, v in neck.named_parameters() if not k.startswith("bottom_up.")}
+
+
+def test_levers_remove_the_modules_they_name():
+    faithful = _neck_params(_neck("sa"))
+    shared = _neck_params(_neck("sa", share_laterals=True))
+    before = _neck_params(_neck("sa", fuse_position="before"))
+    p2_td = _neck_params(_neck("sa", td_only_levels=["p2"]))
+    assert not any(k.startswith("buf_lateral") for k in shared)
+    assert set(faithful) - set(shared) == {
+        f"buf_lateral{s}.{w}" for s in range(2, 6) for w in ["weight", "bias"]
+    }
+    assert set(faithful) - set(before) == {
+        f"buf_output{s}.{w}" for s in range(2, 6) for w in ["weight", "bias"]
+    }
+    assert set(faithful) - set(p2_td) == {
+        f"{m}2.{w}" for m in ["buf_output", "sa_fuse"] for w in ["weight", "bias"]
+    }
+    assert sum(shared.values()) < sum(faithful.values())
+    maxpool = _neck_params(_neck("sa", downsample="maxpool"))
+    assert not any(k.startswith("buf_down") for k in maxpool)
+
+
+def test_td_only_levels_output_the_td_pathway():
+    x = torch.randn(1, 3, 64, 64)
+    neck = _neck("sa", td_only_levels=["p2", "p3"])
+    td = _neck("td", seed=5)
+    _copy_by_name(neck, td)
+    with torch.no_grad():
+        a, b = neck(x), td(x)
+    assert torch.equal(a["p2"], b["p2"]) and torch.equal(a["p3"], b["p3"])
+    assert not torch.allclose(a["p4"], b["p4"])
+
+
+def test_fuse_before_is_one_output_conv_on_the_fused_sums():
+    x = torch.randn(1, 3, 64, 64)
+    neck = _neck("td+buf", fuse_position="before", share_laterals=True)
+    with torch.no_grad():
+        out = neck(x)
+        feats = [neck.bottom_up(x)[f] for f in IN_FEATURES]
+        lat = [getattr(neck, f"fpn_lateral{s}")(f) for s, f in zip([2, 3, 4, 5], feats)]
+        td = [lat[3]]
+        for k in [2, 1, 0]:
+            td.insert(0, lat[k] + F.interpolate(td[0], scale_factor=2.0, mode="nearest"))
+        b = [lat[0] + F.interpolate(lat[1], scale_factor=2.0, mode="nearest")]
+        for k, s in enumerate([3, 4, 5], start=1):
+            b.append(lat[k] + getattr(neck, f"buf_down{s}")(b[-1]))
+            if k < 3:
+                b[-1] = b[-1] + F.interpolate(lat[k + 1], scale_factor=2.0, mode="nearest")
+        for k, s in enumerate([2, 3, 4, 5]):
+            expected = getattr(neck, f"fpn_output{s}")(td[k] + b[k])
+            torch.testing.assert_close(out[f"p{s}"], expected, rtol=0, atol=1e-5)
+
+
+# --- 2 (checkpoints) and 4 (configs) --------------------------------------------------------
+
+
+def _tiny_cfg(backbone="build_resnet_fpn_backbone", depth=18, **safpn):
+    cfg = add_sa_ejhead_config(get_cfg())
+    cfg.MODEL.DEVICE = "cpu"
+    cfg.MODEL.MASK_ON = True
+    cfg.MODEL.BACKBONE.NAME = backbone
+    cfg.MODEL.RESNETS.DEPTH = depth
+    cfg.MODEL.RESNETS.RES2_OUT_CHANNELS = 64 if depth < 50 else 256
+    cfg.MODEL.RESNETS.OUT_FEATURES = IN_FEATURES
+    cfg.MODEL.FPN.IN_FEATURES = IN_FEATURES
+    cfg.MODEL.FPN.OUT_CHANNELS = 32
+    cfg.MODEL.ANCHOR_GENERATOR.SIZES = [[32], [64], [128], [256], [512]]
+    cfg.MODEL.RPN.IN_FEATURES = ["p2", "p3", "p4", "p5", "p6"]
+    cfg.MODEL.RPN.POST_NMS_TOPK_TRAIN = 64
+    cfg.MODEL.RPN.POST_NMS_TOPK_TEST = 32
+    cfg.MODEL.ROI_HEADS.NAME = "StandardROIHeads"
+    cfg.MODEL.ROI_HEADS.IN_FEATURES = ["p2", "p3", "p4", "p5"]
+    cfg.MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE = 32
+    cfg.MODEL.ROI_HEADS.NUM_CLASSES = 3
+    cfg.MODEL.ROI_BOX_HEAD.NAME = "FastRCNNConvFCHead"
+    cfg.MODEL.ROI_BOX_HEAD.NUM_FC = 2
+    cfg.MODEL.ROI_BOX_HEAD.FC_DIM = 64
+    cfg.MODEL.ROI_MASK_HEAD.NAME = "MaskRCNNConvUpsampleHead"
+    cfg.MODEL.ROI_MASK_HEAD.NUM_CONV = 1
+    cfg.MODEL.ROI_MASK_HEAD.CONV_DIM = 32
+    for k, v in safpn.items():
+        cfg.MODEL.SAFPN[k.upper()] = v
+    return cfg
+
+
+def test_yacs_keys_and_registry():
+    cfg = add_sa_ejhead_config(get_cfg())
+    assert cfg.MODEL.SAFPN.MODE == "sa" and cfg.MODEL.SAFPN.DOWNSAMPLE == "conv"
+    assert cfg.MODEL.SAFPN.SQUARE_PAD == 0
+    assert cfg.MODEL.SAFPN.SHARE_LATERALS is False
+    assert cfg.MODEL.SAFPN.FUSE_POSITION == "after"
+    assert list(cfg.MODEL.SAFPN.TD_ONLY_LEVELS) == []
+    assert BACKBONE_REGISTRY.get("build_resnet_safpn_backbone") is build_resnet_safpn_backbone
+
+
+@pytest.mark.parametrize("depth", [18, 50, 101])
+def test_yacs_builds_resnet_safpn(depth):
+    cfg = _tiny_cfg(
+        "build_resnet_safpn_backbone",
+        depth=depth,
+        mode="td+buf",
+        downsample="maxpool",
+        share_laterals=True,
+        fuse_position="before",
+        td_only_levels=["p2"],
+        square_pad=128,
+    )
+    cfg.MODEL.FPN.NORM = "GN"
+    cfg.MODEL.FPN.FUSE_TYPE = "avg"
+    neck = build_backbone(cfg, ShapeSpec(channels=3))
+    assert isinstance(neck, SAFPN) and neck.mode == "td+buf"
+    assert neck.padding_constraints == {"square_size": 128}
+    names = {k.split(".")[0] for k, _ in neck.named_parameters()}
+    assert "buf_lateral3" not in names and "buf_output3" not in names and "buf_down3" not in names
+    assert isinstance(neck.fpn_lateral2.norm, nn.GroupNorm)
+    with torch.no_grad():
+        out = neck(torch.randn(1, 3, 64, 96))
+    sizes = [(16, 24), (8, 12), (4, 6), (2, 3), (1, 2)]
+    assert [tuple(t.shape) for t in out.values()] == [(1, 32, h, w) for h, w in sizes]
+
+
+def _lazy_model(**backbone):
+    cfg = LazyConfig.load(LAZY_MODEL)
+    m = cfg.model
+    m.backbone.bottom_up.stages.depth = 18
+    del m.backbone.bottom_up.stages.stride_in_1x1
+    m.backbone.out_channels = 32
+    m.backbone.update(**backbone)
+    m.proposal_generator.head.in_channels = 32
+    m.proposal_generator.post_nms_topk = (64, 32)
+    m.roi_heads.num_classes = 3
+    m.roi_heads.batch_size_per_image = 32
+    m.roi_heads.box_head.input_shape = ShapeSpec(channels=32, height=7, width=7)
+    m.roi_heads.box_head.fc_dims = [64, 64]
+    m.roi_heads.box_predictor.input_shape = ShapeSpec(channels=64)
+    m.roi_heads.mask_head.input_shape = ShapeSpec(channels=32, width=14, height=14)
+    m.roi_heads.mask_head.conv_dims = [32, 32]
+    return cfg
+
+
+def test_lazy_config_swaps_only_the_neck(tmp_path):
+    cfg = LazyConfig.load(LAZY_MODEL)
+    base = get_config("common/models/mask_rcnn_fpn.py").model
+    assert cfg.model.backbone._target_ is SAFPN
+    assert cfg.model.backbone.mode == "sa"
+    assert cfg.model.backbone.bottom_up == base.backbone.bottom_up
+    for key in ["proposal_generator", "roi_heads", "pixel_mean", "input_format"]:
+        assert cfg.model[key] == base[key], key
+    LazyConfig.save(cfg, str(tmp_path / "model.yaml"))  # no lambdas: it serializes
+    assert LazyConfig.load(str(tmp_path / "model.yaml")).model.backbone.mode == "sa"
+
+
+def _image_with_gt(h, w):
+    torch.manual_seed(0)
+    boxes = torch.tensor([[20.0, 30.0, 120.0, 150.0], [100.0, 10.0, 240.0, 190.0]])
+    masks = torch.zeros(2, h, w, dtype=torch.bool)
+    for m, (x0, y0, x1, y1) in zip(masks, boxes.int().tolist()):
+        m[y0:y1, x0:x1] = True
+    gt = Instances((h, w))
+    gt.gt_boxes, gt.gt_classes, gt.gt_masks = Boxes(boxes), torch.tensor([0, 2]), BitMasks(masks)
+    image = torch.randint(0, 255, (3, h, w)).float()
+    return {"image": image, "height": h, "width": w, "instances": gt}
+
+
+def test_mask_rcnn_with_safpn_at_odd_size_trains_and_infers():
+    model = instantiate(_lazy_model().model)
+    assert isinstance(model.backbone, SAFPN)
+    inputs = [_image_with_gt(200, 249)]
+    model.train()
+    with EventStorage():
+        losses = model(inputs)
+    assert {"loss_rpn_cls", "loss_cls", "loss_box_reg", "loss_mask"} <= set(losses)
+    total = sum(losses.values())
+    assert torch.isfinite(total)
+    total.backward()
+    neck_params = [(k, p) for k, p in model.backbone.named_parameters() if "bottom_up" not in k]
+    assert all(p.grad is not None for _, p in neck_params)
+    model.eval()
+    with torch.no_grad():
+        (result,) = model([{"image": inputs[0]["image"], "height": 200, "width": 249}])
+    inst = result["instances"]
+    assert inst.image_size == (200, 249)
+    assert inst.pred_masks.shape[1:] == (200, 249)
+
+
+def _state(model):
+    return {k: v.clone() for k, v in model.state_dict().items()}
+
+
+def test_detectron2_checkpoint_fills_the_td_part(tmp_path):
+    """A Detectron2 Mask R-CNN checkpoint loads into the SA-FPN model; the new part is new."""
+    torch.manual_seed(0)
+    d2 = build_model(_tiny_cfg())
+    DetectionCheckpointer(d2, save_dir=str(tmp_path)).save("d2_mask_rcnn")
+    ckpt = _state(d2)
+    torch.manual_seed(1)
+    ours = build_model(_tiny_cfg("build_resnet_safpn_backbone", mode="sa"))
+    before = _state(ours)
+    DetectionCheckpointer(ours).load(str(tmp_path / "d2_mask_rcnn.pth"))
+    after = _state(ours)
+    new = set(after) - set(ckpt)
+    expected_new = {
+        f"backbone.{m}{s}.{w}"
+        for m, levels in [("buf_lateral", "2345"), ("buf_output", "2345"), ("sa_fuse", "2345")]
+        for s in levels
+        for w in ["weight", "bias"]
+    } | {f"backbone.buf_down{s}.{w}" for s in "345" for w in ["weight", "bias"]}
+    assert new == expected_new
+    assert set(ckpt) - set(after) == set()  # nothing in the checkpoint is left unused
+    for k in ckpt:
+        assert torch.equal(after[k], ckpt[k]), f"{k} not loaded"
+    for k in new:
+        assert torch.equal(after[k], before[k]), f"{k} changed by the load"
+    assert any("fpn_lateral2" in k for k in ckpt)
+
+    # td mode: the same checkpoint fills the whole model, names unchanged (strict)
+    td = build_model(_tiny_cfg("build_resnet_safpn_backbone", mode="td"))
+    td.load_state_dict(d2.state_dict(), strict=True)
+
+
+def test_suffix_matching_loader_does_not_confuse_td_and_buf_names(tmp_path):
+    """Detectron2's heuristic loader (suffix matching) puts FPN weights in the TD modules only."""
+    torch.manual_seed(0)
+    fpn = build_backbone(_tiny_cfg())
+    # a bare backbone checkpoint: keys without the "backbone." prefix
+    torch.save({"model": fpn.state_dict()}, str(tmp_path / "fpn_backbone.pth"))
+    torch.manual_seed(1)
+    ours = build_model(_tiny_cfg("build_resnet_safpn_backbone", mode="sa"))
+    before = _state(ours)
+    DetectionCheckpointer(ours).load(
+        str(tmp_path / "fpn_backbone.pth") + "?matching_heuristics=True"
+    )
+    after = _state(ours)
+    for k, v in fpn.state_dict().items():
+        assert torch.equal(after["backbone." + k], v), k
+    changed = {k for k in after if not torch.equal(after[k], before[k])}
+    assert changed and changed <= {"backbone." + k for k in fpn.state_dict()}
+    assert not any(k.startswith(("backbone.buf_", "backbone.sa_fuse")) for k in changed)
+
+
+# --- 6. the cost analysis behind docs/safpn.md ----------------------------------------------
+
+
+def test_neck_cost_counts_the_convolutions():
+    from sa_ejhead.analysis.neck import NECK_VARIANTS, NeckVariant, neck_cost
+
+    bottom_up = _tiny_resnet().eval()
+    with torch.no_grad():
+        feats = bottom_up(torch.randn(1, 3, 64, 96))
+    shapes = bottom_up.output_shape()
+    c = 16
+    td = neck_cost(NeckVariant("td", dict(mode="td")), feats, shapes, out_channels=c)
+    hw = {f: feats[f].shape[-2] * feats[f].shape[-1] for f in IN_FEATURES}
+    convs = sum((shapes[f].channels * c + 9 * c * c) * hw[f] for f in IN_FEATURES)
+    upsample = sum(c * hw[f] for f in IN_FEATURES[:-1])  # nearest resize: 1 per output element
+    assert td.flops == convs + upsample
+    assert td.params == sum((shapes[f].channels + 1) * c + (9 * c + 1) * c for f in IN_FEATURES)
+    assert td.flops_per_level["p2"] == (shapes["res2"].channels * c + 9 * c * c) * hw["res2"]
+    by_name = {v.name: v for v in NECK_VARIANTS}
+    cost = {
+        name: neck_cost(by_name[name], feats, shapes, out_channels=c)
+        for name in ["sa (paper, default)", "td+buf, share + before + maxpool"]
+    }
+    sa = cost["sa (paper, default)"]
+    buf_and_fuse = sum((shapes[f].channels * c + 9 * c * c + 2 * c * c) * hw[f] for f in hw)
+    downs = sum(9 * c * c * hw[f] for f in IN_FEATURES[1:])
+    assert sa.flops == td.flops + buf_and_fuse + downs + upsample
+    assert cost["td+buf, share + before + maxpool"].params == td.params
+
+
+def test_analyze_safpn_tool_prints_the_table(capsys):
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "tools" / "analyze_safpn.py"
+    spec = importlib.util.spec_from_file_location("analyze_safpn", path)
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    tool.main(
+        ["--height", "64", "--width", "64", "--depth", "18", "--variants", "td (Detectron2 FPN)"]
+    )
+    out = capsys.readouterr().out
+    assert "| td (Detectron2 FPN) | `mode='td'` | 2.61 |" in out  # R-18: 2,607,104
+    assert "| bottom-up (not in the rows above) | | 11.17 |" in out

@@ -1,0 +1,131 @@
+"""Command-line arguments shared by the tools: Detectron2's, plus ``--coco-dataset``."""
+
+import os
+
+from detectron2.data import DatasetCatalog, MetadataCatalog
+from detectron2.engine import default_argument_parser as _d2_default_argument_parser
+
+__all__ = [
+    "default_argument_parser",
+    "add_coco_dataset_argument",
+    "parse_coco_dataset_spec",
+    "register_datasets_from_args",
+    "register_coco_dataset_specs",
+]
+
+_SPEC_FORMAT = "NAME=ANNOTATIONS.json,IMAGE_DIR"
+
+
+def add_coco_dataset_argument(parser):
+    """Add the repeatable ``--coco-dataset NAME=ANNOTATIONS.json,IMAGE_DIR`` option to a parser.
+
+    Args:
+        parser (argparse.ArgumentParser): changed in place.
+
+    Returns:
+        argparse.ArgumentParser: the same parser.
+    """
+    parser.add_argument(
+        "--coco-dataset",
+        action="append",
+        default=[],
+        metavar=_SPEC_FORMAT,
+        help="register a COCO-format dataset under NAME (repeatable); use NAME in the config, "
+        "e.g. dataloader.train.dataset.names=NAME or DATASETS.TRAIN \"('NAME',)\"",
+    )
+    return parser
+
+
+def default_argument_parser(epilog=None):
+    """Detectron2's :func:`~detectron2.engine.default_argument_parser` plus ``--coco-dataset``.
+
+    Args:
+        epilog (str or None): text shown after the help.
+
+    Returns:
+        argparse.ArgumentParser: with ``--config-file``, ``--resume``, ``--eval-only``,
+        ``--num-gpus``, ``--num-machines``, ``--machine-rank``, ``--dist-url``,
+        ``--coco-dataset`` and the trailing config overrides ``opts``.
+    """
+    return add_coco_dataset_argument(_d2_default_argument_parser(epilog))
+
+
+def parse_coco_dataset_spec(spec):
+    """Split ``NAME=ANNOTATIONS.json,IMAGE_DIR`` into its three parts and check them.
+
+    Args:
+        spec (str): the value given to ``--coco-dataset``.
+
+    Returns:
+        tuple[str, str, str]: ``(name, json_file, image_root)``.
+
+    Raises:
+        ValueError: malformed spec, or a file / folder that does not exist.
+    """
+    name, sep, rest = spec.partition("=")
+    name = name.strip()
+    if not sep or not name:
+        raise ValueError(f"--coco-dataset {spec!r}: expected {_SPEC_FORMAT} (missing 'NAME=')")
+    parts = rest.split(",")
+    if len(parts) != 2 or not parts[0].strip() or not parts[1].strip():
+        raise ValueError(
+            f"--coco-dataset {spec!r}: expected {_SPEC_FORMAT}, i.e. exactly one ',' between the "
+            "annotation file and the image folder"
+        )
+    json_file, image_root = (p.strip() for p in parts)
+    if not os.path.isfile(json_file):
+        raise ValueError(f"--coco-dataset {spec!r}: annotation file {json_file!r} does not exist")
+    if not os.path.isdir(image_root):
+        raise ValueError(f"--coco-dataset {spec!r}: image folder {image_root!r} does not exist")
+    return name, json_file, image_root
+
+
+def _register(name, json_file, image_root):
+    from sa_ejhead.data import register_coco_instances_checked
+
+    register_coco_instances_checked(name, json_file, image_root)
+
+
+def register_coco_dataset_specs(specs):
+    """Register every ``NAME=ANNOTATIONS.json,IMAGE_DIR`` spec as a COCO instances dataset.
+
+    Registering the same name again with the same files is a no-op (each process of a
+    distributed job registers its datasets); with other files it is an error.
+
+    Args:
+        specs (list[str]): the ``--coco-dataset`` values.
+
+    Returns:
+        list[str]: the dataset names, in order.
+    """
+    names = []
+    for spec in specs or []:
+        name, json_file, image_root = parse_coco_dataset_spec(spec)
+        if name in DatasetCatalog.list():
+            meta = MetadataCatalog.get(name)
+            same = os.path.abspath(meta.get("json_file", "")) == os.path.abspath(
+                json_file
+            ) and os.path.abspath(meta.get("image_root", "")) == os.path.abspath(image_root)
+            if not same:
+                raise ValueError(
+                    f"--coco-dataset {spec!r}: a dataset named {name!r} is already registered "
+                    "with other files; choose another NAME"
+                )
+        else:
+            _register(name, json_file, image_root)
+        names.append(name)
+    return names
+
+
+def register_datasets_from_args(args):
+    """Register the datasets given with ``--coco-dataset`` on the command line.
+
+    Call it in the function that ``launch`` runs, so that every process registers them.
+
+    Args:
+        args (argparse.Namespace): parsed arguments; ``args.coco_dataset`` may be missing.
+
+    Returns:
+        list[str]: the names registered (or already registered with the same files).
+    """
+    return register_coco_dataset_specs(getattr(args, "coco_dataset", None) or [])

@@ -1,0 +1,222 @@
+"""yacs training: a ``DefaultTrainer`` with COCO evaluation, exact resume and atomic checkpoints."""
+
+import logging
+import os
+import weakref
+
+from detectron2.config import get_cfg
+from detectron2.data import build_detection_train_loader, get_detection_dataset_dicts
+from detectron2.engine import AMPTrainer, DefaultTrainer, SimpleTrainer, TrainerBase
+from detectron2.engine import default_setup
+from sa_ejhead.evaluation import COCOEvaluator
+from detectron2.utils import comm
+from detectron2.utils.env import seed_all_rng
+from detectron2.utils.logger import setup_logger
+
+from sa_ejhead.config import add_sa_ejhead_config
+
+from .args import register_datasets_from_args
+from .checkpoint import AtomicDetectionCheckpointer
+from .ddp import create_ddp_model
+from .lazy import check_device
+from .resume import IterationSeeder, ResumableTrainingSampler
+
+__all__ = ["Trainer", "load_yacs_config", "setup_yacs_config", "main"]
+
+
+class Trainer(DefaultTrainer):
+    """Detectron2's ``DefaultTrainer`` evaluating with ``COCOEvaluator``.
+
+    Differences from ``DefaultTrainer``: checkpoints are written atomically
+    (:class:`AtomicDetectionCheckpointer`); with the default ``TrainingSampler``, ``--resume``
+    continues the data stream and random state exactly (:class:`IterationSeeder`, seeded by
+    ``cfg.SEED`` or a drawn seed kept in the checkpoints); DistributedDataParallel also works on
+    CPU (gloo) processes.
+    """
+
+    def __init__(self, cfg):
+        """
+        Args:
+            cfg (CfgNode): a full config (``get_cfg()`` + ``add_sa_ejhead_config`` + a YAML).
+        """
+        # Same construction order as DefaultTrainer.__init__, with our DDP and checkpointer.
+        TrainerBase.__init__(self)
+        logger = logging.getLogger("detectron2")
+        if not logger.isEnabledFor(logging.INFO):
+            setup_logger()
+        cfg = DefaultTrainer.auto_scale_workers(cfg, comm.get_world_size())
+        check_device(cfg.MODEL.DEVICE)
+
+        self.seed = cfg.SEED if cfg.SEED >= 0 else comm.shared_random_seed()
+        # The model's initialisation too (as default_setup; the Trainer can be built alone).
+        seed_all_rng((self.seed + comm.get_rank()) % 2**31)
+        model = self.build_model(cfg)
+        optimizer = self.build_optimizer(cfg, model)
+        dataset, self.train_sampler = self.build_train_sampler(cfg, self.seed)
+        data_loader = self.build_train_loader(cfg, dataset=dataset, sampler=self.train_sampler)
+
+        model = create_ddp_model(model, broadcast_buffers=False)
+        self._trainer = (AMPTrainer if cfg.SOLVER.AMP.ENABLED else SimpleTrainer)(
+            model, data_loader, optimizer
+        )
+        self.scheduler = self.build_lr_scheduler(cfg, optimizer)
+        self.checkpointer = AtomicDetectionCheckpointer(
+            model, cfg.OUTPUT_DIR, trainer=weakref.proxy(self)
+        )
+        self.start_iter = 0
+        self.max_iter = cfg.SOLVER.MAX_ITER
+        self.cfg = cfg
+        self.register_hooks(self.build_hooks())
+
+    @classmethod
+    def build_train_sampler(cls, cfg, seed):
+        """Build the training dataset and a :class:`ResumableTrainingSampler` over it.
+
+        Args:
+            cfg (CfgNode): the config.
+            seed (int): the run's base seed (same on every rank).
+
+        Returns:
+            tuple: ``(dataset dicts, sampler)``, or ``(None, None)`` when
+            ``DATALOADER.SAMPLER_TRAIN`` is not ``TrainingSampler`` (Detectron2 then builds its
+            own sampler, whose stream restarts on resume).
+        """
+        if cfg.DATALOADER.SAMPLER_TRAIN != "TrainingSampler":
+            logging.getLogger(__name__).warning(
+                f"{cfg.DATALOADER.SAMPLER_TRAIN}: --resume will restart its data stream."
+            )
+            return None, None
+        dataset = get_detection_dataset_dicts(
+            cfg.DATASETS.TRAIN,
+            filter_empty=cfg.DATALOADER.FILTER_EMPTY_ANNOTATIONS,
+            min_keypoints=(
+                cfg.MODEL.ROI_KEYPOINT_HEAD.MIN_KEYPOINTS_PER_IMAGE if cfg.MODEL.KEYPOINT_ON else 0
+            ),
+            proposal_files=cfg.DATASETS.PROPOSAL_FILES_TRAIN if cfg.MODEL.LOAD_PROPOSALS else None,
+        )
+        return dataset, ResumableTrainingSampler(len(dataset), seed=seed)
+
+    @classmethod
+    def build_train_loader(cls, cfg, dataset=None, sampler=None):
+        """Detectron2's train loader, optionally on a given dataset and sampler.
+
+        Args:
+            cfg (CfgNode): the config.
+            dataset (list[dict] or None): dataset dicts; ``None`` reads ``DATASETS.TRAIN``.
+            sampler (Sampler or None): ``None`` uses ``DATALOADER.SAMPLER_TRAIN``.
+
+        Returns:
+            iterable: batches (lists of dicts).
+        """
+        if sampler is None:
+            return build_detection_train_loader(cfg)
+        # The loader's own generator, so that starting it draws nothing from the global one.
+        seed = (sampler.seed + comm.get_rank()) % 2**31
+        return build_detection_train_loader(cfg, dataset=dataset, sampler=sampler, seed=seed)
+
+    def build_hooks(self):
+        """Detectron2's default hooks, preceded by the :class:`IterationSeeder`.
+
+        Returns:
+            list[HookBase]: the hooks.
+        """
+        per_iter = self.cfg.SOLVER.IMS_PER_BATCH // comm.get_world_size()
+        return [IterationSeeder(self.seed, self.train_sampler, per_iter)] + super().build_hooks()
+
+    @classmethod
+    def build_evaluator(cls, cfg, dataset_name, output_folder=None):
+        """A :class:`COCOEvaluator` for ``dataset_name`` (boxes and masks, per ``cfg``).
+
+        Args:
+            cfg (CfgNode): the config.
+            dataset_name (str): a registered COCO-format dataset.
+            output_folder (str or None): where to write predictions; defaults to
+                ``OUTPUT_DIR/inference``.
+
+        Returns:
+            COCOEvaluator: the evaluator.
+        """
+        if output_folder is None:
+            output_folder = os.path.join(cfg.OUTPUT_DIR, "inference")
+        return COCOEvaluator(dataset_name, output_dir=output_folder)
+
+
+def _message(error):
+    return str(error.args[0]) if error.args else str(error)
+
+
+def load_yacs_config(config_file="", opts=None):
+    """``get_cfg()`` + :func:`add_sa_ejhead_config` + a YAML file + ``KEY VALUE`` overrides.
+
+    Args:
+        config_file (str): YAML path ('' for the defaults only).
+        opts (list[str] or None): overrides such as ``["SOLVER.MAX_ITER", "10"]``.
+
+    Returns:
+        CfgNode: the config (not frozen).
+
+    Raises:
+        KeyError: an unknown key, with the file (or the command line) that set it.
+        ValueError: a value of the wrong type, likewise.
+    """
+    cfg = add_sa_ejhead_config(get_cfg())
+    if config_file:
+        where = f"in config file {config_file!r} (or one of its _BASE_ files)"
+        try:
+            cfg.merge_from_file(config_file)
+        except KeyError as e:
+            raise KeyError(
+                f"{_message(e)} {where}; the keys of sa-ejhead come from add_sa_ejhead_config"
+            ) from e
+        except ValueError as e:
+            raise ValueError(f"{_message(e)} {where}") from e
+    if opts:
+        try:
+            cfg.merge_from_list(list(opts))
+        except (KeyError, AssertionError) as e:
+            # yacs asserts "Non-existent key" and "odd length" for command-line overrides.
+            if "Non-existent" in _message(e):
+                raise KeyError(f"{_message(e)} in the command-line overrides") from e
+            raise ValueError(f"{_message(e)} in the command-line overrides {opts}") from e
+        except ValueError as e:
+            raise ValueError(f"{_message(e)} in the command-line overrides") from e
+    return cfg
+
+
+def setup_yacs_config(args):
+    """Build the frozen config of ``tools/train_net.py`` and run Detectron2's ``default_setup``.
+
+    Args:
+        args (argparse.Namespace): with ``config_file`` and ``opts``.
+
+    Returns:
+        CfgNode: the frozen config.
+    """
+    cfg = load_yacs_config(args.config_file, args.opts)
+    cfg.freeze()
+    default_setup(cfg, args)
+    setup_logger(cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="sa_ejhead")
+    return cfg
+
+
+def main(args):
+    """Entry point of ``tools/train_net.py``, run in every process by ``launch``.
+
+    Args:
+        args (argparse.Namespace): from :func:`sa_ejhead.engine.default_argument_parser`.
+
+    Returns:
+        dict: evaluation results (main process), or None when training without evaluation.
+    """
+    register_datasets_from_args(args)
+    cfg = setup_yacs_config(args)
+    if args.eval_only:
+        check_device(cfg.MODEL.DEVICE)
+        model = Trainer.build_model(cfg)
+        AtomicDetectionCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(
+            cfg.MODEL.WEIGHTS, resume=args.resume
+        )
+        return Trainer.test(cfg, model)
+    trainer = Trainer(cfg)
+    trainer.resume_or_load(resume=args.resume)
+    return trainer.train()

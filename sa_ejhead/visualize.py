@@ -1,0 +1,348 @@
+"""Predictions drawn on images: the library behind ``tools/demo.py``.
+
+Images in (a file, a folder, a glob), Detectron2 ``Visualizer`` pictures out (boxes, masks,
+class names, scores). Works with LazyConfig (``.py`` or saved ``.yaml``) and yacs (``.yaml``)
+configs. An image that cannot be read is reported with its path and skipped; the run goes on with
+the other images (see :func:`run_demo`).
+"""
+
+import argparse
+import glob
+import logging
+import os
+
+import cv2
+import numpy as np
+import torch
+import yaml
+from detectron2.checkpoint import DetectionCheckpointer
+from detectron2.config import instantiate
+from detectron2.data import DatasetCatalog, MetadataCatalog
+from detectron2.data import transforms as T
+from detectron2.data.detection_utils import read_image as _d2_read_image
+from detectron2.engine import DefaultPredictor
+from detectron2.utils.visualizer import ColorMode, Visualizer
+
+from sa_ejhead.engine.args import add_coco_dataset_argument, register_datasets_from_args
+from sa_ejhead.engine.lazy import check_device, load_lazy_config
+from sa_ejhead.engine.trainer import load_yacs_config
+
+__all__ = [
+    "IMAGE_EXTENSIONS",
+    "ImageReadError",
+    "LazyPredictor",
+    "build_predictor",
+    "demo_main",
+    "draw_predictions",
+    "expand_inputs",
+    "get_demo_parser",
+    "is_lazy_config",
+    "read_image",
+    "run_demo",
+]
+
+logger = logging.getLogger(__name__)
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
+_GLOB_CHARS = "*?["
+
+
+class ImageReadError(IOError):
+    """An input image that cannot be opened or decoded; the message names the file."""
+
+
+def read_image(path, format="BGR"):
+    """Read an image file, with an error that names the file when it cannot be decoded.
+
+    Args:
+        path (str): image file.
+        format (str): ``"BGR"``, ``"RGB"`` or another PIL mode.
+
+    Returns:
+        np.ndarray: H x W x C uint8 image.
+
+    Raises:
+        ImageReadError: missing, unreadable, truncated or non-image file.
+    """
+    try:
+        image = _d2_read_image(path, format=format)
+    except Exception as e:  # PIL raises OSError, ValueError, SyntaxError, ... for broken files
+        raise ImageReadError(f"cannot read image {path!r}: {type(e).__name__}: {e}") from e
+    if image.ndim != 3 or image.shape[0] == 0 or image.shape[1] == 0:
+        raise ImageReadError(f"cannot read image {path!r}: unexpected shape {image.shape}")
+    return image
+
+
+def expand_inputs(inputs):
+    """Expand ``--input`` values (files, folders, globs) into a sorted list of image paths.
+
+    A folder gives its files with an image extension (not recursive); a value containing
+    ``*``, ``?`` or ``[`` is a glob; anything else must be an existing file (any extension, so
+    that a misnamed or corrupt file is reported by :func:`read_image` rather than ignored).
+
+    Args:
+        inputs (str or list[str]): the values.
+
+    Returns:
+        list[str]: image paths, without duplicates, in the order given (sorted within each value).
+
+    Raises:
+        FileNotFoundError: a value that matches nothing.
+    """
+    if isinstance(inputs, str):
+        inputs = [inputs]
+    paths = []
+    for value in inputs:
+        if os.path.isdir(value):
+            found = sorted(
+                os.path.join(value, f)
+                for f in os.listdir(value)
+                if f.lower().endswith(IMAGE_EXTENSIONS) and os.path.isfile(os.path.join(value, f))
+            )
+            if not found:
+                raise FileNotFoundError(f"--input {value!r}: the folder holds no image files")
+        elif any(c in value for c in _GLOB_CHARS):
+            found = sorted(p for p in glob.glob(os.path.expanduser(value)) if os.path.isfile(p))
+            if not found:
+                raise FileNotFoundError(f"--input {value!r}: the glob matches no file")
+        elif os.path.isfile(value):
+            found = [value]
+        else:
+            raise FileNotFoundError(f"--input {value!r}: no such file, folder or glob match")
+        paths.extend(p for p in found if p not in paths)
+    return paths
+
+
+def is_lazy_config(config_file):
+    """Whether ``config_file`` is a LazyConfig (``.py``, or a ``.yaml`` saved by LazyConfig).
+
+    Args:
+        config_file (str): path of the config.
+
+    Returns:
+        bool: True for LazyConfig, False for a yacs YAML.
+    """
+    if config_file.endswith(".py"):
+        return True
+    with open(config_file) as f:
+        content = yaml.safe_load(f) or {}
+    if not isinstance(content, dict):
+        raise ValueError(f"{config_file!r} is neither a LazyConfig nor a yacs config")
+    return "model" in content and "MODEL" not in content and "_BASE_" not in content
+
+
+def _metadata(dataset_name):
+    if not dataset_name:
+        return MetadataCatalog.get("__unused")
+    meta = MetadataCatalog.get(dataset_name)
+    if not meta.get("thing_classes") and dataset_name in DatasetCatalog.list():
+        DatasetCatalog.get(dataset_name)  # loading a COCO json sets thing_classes
+        meta = MetadataCatalog.get(dataset_name)
+    return meta
+
+
+class LazyPredictor:
+    """:class:`detectron2.engine.DefaultPredictor` for a LazyConfig.
+
+    Loads ``train.init_checkpoint``, resizes as ``dataloader.test.mapper.augmentations`` and
+    takes one BGR image per call.
+    """
+
+    def __init__(self, cfg):
+        """
+        Args:
+            cfg (omegaconf.DictConfig): a LazyConfig with ``model``, ``train`` and
+                ``dataloader.test``.
+        """
+        self.cfg = cfg
+        device = check_device(cfg.train.get("device", "cuda"))
+        self.model = instantiate(cfg.model).to(device).eval()
+        DetectionCheckpointer(self.model).load(cfg.train.init_checkpoint)
+        mapper = cfg.dataloader.test.mapper
+        self.aug = T.AugmentationList(list(instantiate(mapper.get("augmentations", []))))
+        self.input_format = mapper.get("image_format", "BGR")
+        names = cfg.dataloader.test.dataset.get("names", None)
+        if names is not None and not isinstance(names, str):
+            names = names[0] if len(names) else None
+        self.metadata = _metadata(names)
+
+    def __call__(self, original_image):
+        """Predict on one image.
+
+        Args:
+            original_image (np.ndarray): H x W x 3 image in BGR order.
+
+        Returns:
+            dict: the model's output for the image (``{"instances": Instances}``).
+        """
+        with torch.no_grad():
+            image = original_image
+            if self.input_format == "RGB":
+                image = image[:, :, ::-1]
+            height, width = image.shape[:2]
+            aug_input = T.AugInput(image)
+            self.aug(aug_input)
+            image = torch.as_tensor(np.ascontiguousarray(aug_input.image.transpose(2, 0, 1)))
+            return self.model([{"image": image, "height": height, "width": width}])[0]
+
+
+def build_predictor(config_file, opts=None):
+    """Build a predictor for a LazyConfig or yacs config file.
+
+    Args:
+        config_file (str): ``.py`` / ``.yaml`` config.
+        opts (list[str] or None): overrides (``key=value`` for LazyConfig, ``KEY VALUE`` pairs
+            for yacs); the weights come from ``train.init_checkpoint`` / ``MODEL.WEIGHTS``.
+
+    Returns:
+        callable: BGR image -> ``{"instances": ...}``, with a ``metadata`` attribute.
+    """
+    if is_lazy_config(config_file):
+        cfg = load_lazy_config(config_file, opts)
+        if not cfg.train.get("init_checkpoint"):
+            logger.warning("train.init_checkpoint is empty: predicting with random weights.")
+        return LazyPredictor(cfg)
+    cfg = load_yacs_config(config_file, opts)
+    check_device(cfg.MODEL.DEVICE)
+    if not cfg.MODEL.WEIGHTS:
+        logger.warning("MODEL.WEIGHTS is empty: predicting with random weights.")
+    cfg.freeze()
+    predictor = DefaultPredictor(cfg)
+    predictor.metadata = _metadata(cfg.DATASETS.TEST[0] if len(cfg.DATASETS.TEST) else None)
+    return predictor
+
+
+def draw_predictions(image, instances, metadata, confidence_threshold=0.5):
+    """Draw the instances scoring at least ``confidence_threshold`` on an image.
+
+    Args:
+        image (np.ndarray): H x W x 3 BGR image.
+        instances (Instances): predictions in the image's coordinates (``pred_boxes``,
+            ``scores``, ``pred_classes``, optionally ``pred_masks``).
+        metadata (Metadata): gives the class names (``thing_classes``).
+        confidence_threshold (float): lowest score drawn.
+
+    Returns:
+        tuple[np.ndarray, Instances]: the BGR picture and the instances drawn.
+    """
+    instances = instances.to("cpu")
+    instances = instances[instances.scores >= confidence_threshold]
+    visualizer = Visualizer(image[:, :, ::-1], metadata, instance_mode=ColorMode.IMAGE)
+    picture = visualizer.draw_instance_predictions(predictions=instances).get_image()
+    return picture[:, :, ::-1], instances
+
+
+def _output_paths(paths, output):
+    single_file = len(paths) == 1 and output.lower().endswith(IMAGE_EXTENSIONS)
+    if single_file and not os.path.isdir(output):
+        parent = os.path.dirname(os.path.abspath(output))
+        os.makedirs(parent, exist_ok=True)
+        return [output]
+    os.makedirs(output, exist_ok=True)
+    used, ret = set(), []
+    for path in paths:
+        stem, ext = os.path.splitext(os.path.basename(path))
+        ext = ext if ext.lower() in IMAGE_EXTENSIONS else ".png"
+        name, k = stem + ext, 1
+        while name in used:
+            name, k = f"{stem}_{k}{ext}", k + 1
+        used.add(name)
+        ret.append(os.path.join(output, name))
+    return ret
+
+
+def run_demo(predictor, inputs, output, confidence_threshold=0.5):
+    """Predict on every input image and write the pictures.
+
+    An image that cannot be read (or predicted on) is logged with its path and skipped; the
+    other images are still processed.
+
+    Args:
+        predictor (callable): from :func:`build_predictor`.
+        inputs (str or list[str]): files, folders or globs.
+        output (str): a folder, or a file name when there is a single input image.
+        confidence_threshold (float): lowest score drawn.
+
+    Returns:
+        tuple[list[str], list[tuple[str, str]]]: the pictures written, and ``(input path,
+        error message)`` for each image that failed.
+
+    Raises:
+        FileNotFoundError: an input that matches nothing.
+        ImageReadError: when no image at all could be processed.
+    """
+    paths = expand_inputs(inputs)
+    written, failures = [], []
+    for path, out_path in zip(paths, _output_paths(paths, output)):
+        try:
+            image = read_image(path, format="BGR")
+        except ImageReadError as e:
+            logger.error(str(e))
+            failures.append((path, str(e)))
+            continue
+        instances = predictor(image)["instances"]
+        picture, drawn = draw_predictions(
+            image, instances, predictor.metadata, confidence_threshold
+        )
+        if not cv2.imwrite(out_path, picture):
+            raise OSError(f"cannot write {out_path!r}")
+        logger.info(f"{path}: {len(drawn)} instances drawn -> {out_path}")
+        written.append(out_path)
+    if failures and not written:
+        raise ImageReadError(
+            f"none of the {len(paths)} input images could be read: "
+            + "; ".join(msg for _, msg in failures)
+        )
+    return written, failures
+
+
+def get_demo_parser():
+    """The command-line parser of ``tools/demo.py``.
+
+    Returns:
+        argparse.ArgumentParser: the parser.
+    """
+    parser = argparse.ArgumentParser(
+        description="Draw the predictions of a model (boxes, masks, classes, scores) on images."
+    )
+    parser.add_argument("--config-file", required=True, metavar="FILE", help="LazyConfig or yacs")
+    parser.add_argument(
+        "--input", nargs="+", required=True, help="image files, folders or globs ('dir/*.jpg')"
+    )
+    parser.add_argument(
+        "--output", required=True, help="output folder (or a file name for a single image)"
+    )
+    parser.add_argument(
+        "--confidence-threshold", type=float, default=0.5, help="lowest score drawn (0.5)"
+    )
+    add_coco_dataset_argument(parser)
+    parser.add_argument(
+        "--opts",
+        default=[],
+        nargs=argparse.REMAINDER,
+        help="config overrides: 'train.init_checkpoint=model.pth' (LazyConfig) or "
+        "'MODEL.WEIGHTS model.pth' (yacs)",
+    )
+    return parser
+
+
+def demo_main(args):
+    """Run ``tools/demo.py``.
+
+    Args:
+        args (argparse.Namespace): from :func:`get_demo_parser`.
+
+    Returns:
+        int: exit status; 0 when every image was drawn, 1 when some could not be read.
+    """
+    register_datasets_from_args(args)
+    predictor = build_predictor(args.config_file, args.opts)
+    written, failures = run_demo(predictor, args.input, args.output, args.confidence_threshold)
+    logger.info(f"{len(written)} pictures written to {args.output}")
+    if failures:
+        logger.error(
+            f"{len(failures)} of {len(written) + len(failures)} images could not be read: "
+            + ", ".join(p for p, _ in failures)
+        )
+        return 1
+    return 0

@@ -1,0 +1,255 @@
+"""The command-line tools: lazyconfig_train_net.py, train_net.py and demo.py."""
+
+import logging
+import os
+import runpy
+import subprocess
+import sys
+
+import cv2
+import numpy as np
+import pytest
+import torch
+from detectron2.data import MetadataCatalog
+from detectron2.structures import Boxes, Instances
+
+from sa_ejhead.engine import default_argument_parser
+from sa_ejhead.engine import lazy as lazy_engine
+from sa_ejhead.engine.testing import (
+    CONFIGS_DIR,
+    tiny_yacs_config,
+    write_tiny_coco,
+    write_tiny_lazy_config_file,
+)
+from sa_ejhead.visualize import (
+    ImageReadError,
+    draw_predictions,
+    expand_inputs,
+    is_lazy_config,
+    read_image,
+)
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+MODEL = os.path.join(CONFIGS_DIR, "common", "models", "mask_rcnn_safpn_ejhead.py")
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def _run_tool(script, argv, monkeypatch):
+    """Run tools/<script> in this process, as ``python tools/<script> argv...``."""
+    monkeypatch.setattr(sys, "argv", [script] + list(argv))
+    runpy.run_path(os.path.join(REPO, "tools", script), run_name="__main__")
+
+
+@pytest.fixture(scope="module")
+def lazy_run(tmp_path_factory):
+    """Train 2 iterations with tools/lazyconfig_train_net.py in a fresh interpreter."""
+    root = tmp_path_factory.mktemp("tools")
+    json_file, image_root = write_tiny_coco(str(root / "data"), num_images=3, seed=6)
+    config = write_tiny_lazy_config_file(
+        str(root / "tiny.py"),
+        train_dataset="tools_train",
+        test_dataset="tools_val",
+        output_dir=str(root / "unused"),
+        model_config=MODEL,
+        max_iter=4,
+    )
+    out = str(root / "out")
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    cmd = [
+        sys.executable,
+        os.path.join(REPO, "tools", "lazyconfig_train_net.py"),
+        "--config-file",
+        config,
+        "--coco-dataset",
+        f"tools_train={json_file},{image_root}",
+        "--coco-dataset",
+        f"tools_val={json_file},{image_root}",
+        "train.max_iter=2",
+        f"train.output_dir={out}",
+    ]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return dict(
+        root=root,
+        config=config,
+        out=out,
+        json_file=json_file,
+        image_root=image_root,
+        log=proc.stdout + proc.stderr,
+    )
+
+
+def _copypaste_lines(results):
+    return [",".join(f"{v:.4f}" for v in list(results[task].values())[:6]) for task in results]
+
+
+def test_lazyconfig_train_then_eval_only(lazy_run):
+    out = lazy_run["out"]
+    assert {"model_final.pth", "last_checkpoint", "config.yaml", "metrics.json"} <= set(
+        os.listdir(out)
+    )
+    assert "copypaste: Task: segm" in lazy_run["log"]  # evaluation at the end of training
+
+    args = default_argument_parser().parse_args(
+        [
+            "--config-file",
+            lazy_run["config"],
+            "--eval-only",
+            "--coco-dataset",
+            f"tools_val={lazy_run['json_file']},{lazy_run['image_root']}",
+            f"train.init_checkpoint={os.path.join(out, 'model_final.pth')}",
+            f"train.output_dir={lazy_run['root'] / 'eval'}",
+        ]
+    )
+    results = lazy_engine.main(args)
+    assert set(results) == {"bbox", "segm"}
+    # Same weights -> the same AP as the evaluation at the end of training.
+    for line in _copypaste_lines(results):
+        assert f"copypaste: {line}" in lazy_run["log"]
+
+
+def test_lazyconfig_bad_coco_dataset_spec(lazy_run):
+    args = default_argument_parser().parse_args(
+        ["--config-file", lazy_run["config"], "--coco-dataset", "no_equals_sign.json,imgs"]
+    )
+    with pytest.raises(ValueError, match="NAME=ANNOTATIONS.json,IMAGE_DIR"):
+        lazy_engine.main(args)
+
+
+def test_train_net_yacs_cli(tmp_path, monkeypatch):
+    json_file, image_root = write_tiny_coco(str(tmp_path / "data"), num_images=2, seed=7)
+    cfg = tiny_yacs_config("yacs_cli", "yacs_cli", str(tmp_path / "out"), max_iter=1)
+    yaml_file = tmp_path / "tiny.yaml"
+    yaml_file.write_text(cfg.dump())
+    spec = f"yacs_cli={json_file},{image_root}"
+    _run_tool(
+        "train_net.py", ["--config-file", str(yaml_file), "--coco-dataset", spec], monkeypatch
+    )
+    weights = tmp_path / "out" / "model_final.pth"
+    assert weights.is_file()
+
+    _run_tool(
+        "train_net.py",
+        ["--config-file", str(yaml_file), "--coco-dataset", spec, "--eval-only"]
+        + ["MODEL.WEIGHTS", str(weights), "OUTPUT_DIR", str(tmp_path / "eval")],
+        monkeypatch,
+    )
+    assert (tmp_path / "eval" / "inference" / "coco_instances_results.json").is_file()
+
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(cfg.dump().replace("INTERLEAVE:", "INTERLEAVES:", 1))
+    with pytest.raises(KeyError, match="MODEL.EJ_HEAD.INTERLEAVES") as e:
+        _run_tool("train_net.py", ["--config-file", str(bad)], monkeypatch)
+    assert str(bad) in str(e.value)
+
+
+# --- demo ---------------------------------------------------------------------------------
+
+
+def _demo_inputs(folder, json_file_dir):
+    os.makedirs(folder, exist_ok=True)
+    images = sorted(os.listdir(json_file_dir))[:2]
+    for name in images:
+        img = cv2.imread(os.path.join(json_file_dir, name))
+        cv2.imwrite(os.path.join(folder, "good_" + name), img)
+    with open(os.path.join(folder, "broken.png"), "wb") as f:
+        f.write(b"\x89PNG\r\n\x1a\n" + b"truncated")
+    return sorted(os.path.join(folder, "good_" + n) for n in images)
+
+
+def test_demo_folder_with_a_broken_image(lazy_run, tmp_path, monkeypatch, caplog):
+    inputs = str(tmp_path / "in")
+    good = _demo_inputs(inputs, lazy_run["image_root"])
+    out = tmp_path / "vis"
+    argv = ["--config-file", lazy_run["config"], "--input", inputs, "--output", str(out)]
+    argv += ["--confidence-threshold", "0.0", "--coco-dataset"]
+    argv += [f"tools_val={lazy_run['json_file']},{lazy_run['image_root']}"]
+    argv += ["--opts", f"train.init_checkpoint={os.path.join(lazy_run['out'], 'model_final.pth')}"]
+    # tools/demo.py's logger does not propagate to the root logger: listen to it directly.
+    vis_logger = logging.getLogger("sa_ejhead.visualize")
+    vis_logger.addHandler(caplog.handler)
+    try:
+        with pytest.raises(SystemExit) as e:
+            _run_tool("demo.py", argv, monkeypatch)
+    finally:
+        vis_logger.removeHandler(caplog.handler)
+    assert e.value.code == 1  # one image could not be read; the others were drawn
+    assert sorted(os.listdir(out)) == sorted(os.path.basename(p) for p in good)
+    for p in good:
+        assert cv2.imread(str(out / os.path.basename(p))).shape == cv2.imread(p).shape
+    assert "broken.png" in caplog.text and "cannot read image" in caplog.text
+
+    # A glob and a single output file.
+    single = tmp_path / "one.jpg"
+    argv[argv.index("--input") + 1] = os.path.join(inputs, "good_*.png")
+    argv[argv.index("--output") + 1] = str(tmp_path / "glob")
+    with pytest.raises(SystemExit) as e:
+        _run_tool("demo.py", argv, monkeypatch)
+    assert e.value.code == 0 and len(os.listdir(tmp_path / "glob")) == 2
+    argv[argv.index("--input") + 1] = good[0]
+    argv[argv.index("--output") + 1] = str(single)
+    with pytest.raises(SystemExit) as e:
+        _run_tool("demo.py", argv, monkeypatch)
+    assert e.value.code == 0 and single.is_file()
+
+    # Only broken images: the run fails, naming the file.
+    argv[argv.index("--input") + 1] = os.path.join(inputs, "broken.png")
+    argv[argv.index("--output") + 1] = str(tmp_path / "none")
+    with pytest.raises(ImageReadError, match="broken.png"):
+        _run_tool("demo.py", argv, monkeypatch)
+
+
+def test_read_image_and_inputs_errors(tmp_path):
+    bad = tmp_path / "x.jpg"
+    bad.write_bytes(b"not an image")
+    with pytest.raises(ImageReadError, match=r"cannot read image '.*x\.jpg'"):
+        read_image(str(bad))
+    with pytest.raises(FileNotFoundError, match="no such file"):
+        expand_inputs([str(tmp_path / "missing.png")])
+    with pytest.raises(FileNotFoundError, match="glob matches no file"):
+        expand_inputs([str(tmp_path / "*.png")])
+    os.makedirs(tmp_path / "empty")
+    with pytest.raises(FileNotFoundError, match="no image files"):
+        expand_inputs([str(tmp_path / "empty")])
+    assert expand_inputs([str(tmp_path), str(bad)]) == [str(bad)]
+
+
+def test_is_lazy_config(tmp_path):
+    lazy_yaml = tmp_path / "lazy.yaml"
+    lazy_yaml.write_text("model:\n  _target_: x\ntrain:\n  device: cpu\n")
+    yacs_yaml = tmp_path / "yacs.yaml"
+    yacs_yaml.write_text("_BASE_: base.yaml\nMODEL:\n  DEVICE: cpu\n")
+    assert is_lazy_config(MODEL) and is_lazy_config(str(lazy_yaml))
+    assert not is_lazy_config(str(yacs_yaml))
+
+
+def test_draw_predictions_threshold_and_labels():
+    MetadataCatalog.get("test_tools_draw").thing_classes = ["cat", "dog"]
+    image = np.zeros((64, 64, 3), dtype=np.uint8)
+    inst = Instances((64, 64))
+    inst.pred_boxes = Boxes(torch.tensor([[4.0, 4.0, 30.0, 30.0], [34.0, 34.0, 60.0, 60.0]]))
+    inst.scores = torch.tensor([0.9, 0.3])
+    inst.pred_classes = torch.tensor([0, 1])
+    masks = torch.zeros(2, 64, 64, dtype=torch.bool)
+    masks[0, 8:26, 8:26] = True
+    masks[1, 38:56, 38:56] = True
+    inst.pred_masks = masks
+    meta = MetadataCatalog.get("test_tools_draw")
+    np.random.seed(0)  # the Visualizer picks random instance colours
+    picture, drawn = draw_predictions(image, inst, meta, confidence_threshold=0.5)
+    assert picture.shape == image.shape and len(drawn) == 1
+    assert drawn.scores.tolist() == [pytest.approx(0.9)]
+    assert picture[8:26, 8:26].any()  # the kept instance is drawn (mask + box)
+    # The picture is exactly the one of the kept instance alone, not the one of both.
+    np.random.seed(0)
+    only_first, _ = draw_predictions(image, inst[[0]], meta, confidence_threshold=0.0)
+    both, drawn = draw_predictions(image, inst, meta, confidence_threshold=0.2)
+    assert np.array_equal(picture, only_first)
+    assert len(drawn) == 2 and not np.array_equal(picture, both)

@@ -1,0 +1,25 @@
+#!/usr/bin/env python
+"""Draw a model's predictions (boxes, masks, class names, scores) on images.
+
+Examples::
+
+    tools/demo.py --config-file configs/X.py --input photo.jpg --output out.jpg \\
+        --opts train.init_checkpoint=output/model_final.pth train.device=cpu
+    tools/demo.py --config-file configs/yacs/X.yaml --input 'images/*.png' --output vis/ \\
+        --confidence-threshold 0.7 --opts MODEL.WEIGHTS output/model_final.pth MODEL.DEVICE cpu
+
+Unreadable images are reported (with their path) and skipped; the exit status is 1 when any
+image could not be read, and the run fails outright only when none could.
+"""
+
+import sys
+
+from detectron2.utils.logger import setup_logger
+
+from sa_ejhead.visualize import demo_main, get_demo_parser
+
+if __name__ == "__main__":
+    setup_logger()
+    setup_logger(name="sa_ejhead")
+    setup_logger(name="fvcore")
+    sys.exit(demo_main(get_demo_parser().parse_args()))

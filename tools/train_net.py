@@ -1,0 +1,36 @@
+#!/usr/bin/env python
+"""Train or evaluate a yacs config with ``DefaultTrainer`` + ``COCOEvaluator``.
+
+The config gets the sa-ejhead keys (``add_sa_ejhead_config``) before the YAML is merged.
+
+Examples::
+
+    tools/train_net.py --config-file configs/yacs/X.yaml --num-gpus 8
+    tools/train_net.py --config-file configs/yacs/X.yaml \\
+        --coco-dataset my_train=ann/train.json,images/train \\
+        DATASETS.TRAIN "('my_train',)" MODEL.DEVICE cpu
+    tools/train_net.py --config-file configs/yacs/X.yaml --resume OUTPUT_DIR output/X
+    tools/train_net.py --config-file configs/yacs/X.yaml --eval-only MODEL.WEIGHTS model.pth
+"""
+
+from detectron2.engine import launch
+
+from sa_ejhead.engine import default_argument_parser
+from sa_ejhead.engine.trainer import main
+
+
+def invoke_main():
+    """Parse the command line and run :func:`sa_ejhead.engine.trainer.main` in every process."""
+    args = default_argument_parser().parse_args()
+    launch(
+        main,
+        args.num_gpus,
+        num_machines=args.num_machines,
+        machine_rank=args.machine_rank,
+        dist_url=args.dist_url,
+        args=(args,),
+    )
+
+
+if __name__ == "__main__":
+    invoke_main()

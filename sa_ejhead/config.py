@@ -4,6 +4,7 @@ Detectron2's ``DefaultTrainer`` and ``tools/train_net.py`` use yacs configs; cal
 :func:`add_sa_ejhead_config` on ``get_cfg()`` before merging one of our YAML files. LazyConfig users
 don't need this: our modules take explicit keyword arguments.
 """
+
 from detectron2.config import CfgNode as CN
 
 __all__ = ["add_sa_ejhead_config"]
@@ -26,6 +27,13 @@ def add_sa_ejhead_config(cfg):
     # "conv" (3x3 stride 2) | "maxpool"
     cfg.MODEL.SAFPN.DOWNSAMPLE = "conv"
     cfg.MODEL.SAFPN.SQUARE_PAD = 0
+    # Efficiency levers (defaults = faithful; "td+buf" / "sa" only; see docs/safpn.md):
+    # the BUF pathway reuses the TD laterals
+    cfg.MODEL.SAFPN.SHARE_LATERALS = False
+    # "after" (merge the two pathways' outputs) | "before" (merge pre-output sums, one 3x3 conv)
+    cfg.MODEL.SAFPN.FUSE_POSITION = "after"
+    # finest levels that output TD alone, a prefix such as ["p2"]; [] = every level fused
+    cfg.MODEL.SAFPN.TD_ONLY_LEVELS = []
 
     # EJ-Head (DESIGN.md section 3). The "Enriched Feature" switch is the box pooler resolution:
     # MODEL.ROI_BOX_HEAD.POOLER_RESOLUTION = 14.
@@ -40,4 +48,11 @@ def add_sa_ejhead_config(cfg):
     cfg.MODEL.EJ_HEAD.REFINEMENT_SCOPE = "shared"
     # "flatten" (faithful) | "avgpool" | "stride2conv"
     cfg.MODEL.EJ_HEAD.BOX_FC_INPUT = "flatten"
+    # Efficiency levers (defaults = faithful; see docs/ejhead.md):
+    # width of the residual branch of the refinement (1x1 reduce, two 3x3, 1x1 expand); 0 = the
+    # faithful block on all channels
+    cfg.MODEL.EJ_HEAD.REFINEMENT_CHANNELS = 0
+    # average-pool the box RoIs by this factor before the refinement and the box head
+    # (2: 14x14 -> 7x7); 1 = faithful. Mask RoIs are never downsampled.
+    cfg.MODEL.EJ_HEAD.BOX_REFINEMENT_DOWNSAMPLE = 1
     return cfg

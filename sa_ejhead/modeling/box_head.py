@@ -126,6 +126,18 @@ class EJFastRCNNConvFCHead(nn.Sequential):
             x = layer(x)
         return x
 
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        # A layer is loaded whole or not at all. Detectron2's checkpointer skips tensors one by one
+        # when their shapes differ: from a 7x7 checkpoint it would drop fc1's (256*7*7)-input
+        # weight but load its bias into our 14x14 fc1. Drop such an orphaned bias, so the layer is
+        # reported as new (missing) and keeps its own init.
+        for name, child in self.named_children():
+            weight, bias = f"{prefix}{name}.weight", f"{prefix}{name}.bias"
+            if getattr(child, "bias", None) is not None and bias in state_dict:
+                if weight not in state_dict:
+                    state_dict.pop(bias)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
     @property
     @torch.jit.unused
     def output_shape(self) -> ShapeSpec:

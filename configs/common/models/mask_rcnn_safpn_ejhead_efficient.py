@@ -1,0 +1,26 @@
+# Mask R-CNN + SA-FPN + EJ-Head, efficient setting (not in the paper; DESIGN.md section 7): the
+# faithful model (mask_rcnn_safpn_ejhead.py) costs about twice the Mask R-CNN R50-FPN baseline in
+# FLOPs, this one stays within 1.25x of it in FLOPs and CPU latency (docs/benchmark.md, measured
+# with tools/benchmark.py). Every lever is spelled out; everything else is the faithful model.
+#
+# SA-FPN (the TD and BUF pathways are both kept and concatenated per level):
+#   share_laterals=True     the BUF pathway reuses the TD laterals (no buf_lateral{i});
+#   fuse_position="before"  concat + 1x1 fuse the two pathways' pre-output sums, then one 3x3
+#                           output conv per level (the BUF 3x3 output convs are gone);
+#   td_only_levels=["p2"]   p2 outputs the TD pathway alone (B2 still feeds the BUF pathway), so
+#                           there is no 512->256 fuse at the 1/4 scale.
+# EJ-Head (Enriched 14x14 RoIAlign, shared residual Boundary Refinement and Interleaving kept):
+#   refinement.bottleneck_channels=64  the residual branch runs on 64 channels
+#                           (1x1 256->64, two 3x3 64->64, 1x1 64->256, shortcut);
+#   box_refinement_downsample=2        box RoIs: 14x14 RoIAlign, 2x2 average pool to 7x7, then
+#                           the refinement and the 7x7 fc input (12.8 M first-fc weights instead of
+#                           51.4 M); mask RoIs are refined at 14x14.
+from detectron2.layers import ShapeSpec
+
+from .mask_rcnn_safpn_ejhead import model
+
+model.backbone.update(share_laterals=True, fuse_position="before", td_only_levels=["p2"])
+
+model.roi_heads.refinement.bottleneck_channels = 64
+model.roi_heads.box_refinement_downsample = 2
+model.roi_heads.box_head.input_shape = ShapeSpec(channels=256, height=7, width=7)

@@ -1,0 +1,361 @@
+#!/usr/bin/env python
+"""CPU ablation: the embedded-data analogue of every row of the paper's Tables 2-5.
+
+Trains each row's demo-sized config (``projects/cpu_ablation/configs/``) on ``sa_shapes_train``
+for ``--iters`` iterations with each of ``--seeds``, evaluates on ``sa_shapes_val`` (COCO box and
+mask AP, AP_S/M/L) and writes the tables of mean ± std over the seeds, laid out like the paper's.
+
+Every run lives in ``OUTPUT/<config>/<seed>/<iters>/``; its ``results.json`` is written atomically
+at the end. A rerun skips finished runs; ``--resume`` continues unfinished ones from their last
+checkpoint (without it they restart); ``--table-only`` builds the tables from whatever finished.
+
+Examples::
+
+    python projects/cpu_ablation/run_ablation.py --tables 2 --seeds 0 1 2 --iters 300
+    python projects/cpu_ablation/run_ablation.py --tables 2 3 4 5 E --resume   # continue
+    python projects/cpu_ablation/run_ablation.py --table-only --markdown docs/ablation_table.md
+"""
+
+import argparse
+import json
+import math
+import os
+import subprocess
+import sys
+import tempfile
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+CONFIG_DIR = os.path.join(HERE, "configs")
+DEFAULT_OUTPUT = "output/cpu_ablation"
+METRICS = ("AP", "APs", "APm", "APl")
+
+# table -> (title, columns before the AP figures, rows as (config, cells))
+TABLES = {
+    "2": (
+        "Table 2. Effects of each component (embedded SA-Shapes val)",
+        ["Model", "Backbone"],
+        [
+            ("baseline", ["Mask R-CNN (Baseline)", "ResNet18-FPN"]),
+            ("safpn", ["Mask R-CNN + SA-FPN", "ResNet18-FPN"]),
+            ("ejhead", ["Mask R-CNN + EJ-Head", "ResNet18-FPN"]),
+            ("safpn_ejhead", ["Mask R-CNN + SA-FPN + EJ-Head (Ours)", "ResNet18-FPN"]),
+            ("r34_baseline", ["Mask R-CNN", "ResNet34-FPN"]),
+            ("r34_safpn_ejhead", ["Mask R-CNN + SA-FPN + EJ-Head (Ours)", "ResNet34-FPN"]),
+            ("cascade_baseline", ["Cascade Mask R-CNN", "ResNet18-FPN"]),
+            ("cascade_safpn_ejhead", ["Cascade Mask R-CNN + SA-FPN + EJ-Head", "ResNet18-FPN"]),
+        ],
+    ),
+    "3": (
+        "Table 3. FPN designs",
+        ["FPN design"],
+        [
+            ("baseline", ["TD-FPN"]),
+            ("fpn_bu", ["BU-FPN"]),
+            ("fpn_buf", ["BUF-FPN"]),
+            ("fpn_td_add_buf", ["TD-FPN add BUF-FPN"]),
+            ("safpn", ["SA-FPN (TD-FPN concat BUF-FPN)"]),
+        ],
+    ),
+    "4": (
+        "Table 4. EJ-Head components",
+        ["Method", "Interleaving", "Enriched Feature", "Boundary Refinement"],
+        [
+            ("baseline", ["Mask R-CNN (Baseline)", "", "", ""]),
+            ("ej_interleave", ["Mask R-CNN", "✓", "", ""]),
+            ("ej_enriched", ["Mask R-CNN", "", "✓", ""]),
+            ("ej_refine", ["Mask R-CNN", "", "", "✓"]),
+            ("ej_interleave_enriched", ["Mask R-CNN", "✓", "✓", ""]),
+            ("ejhead", ["Mask R-CNN + EJ-Head", "✓", "✓", "✓"]),
+        ],
+    ),
+    "5": (
+        "Table 5. Boundary Refinement designs",
+        ["Boundary Refinement (BR)"],
+        [
+            ("baseline", ["None"]),
+            ("ej_br_conv1", ["Simple Conv x 1"]),
+            ("ej_br_conv2", ["Simple Conv x 2"]),
+            ("ej_br_conv3", ["Simple Conv x 3"]),
+            ("ej_refine", ["Simple Conv x 2 + Shortcut (BR)"]),
+        ],
+    ),
+    "E": (
+        "Efficient vs faithful SA-FPN + EJ-Head (not in the paper)",
+        ["Setting"],
+        [
+            ("baseline", ["Mask R-CNN (Baseline)"]),
+            ("safpn_ejhead", ["SA-FPN + EJ-Head, faithful"]),
+            ("safpn_ejhead_efficient", ["SA-FPN + EJ-Head, efficient"]),
+        ],
+    ),
+}
+
+
+def run_dir(output_dir, config, seed, iters):
+    """Directory of one run: ``OUTPUT/<config>/<seed>/<iters>``."""
+    return os.path.join(output_dir, config, str(seed), str(iters))
+
+
+def write_json_atomic(path, data):
+    """Write ``data`` as JSON to ``path`` atomically (temporary file + rename)."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(path)), suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(data, f, indent=1)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+def load_result(output_dir, config, seed, iters):
+    """The finished result of a run, or None (missing or unreadable ``results.json``)."""
+    path = os.path.join(run_dir(output_dir, config, seed, iters), "results.json")
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return None
+
+
+def configs_of(tables):
+    """Unique configs of the given tables, in table order."""
+    seen = []
+    for t in tables:
+        for config, _ in TABLES[t][2]:
+            if config not in seen:
+                seen.append(config)
+    return seen
+
+
+def plan_runs(output_dir, configs, seeds, iters):
+    """Runs to do, seed-major (every config once per seed first), without the finished ones.
+
+    Args:
+        output_dir (str): the cache root.
+        configs (list[str]): config names.
+        seeds (list[int]): seeds.
+        iters (int): iterations per run.
+
+    Returns:
+        list[tuple[str, int]]: (config, seed) pairs still to run.
+    """
+    return [(c, s) for s in seeds for c in configs if load_result(output_dir, c, s, iters) is None]
+
+
+def mean_std(values):
+    """Mean and sample standard deviation (0 for one value) of finite values; (nan, nan) if none."""
+    values = [v for v in values if v is not None and math.isfinite(v)]
+    if not values:
+        return float("nan"), float("nan")
+    mean = sum(values) / len(values)
+    if len(values) == 1:
+        return mean, 0.0
+    var = sum((v - mean) ** 2 for v in values) / (len(values) - 1)
+    return mean, math.sqrt(var)
+
+
+def summarize(output_dir, config, seeds, iters):
+    """Mean ± std over the finished seeds of a config.
+
+    Returns:
+        dict: ``n`` (finished seeds) and, for ``bbox``/``segm`` x ``AP``/``APs``/``APm``/``APl``,
+        ``(mean, std)``.
+    """
+    results = [load_result(output_dir, config, s, iters) for s in seeds]
+    results = [r for r in results if r is not None]
+    out = {"n": len(results)}
+    for task in ("bbox", "segm"):
+        for m in METRICS:
+            out[(task, m)] = mean_std([r.get(task, {}).get(m) for r in results])
+    return out
+
+
+def _cell(mean_std_pair):
+    mean, std = mean_std_pair
+    if math.isnan(mean):
+        return "-"
+    return f"{mean:.1f} ± {std:.1f}"
+
+
+def format_table(table, output_dir, seeds, iters):
+    """Markdown table of one of the paper's tables from the finished runs.
+
+    Args:
+        table (str): "2", "3", "4", "5" or "E".
+        output_dir (str): the cache root.
+        seeds (list[int]): seeds to average.
+        iters (int): iterations per run.
+
+    Returns:
+        str: a title line and the table: the paper's leading columns, then box AP, AP_S, AP_M,
+        AP_L, mask AP, AP_S, AP_M, AP_L (mean ± std over seeds, COCO AP in %), then the number of
+        finished seeds.
+    """
+    title, lead, rows = TABLES[table]
+    header = lead + ["box AP", "AP_S", "AP_M", "AP_L", "mask AP", "AP_S", "AP_M", "AP_L"]
+    header += ["seeds", "config"]
+    lines = [
+        f"**{title}** ({iters} iterations, mean ± std over seeds)",
+        "",
+        "| " + " | ".join(header) + " |",
+        "|" + "---|" * len(lead) + "---:|" * 9 + "---|",
+    ]
+    for config, cells in rows:
+        s = summarize(output_dir, config, seeds, iters)
+        figures = [_cell(s[(task, m)]) for task in ("bbox", "segm") for m in METRICS]
+        link = f"[{config}](projects/cpu_ablation/configs/{config}.py)"
+        lines.append("| " + " | ".join(cells + figures + [f"{s['n']}/{len(seeds)}", link]) + " |")
+    return "\n".join(lines)
+
+
+def format_tables(tables, output_dir, seeds, iters):
+    """All requested tables, separated by blank lines."""
+    return "\n\n".join(format_table(t, output_dir, seeds, iters) for t in tables)
+
+
+def run_one(config, seed, iters, output_dir, resume, checkpoint_period, opts=()):
+    """Train and evaluate one config/seed in this process; write ``results.json`` atomically."""
+    import torch
+
+    from detectron2.utils.logger import setup_logger
+
+    from sa_ejhead.engine import do_train, load_lazy_config
+
+    directory = run_dir(output_dir, config, seed, iters)
+    os.makedirs(directory, exist_ok=True)
+    setup_logger(directory, name="detectron2")
+    cfg = load_lazy_config(
+        os.path.join(CONFIG_DIR, f"{config}.py"),
+        [
+            f"train.max_iter={iters}",
+            f"train.seed={seed}",
+            f"train.output_dir={directory}",
+            "train.eval_period=0",
+            "train.device=cpu",
+            f"train.checkpointer.period={checkpoint_period}",
+        ]
+        + list(opts),
+    )
+    start = time.time()
+    results = do_train(cfg, resume=resume)
+    if not results:
+        raise RuntimeError(f"{config} seed {seed}: training finished without evaluation results")
+    write_json_atomic(
+        os.path.join(directory, "results.json"),
+        {
+            "config": config,
+            "seed": seed,
+            "iters": iters,
+            "wall_s": time.time() - start,
+            "torch_threads": torch.get_num_threads(),
+            "opts": list(opts),
+            "bbox": dict(results.get("bbox", {})),
+            "segm": dict(results.get("segm", {})),
+        },
+    )
+
+
+def get_parser():
+    """Command-line arguments."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--tables",
+        nargs="+",
+        default=["2", "3", "4", "5", "E"],
+        choices=sorted(TABLES),
+        help="which tables (E: efficient vs faithful)",
+    )
+    parser.add_argument(
+        "--configs",
+        nargs="*",
+        default=None,
+        help="only these configs (default: every row of --tables)",
+    )
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    parser.add_argument("--iters", type=int, default=300, help="training iterations per run")
+    parser.add_argument("--output-dir", default=DEFAULT_OUTPUT)
+    parser.add_argument(
+        "--resume", action="store_true", help="continue unfinished runs from their last checkpoint"
+    )
+    parser.add_argument(
+        "--table-only", action="store_true", help="only build the tables from the finished runs"
+    )
+    parser.add_argument("--markdown", default="", help="also write the tables to this file")
+    parser.add_argument("--checkpoint-period", type=int, default=100)
+    parser.add_argument(
+        "--opts",
+        nargs="*",
+        default=[],
+        help="config overrides KEY=VALUE for every run (e.g. optimizer.lr=0.01)",
+    )
+    parser.add_argument("--run-one", nargs=2, metavar=("CONFIG", "SEED"), help=argparse.SUPPRESS)
+    return parser
+
+
+def main(argv=None):
+    """Run the missing runs (each in a subprocess), then print (and write) the tables."""
+    args = get_parser().parse_args(argv)
+    if args.run_one:
+        run_one(
+            args.run_one[0],
+            int(args.run_one[1]),
+            args.iters,
+            args.output_dir,
+            args.resume,
+            args.checkpoint_period,
+            args.opts,
+        )
+        return 0
+    configs = args.configs or configs_of(args.tables)
+    for c in configs:
+        if not os.path.isfile(os.path.join(CONFIG_DIR, f"{c}.py")):
+            raise SystemExit(f"Unknown config {c!r}: no {c}.py in {CONFIG_DIR}")
+    if not args.table_only:
+        todo = plan_runs(args.output_dir, configs, args.seeds, args.iters)
+        print(f"[ablation] {len(todo)} runs to do ({args.iters} iterations each)", flush=True)
+        for i, (config, seed) in enumerate(todo):
+            start = time.time()
+            cmd = [
+                sys.executable,
+                os.path.abspath(__file__),
+                "--run-one",
+                config,
+                str(seed),
+                "--iters",
+                str(args.iters),
+                "--output-dir",
+                args.output_dir,
+                "--checkpoint-period",
+                str(args.checkpoint_period),
+            ]
+            if args.resume:
+                cmd.append("--resume")
+            if args.opts:
+                cmd += ["--opts"] + list(args.opts)
+            log = os.path.join(run_dir(args.output_dir, config, seed, args.iters), "stdout.txt")
+            os.makedirs(os.path.dirname(log), exist_ok=True)
+            with open(log, "a") as f:
+                rc = subprocess.call(cmd, stdout=f, stderr=subprocess.STDOUT)
+            status = "done" if rc == 0 else f"FAILED (rc={rc}, see {log})"
+            print(
+                f"[ablation] {i + 1}/{len(todo)} {config} seed {seed}: {status} in "
+                f"{time.time() - start:.0f}s",
+                flush=True,
+            )
+    text = format_tables(args.tables, args.output_dir, args.seeds, args.iters)
+    print(text)
+    if args.markdown:
+        os.makedirs(os.path.dirname(os.path.abspath(args.markdown)), exist_ok=True)
+        with open(args.markdown, "w") as f:
+            f.write(text + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,129 @@
+"""Deterministic synthetic COCO ground truth and detections, to test and time COCO evaluation."""
+
+import numpy as np
+import pycocotools.mask as mask_util
+
+__all__ = ["make_synthetic_coco"]
+
+
+def _polygon(rng, cx, cy, rx, ry, num_vertices):
+    """Return a star-shaped polygon around (cx, cy) as a flat [x0, y0, x1, y1, ...] list."""
+    angles = np.sort(rng.uniform(0, 2 * np.pi, size=num_vertices))
+    radii = rng.uniform(0.6, 1.0, size=num_vertices)
+    xs = cx + rx * radii * np.cos(angles)
+    ys = cy + ry * radii * np.sin(angles)
+    return np.stack([xs, ys], axis=1).reshape(-1).round(2).tolist()
+
+
+def _rle_from_polygon(polygon, height, width):
+    """Compressed RLE (``counts`` as str, as Detectron2 writes results) of a polygon."""
+    rle = mask_util.merge(mask_util.frPyObjects([polygon], height, width))
+    rle["counts"] = rle["counts"].decode("ascii")
+    return rle
+
+
+def make_synthetic_coco(
+    num_images=20, num_classes=4, max_objects=8, dets_per_image=20, image_size=(128, 160), seed=0
+):
+    """Build a COCO ground-truth dict and a matching results list.
+
+    Ground truth mixes polygons, uncompressed RLE and a few crowd regions, with objects from a few
+    pixels to most of the image, so the small/medium/large ranges are all populated when the image
+    size allows. Detections are jittered copies of the ground truth (boxes and RLE masks) plus
+    false positives, with random scores, capped at ``dets_per_image`` per image.
+
+    Args:
+        num_images (int): number of images.
+        num_classes (int): number of categories (ids 1..num_classes).
+        max_objects (int): at most this many ground-truth objects per image (at least 1).
+        dets_per_image (int): number of detections per image.
+        image_size (tuple[int, int]): (height, width) of every image.
+        seed (int): random seed; the same arguments give the same data.
+
+    Returns:
+        tuple[dict, list[dict]]: the ground truth (a COCO ``instances`` dict) and the results
+        (a list of ``{"image_id", "category_id", "bbox", "score", "segmentation"}`` dicts, the
+        format of Detectron2's ``coco_instances_results.json``).
+    """
+    rng = np.random.RandomState(seed)
+    height, width = image_size
+    images, annotations, results = [], [], []
+    for image_id in range(1, num_images + 1):
+        images.append(
+            {"id": image_id, "height": height, "width": width, "file_name": f"{image_id}.jpg"}
+        )
+        num_objects = rng.randint(1, max_objects + 1)
+        objects = []
+        for _ in range(num_objects):
+            if rng.rand() < 0.2:  # large: a third to a half of the image
+                scale = rng.uniform(0.3, 0.5) * min(height, width)
+            else:  # from a few pixels to medium, log-uniform
+                scale = np.exp(rng.uniform(np.log(2.0), np.log(0.3 * min(height, width))))
+            cx, cy = rng.uniform(scale, width - scale), rng.uniform(scale, height - scale)
+            rx, ry = scale * rng.uniform(0.6, 1.4), scale * rng.uniform(0.6, 1.4)
+            category_id = int(rng.randint(1, num_classes + 1))
+            polygon = _polygon(rng, cx, cy, rx, ry, rng.randint(5, 12))
+            rle = mask_util.merge(mask_util.frPyObjects([polygon], height, width))
+            area = float(mask_util.area(rle))
+            if area < 1:
+                continue
+            x, y, w, h = mask_util.toBbox(rle).tolist()
+            iscrowd = int(rng.rand() < 0.05)
+            if iscrowd or rng.rand() < 0.3:
+                # uncompressed RLE, as COCO stores crowd regions
+                binary = mask_util.decode(rle)
+                segmentation = _uncompressed_rle(binary)
+            else:
+                segmentation = [polygon]
+            annotations.append(
+                {
+                    "id": len(annotations) + 1,
+                    "image_id": image_id,
+                    "category_id": category_id,
+                    "bbox": [x, y, w, h],
+                    "area": area,
+                    "iscrowd": iscrowd,
+                    "segmentation": segmentation,
+                }
+            )
+            objects.append((cx, cy, rx, ry, category_id, polygon))
+        for det in range(dets_per_image):
+            if objects and det < 2 * len(objects):
+                # a true positive candidate: the object's polygon, shifted and rescaled
+                cx, cy, rx, ry, category_id, polygon = objects[det % len(objects)]
+                jitter = rng.uniform(-0.15, 0.15, size=4)
+                xy = np.asarray(polygon).reshape(-1, 2)
+                xy = (xy - [cx, cy]) * (1 + jitter[2:]) + [cx + jitter[0] * rx, cy + jitter[1] * ry]
+                polygon = xy.reshape(-1).round(2).tolist()
+                if rng.rand() < 0.15:
+                    category_id = int(rng.randint(1, num_classes + 1))
+            else:
+                scale = np.exp(rng.uniform(np.log(3.0), np.log(0.4 * min(height, width))))
+                rx, ry = scale, scale * rng.uniform(0.5, 1.5)
+                cx, cy = rng.uniform(0, width), rng.uniform(0, height)
+                category_id = int(rng.randint(1, num_classes + 1))
+                polygon = _polygon(rng, cx, cy, rx, ry, 8)
+            rle = _rle_from_polygon(polygon, height, width)
+            if mask_util.area(rle) < 1:
+                continue
+            box = [round(v, 2) for v in mask_util.toBbox(rle).tolist()]
+            results.append(
+                {
+                    "image_id": image_id,
+                    "category_id": category_id,
+                    "bbox": box,
+                    "score": round(float(rng.uniform(0.05, 1.0)), 4),
+                    "segmentation": rle,
+                }
+            )
+    categories = [{"id": i, "name": f"class{i}"} for i in range(1, num_classes + 1)]
+    gt = {"images": images, "annotations": annotations, "categories": categories}
+    return gt, results
+
+
+def _uncompressed_rle(binary):
+    """COCO's uncompressed RLE (column-major run lengths, starting with zeros) of a HxW mask."""
+    flat = np.asfortranarray(binary).reshape(-1, order="F")
+    changes = np.flatnonzero(np.diff(np.concatenate([[0], flat, [1 - flat[-1]]])))
+    counts = np.diff(np.concatenate([[0], changes])).tolist()
+    return {"size": list(binary.shape), "counts": [int(c) for c in counts]}

@@ -6,6 +6,7 @@ with two threads per process a 2-core machine is oversubscribed as soon as anyth
 2-core machine). Built models hold reference cycles; collecting after each test keeps the peak
 memory of the suite low.
 """
+
 import gc
 
 import pytest

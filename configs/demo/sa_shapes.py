@@ -1,0 +1,126 @@
+# make demo: Mask R-CNN + SA-FPN + EJ-Head on the embedded SA-Shapes data (sa_shapes_train/val,
+# 192x256 images, 5 classes, objects from ~4 px to half the image), sized to train from scratch on
+# a 2-core CPU in minutes. Everything the paper specifies is kept (SA-FPN "sa" neck with its own
+# BUF laterals; EJ-Head with 14x14 "Enriched" RoIs flattened into the first fc, the shared residual
+# Boundary Refinement and interleaving); only widths and depths are shrunk:
+#   ResNet-18 with BatchNorm, from scratch (FrozenBN makes no sense without pre-training);
+#   SA-FPN / RPN / RoI features 64 channels (256 in the paper), box fcs 256 (1024),
+#   2 mask convs (4), 64 sampled RoIs per image (512);
+#   anchors 8..128 px and RoI level assignment at canonical size 56 (224 on COCO), i.e. COCO's
+#   setting scaled by the ~1/4 ratio of our image size to COCO's 800 px.
+# Measured on the 2-core CPU: see docs/demo.md. Baseline twin: sa_shapes_baseline.py.
+import detectron2.data.transforms as T
+from detectron2.config import LazyCall as L
+from detectron2.data import (
+    build_detection_test_loader,
+    build_detection_train_loader,
+    get_detection_dataset_dicts,
+)
+from detectron2.layers import ShapeSpec
+from detectron2.model_zoo import get_config
+from detectron2.modeling.backbone import ResNet
+from detectron2.modeling.backbone.resnet import BasicBlock
+from detectron2.solver import WarmupParamScheduler
+from fvcore.common.param_scheduler import CosineParamScheduler
+
+from sa_ejhead.data import CheckedDatasetMapper
+from sa_ejhead.evaluation import COCOEvaluator
+
+from ..common.models.mask_rcnn_safpn_ejhead import model
+
+CHANNELS = 64  # FPN / RoI feature width
+FC_DIM = 256
+
+# --- backbone: ResNet-18 at half width (32..256 channels), BN, from scratch ---------------------
+WIDTH = 32
+model.backbone.bottom_up.stem.update(out_channels=WIDTH, norm="BN")
+model.backbone.bottom_up.stages = [
+    L(ResNet.make_stage)(
+        block_class=BasicBlock,
+        num_blocks=2,
+        stride_per_block=[stride, 1],
+        in_channels=WIDTH * max(1, 2 ** (i - 1)),
+        out_channels=WIDTH * 2**i,
+        norm="BN",
+    )
+    for i, stride in enumerate([1, 2, 2, 2])
+]
+model.backbone.out_channels = CHANNELS
+model.pixel_mean = [103.53, 116.28, 123.675]
+model.pixel_std = [57.375, 57.12, 58.395]  # from scratch: normalize to unit variance
+
+# --- RPN --------------------------------------------------------------------------------------
+model.proposal_generator.head.in_channels = CHANNELS
+model.proposal_generator.anchor_generator.sizes = [[8], [16], [32], [64], [128]]
+model.proposal_generator.pre_nms_topk = (1000, 500)
+model.proposal_generator.post_nms_topk = (500, 200)
+
+# --- EJ-Head ----------------------------------------------------------------------------------
+roi = model.roi_heads
+roi.num_classes = 5
+roi.batch_size_per_image = 32
+roi.interleave_max_positives = 32
+roi.box_pooler.canonical_box_size = 36  # 224 * 128 / 800: COCO's level assignment, rescaled
+roi.mask_pooler.canonical_box_size = 36
+# shared residual Boundary Refinement (box + mask RoIs) with the efficiency lever
+# bottleneck_channels=16 (1x1 64->16, two 3x3, 1x1 16->64): the faithful block on all 64 channels
+# costs ~0.25 CPU-s more per iteration here
+roi.refinement.update(channels=CHANNELS, bottleneck_channels=16)
+roi.box_head.input_shape = ShapeSpec(channels=CHANNELS, height=14, width=14)
+roi.box_head.fc_dims = [FC_DIM, FC_DIM]  # box_fc_input="flatten": 64*14*14 -> 256, faithful
+roi.box_predictor.input_shape = ShapeSpec(channels=FC_DIM)
+roi.mask_head.input_shape = ShapeSpec(channels=CHANNELS, height=14, width=14)
+roi.mask_head.conv_dims = [CHANNELS, CHANNELS, CHANNELS]  # 2 convs + the deconv's width
+
+# --- data -------------------------------------------------------------------------------------
+dataloader = dict(
+    train=L(build_detection_train_loader)(
+        dataset=L(get_detection_dataset_dicts)(names="sa_shapes_train"),
+        mapper=L(CheckedDatasetMapper)(
+            is_train=True,
+            augmentations=[
+                L(T.ResizeShortestEdge)(
+                    short_edge_length=(112, 128, 144), max_size=192, sample_style="choice"
+                ),
+                L(T.RandomFlip)(horizontal=True),
+            ],
+            image_format="BGR",
+            use_instance_mask=True,
+            instance_mask_format="bitmask",  # SA-Shapes has polygons and RLE masks
+        ),
+        total_batch_size=4,
+        num_workers=1,
+    ),
+    test=L(build_detection_test_loader)(
+        dataset=L(get_detection_dataset_dicts)(names="sa_shapes_val", filter_empty=False),
+        mapper=L(CheckedDatasetMapper)(
+            is_train=False,
+            augmentations=[L(T.ResizeShortestEdge)(short_edge_length=128, max_size=192)],
+            image_format="BGR",
+        ),
+        num_workers=1,
+    ),
+    evaluator=L(COCOEvaluator)(dataset_name="sa_shapes_val"),
+)
+
+# --- schedule ---------------------------------------------------------------------------------
+optimizer = get_config("common/optim.py").SGD
+optimizer.lr = 0.01  # 0.02 diverged within 25 iterations (batch 4, from scratch)
+# cosine decay after a linear warm-up: the schedule follows train.max_iter (make demo ITERS=N)
+lr_multiplier = L(WarmupParamScheduler)(
+    scheduler=L(CosineParamScheduler)(start_value=1.0, end_value=0.02),
+    warmup_length=0.1,
+    warmup_factor=0.01,
+)
+
+train = get_config("common/train.py").train
+train.update(
+    output_dir="output/demo",
+    # tools/run_demo.py trains fewer when a timed start shows these won't fit in its time budget
+    max_iter=1500,
+    eval_period=0,  # evaluate once, after the last iteration
+    log_period=20,
+    checkpointer=dict(period=100000, max_to_keep=1),  # model_final.pth only
+    device="cpu",
+    seed=0,
+)

@@ -1,0 +1,144 @@
+"""Dataset registration: the embedded SA-Shapes set and validated COCO-format datasets.
+
+Importing :mod:`sa_ejhead` registers ``sa_shapes_train`` and ``sa_shapes_val`` in Detectron2's
+``DatasetCatalog``/``MetadataCatalog``. Registration is cheap: the images are generated (once, in
+a few seconds) the first time one of the two is loaded, e.g. by a data loader, or explicitly by
+:func:`prepare_sa_shapes`. The data live in ``$SA_SHAPES_ROOT`` if set, else in
+``datasets/sa_shapes/`` under the repository root.
+"""
+
+import functools
+import os
+from pathlib import Path
+
+from detectron2.data import DatasetCatalog, MetadataCatalog
+from detectron2.data.datasets import load_coco_json, register_coco_instances
+
+from .synthetic import SA_SHAPES_CATEGORIES, ensure_sa_shapes
+from .validation import validate_coco_json
+
+__all__ = [
+    "SA_SHAPES_DEFAULTS",
+    "default_sa_shapes_root",
+    "prepare_sa_shapes",
+    "register_sa_shapes",
+    "register_coco_instances_checked",
+]
+
+# Parameters of the default set (see sa_ejhead.data.synthetic.generate_sa_shapes).
+SA_SHAPES_DEFAULTS = dict(num_train=400, num_val=80, height=192, width=256, seed=0)
+
+
+def default_sa_shapes_root():
+    """Return ``$SA_SHAPES_ROOT`` if set, else ``<repository>/datasets/sa_shapes``.
+
+    Returns:
+        str: an absolute path.
+    """
+    env = os.environ.get("SA_SHAPES_ROOT")
+    if env:
+        return os.path.abspath(os.path.expanduser(env))
+    return str(Path(__file__).resolve().parents[2] / "datasets" / "sa_shapes")
+
+
+def prepare_sa_shapes(root=None, **gen_kwargs):
+    """Generate the SA-Shapes set if it is not on disk yet, and return its info.
+
+    Args:
+        root (str or None): dataset folder; default :func:`default_sa_shapes_root`.
+        gen_kwargs: overrides of :data:`SA_SHAPES_DEFAULTS` (``num_train``, ``num_val``,
+            ``height``, ``width``, ``seed``).
+
+    Returns:
+        dict: the dataset's ``info.json`` (parameters, per-split image, annotation and
+        small/medium/large counts).
+    """
+    params = {**SA_SHAPES_DEFAULTS, **gen_kwargs}
+    return ensure_sa_shapes(root or default_sa_shapes_root(), **params)
+
+
+def _load_sa_shapes(root, split, name, params):
+    ensure_sa_shapes(root, **params)
+    return load_coco_json(
+        os.path.join(root, "annotations", f"{split}.json"), root, dataset_name=name
+    )
+
+
+def register_sa_shapes(root=None, *, prefix="sa_shapes", **gen_kwargs):
+    """Register ``{prefix}_train`` and ``{prefix}_val`` (generated on first use).
+
+    Args:
+        root (str or None): dataset folder; default :func:`default_sa_shapes_root`.
+        prefix (str): dataset name prefix.
+        gen_kwargs: overrides of :data:`SA_SHAPES_DEFAULTS`.
+
+    Returns:
+        list[str]: the registered names.
+    """
+    root = os.path.abspath(root or default_sa_shapes_root())
+    params = {**SA_SHAPES_DEFAULTS, **gen_kwargs}
+    names = []
+    for split in ("train", "val"):
+        name = f"{prefix}_{split}"
+        DatasetCatalog.register(name, functools.partial(_load_sa_shapes, root, split, name, params))
+        MetadataCatalog.get(name).set(
+            json_file=os.path.join(root, "annotations", f"{split}.json"),
+            image_root=root,
+            evaluator_type="coco",
+            thing_classes=[c["name"] for c in SA_SHAPES_CATEGORIES],
+            thing_colors=[list(c["color"]) for c in SA_SHAPES_CATEGORIES],
+            thing_dataset_id_to_contiguous_id={
+                c["id"]: i for i, c in enumerate(SA_SHAPES_CATEGORIES)
+            },
+        )
+        names.append(name)
+    return names
+
+
+def register_coco_instances_checked(
+    name, json_file, image_root, *, metadata=None, require_annotations=True
+):
+    """Validate a COCO-format dataset, then register it as Detectron2's ``register_coco_instances``.
+
+    The JSON is checked right away (:func:`sa_ejhead.data.validate_coco_json`), so a bad file
+    fails here, with an error that names the file and the field, instead of deep inside training
+    or evaluation. The registered metadata are Detectron2's standard ones (``json_file``,
+    ``image_root``, ``evaluator_type="coco"``, ``thing_classes``,
+    ``thing_dataset_id_to_contiguous_id``), set now rather than on first load, so a Visualizer
+    or ``COCOEvaluator`` can use them at once. Decoding errors of the images themselves are
+    reported by :class:`sa_ejhead.data.CheckedDatasetMapper`. If the JSON holds RLE masks, train
+    with ``instance_mask_format="bitmask"`` (Detectron2's polygon format cannot hold RLE).
+
+    Args:
+        name (str): dataset name, e.g. ``"my_train"``.
+        json_file (str): COCO ``instances`` annotation file.
+        image_root (str): folder that ``images[*].file_name`` are relative to.
+        metadata (dict or None): extra metadata (e.g. ``thing_colors``).
+        require_annotations (bool): reject an empty ``annotations`` list (True for a training
+            set; pass False for an evaluation-only set).
+
+    Returns:
+        dict: the validation summary (see :func:`validate_coco_json`).
+
+    Raises:
+        DatasetFileNotFoundError: missing annotation file, image folder or image file.
+        DatasetFormatError: malformed or inconsistent annotations.
+    """
+    json_file, image_root = os.fspath(json_file), os.fspath(image_root)
+    summary = validate_coco_json(json_file, image_root, require_annotations=require_annotations)
+    cats = summary["categories"]
+    meta = {
+        "thing_classes": [c["name"] for c in cats],
+        "thing_dataset_id_to_contiguous_id": {c["id"]: i for i, c in enumerate(cats)},
+        **(metadata or {}),
+    }
+    register_coco_instances(name, meta, json_file, image_root)
+    return summary
+
+
+def _register_builtin():
+    if "sa_shapes_train" not in DatasetCatalog.list():
+        register_sa_shapes()
+
+
+_register_builtin()

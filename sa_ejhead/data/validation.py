@@ -1,0 +1,272 @@
+"""Up-front checks of a user's COCO-format instance annotations.
+
+:func:`validate_coco_json` reads a COCO ``instances`` JSON file and raises, at the first problem, an
+error whose message names the file and the field (``annotations[12].category_id``), before any
+model is built. The checks are those that otherwise surface late and obscurely in Detectron2's
+loader, mapper or evaluator: malformed JSON, missing or mistyped fields, duplicate ids, undeclared
+categories or images, missing image files, boxes outside their image, malformed segmentations,
+and an empty annotation list where a training set needs annotations.
+
+What is accepted (as Detectron2's ``load_coco_json`` handles it): non-contiguous category ids,
+images without annotations, polygon and RLE (compressed or not) segmentations, missing
+``segmentation`` (box-only data), grayscale or RGB image files.
+"""
+
+import json
+import math
+import numbers
+import os
+
+__all__ = [
+    "DatasetError",
+    "DatasetFormatError",
+    "DatasetFileNotFoundError",
+    "DatasetImageError",
+    "validate_coco_json",
+]
+
+# A box may stick out of its image by this many pixels (rounding in exported annotations).
+BOX_TOLERANCE = 1.0
+
+
+class DatasetError(Exception):
+    """Base of the dataset errors; ``file`` and ``field`` say where the problem is.
+
+    Args:
+        message (str): the full message (it already names the file and the field).
+        file (str): the offending file.
+        field (str or None): the JSON field, e.g. ``"annotations[3].bbox"``.
+    """
+
+    def __init__(self, message, file=None, field=None):
+        super().__init__(message)
+        self.file = file
+        self.field = field
+
+
+class DatasetFormatError(DatasetError, ValueError):
+    """The annotation file is malformed or inconsistent."""
+
+
+class DatasetFileNotFoundError(DatasetError, FileNotFoundError):
+    """The annotation file, the image folder or an image file does not exist."""
+
+
+class DatasetImageError(DatasetError, OSError):
+    """An image file exists but cannot be decoded."""
+
+
+def _is_int(v):
+    return isinstance(v, numbers.Integral) and not isinstance(v, bool)
+
+
+def _is_number(v):
+    return isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(v)
+
+
+class _Checker:
+    """Raises :class:`DatasetFormatError` with the file name and the field in the message."""
+
+    def __init__(self, json_file):
+        self.json_file = json_file
+
+    def fail(self, field, problem, cls=DatasetFormatError):
+        where = f"{field}: " if field else ""
+        raise cls(f"{self.json_file}: {where}{problem}", file=self.json_file, field=field)
+
+    def require(self, obj, key, field, kind, check):
+        """Return ``obj[key]`` after checking it exists and ``check(value)`` holds."""
+        name = f"{field}.{key}"
+        if not isinstance(obj, dict):
+            self.fail(field, f"must be a JSON object, got {type(obj).__name__}")
+        if key not in obj:
+            self.fail(name, f"is missing (expected {kind})")
+        value = obj[key]
+        if not check(value):
+            self.fail(name, f"must be {kind}, got {value!r}")
+        return value
+
+
+def _load_json(json_file):
+    if not os.path.isfile(json_file):
+        raise DatasetFileNotFoundError(
+            f"COCO annotation file not found: {json_file}", file=json_file, field=None
+        )
+    try:
+        with open(json_file, "rb") as f:
+            raw = f.read()
+        return json.loads(raw)
+    except json.JSONDecodeError as e:
+        raise DatasetFormatError(
+            f"{json_file}: malformed JSON at line {e.lineno} column {e.colno}: {e.msg}",
+            file=json_file,
+        ) from e
+    except UnicodeDecodeError as e:
+        raise DatasetFormatError(f"{json_file}: not UTF-8 text ({e})", file=json_file) from e
+
+
+def _check_segmentation(c, segm, field, img):
+    if isinstance(segm, list):
+        for k, poly in enumerate(segm):
+            f = f"{field}[{k}]"
+            if not isinstance(poly, list) or not all(_is_number(v) for v in poly):
+                c.fail(f, "a polygon must be a list of numbers [x1, y1, x2, y2, ...]")
+            if len(poly) % 2:
+                c.fail(f, f"a polygon needs an even number of coordinates, got {len(poly)}")
+    elif isinstance(segm, dict):
+        size = c.require(
+            segm, "size", field, "[height, width]", lambda v: isinstance(v, list) and len(v) == 2
+        )
+        if list(size) != [img["height"], img["width"]]:
+            c.fail(
+                f"{field}.size",
+                f"RLE size {size} differs from its image's [height, width] = "
+                f"[{img['height']}, {img['width']}] (file_name {img['file_name']!r})",
+            )
+        c.require(
+            segm,
+            "counts",
+            field,
+            "an RLE string or a list of run lengths",
+            lambda v: isinstance(v, str) or (isinstance(v, list) and all(_is_int(x) for x in v)),
+        )
+    else:
+        c.fail(field, f"must be a list of polygons or an RLE object, got {type(segm).__name__}")
+
+
+def validate_coco_json(json_file, image_root, *, require_annotations=True, check_files=True):
+    """Check a COCO instances annotation file (and that its images exist).
+
+    Args:
+        json_file (str): the COCO ``instances`` JSON file.
+        image_root (str): the folder that ``images[*].file_name`` are relative to.
+        require_annotations (bool): raise if ``annotations`` is empty (a training set must have
+            annotations; an evaluation-only set may not).
+        check_files (bool): check that every image file exists.
+
+    Returns:
+        dict: ``categories`` (list of ``{"id", "name"}`` sorted by id), ``num_images``,
+        ``num_annotations``, ``num_images_without_annotations``.
+
+    Raises:
+        DatasetFileNotFoundError: the JSON file, ``image_root`` or an image file is missing.
+        DatasetFormatError: the JSON is malformed or inconsistent; the message names the file and
+            the field, e.g. ``ann.json: annotations[12].category_id=7 is not declared in
+            categories (declared ids: 1, 2, 3)``.
+    """
+    json_file = os.fspath(json_file)
+    image_root = os.fspath(image_root)
+    c = _Checker(json_file)
+    data = _load_json(json_file)
+    if not isinstance(data, dict):
+        c.fail(None, f"the top level must be a JSON object, got {type(data).__name__}")
+    for key in ("images", "annotations", "categories"):
+        if key not in data:
+            c.fail(
+                key,
+                "is missing: a COCO instances file has 'images', 'annotations' and " "'categories'",
+            )
+        if not isinstance(data[key], list):
+            c.fail(key, f"must be a list, got {type(data[key]).__name__}")
+
+    # categories
+    if not data["categories"]:
+        c.fail("categories", "is empty: declare at least one category")
+    cat_names = {}
+    for i, cat in enumerate(data["categories"]):
+        f = f"categories[{i}]"
+        cid = c.require(cat, "id", f, "an integer", _is_int)
+        c.require(cat, "name", f, "a non-empty string", lambda v: isinstance(v, str) and v)
+        if cid in cat_names:
+            c.fail(f"{f}.id", f"duplicate category id {cid}")
+        cat_names[cid] = cat["name"]
+
+    # images
+    if check_files and not os.path.isdir(image_root):
+        raise DatasetFileNotFoundError(
+            f"{json_file}: the image folder {image_root} does not exist", file=image_root
+        )
+    images = {}
+    for i, img in enumerate(data["images"]):
+        f = f"images[{i}]"
+        iid = c.require(img, "id", f, "an integer", _is_int)
+        file_name = c.require(
+            img, "file_name", f, "a file name", lambda v: isinstance(v, str) and v
+        )
+        for key in ("height", "width"):
+            c.require(img, key, f, "a positive integer", lambda v: _is_int(v) and v > 0)
+        if iid in images:
+            c.fail(f"{f}.id", f"duplicate image id {iid} (also images[{images[iid][0]}])")
+        images[iid] = (i, img)
+        if check_files:
+            path = os.path.join(image_root, file_name)
+            if not os.path.isfile(path):
+                raise DatasetFileNotFoundError(
+                    f"{json_file}: {f}.file_name={file_name!r}: image file not found: {path}",
+                    file=path,
+                    field=f"{f}.file_name",
+                )
+
+    # annotations
+    anns = data["annotations"]
+    if not anns and require_annotations:
+        c.fail(
+            "annotations",
+            "is empty: a training set needs at least one annotation (register it with "
+            "require_annotations=False if it is only evaluated)",
+        )
+    declared = ", ".join(str(k) for k in sorted(cat_names))
+    ann_ids = {}
+    annotated = set()
+    for i, ann in enumerate(anns):
+        f = f"annotations[{i}]"
+        aid = c.require(ann, "id", f, "an integer", _is_int)
+        if aid in ann_ids:
+            c.fail(f"{f}.id", f"duplicate annotation id {aid} (also annotations[{ann_ids[aid]}])")
+        ann_ids[aid] = i
+        iid = c.require(ann, "image_id", f, "an integer", _is_int)
+        if iid not in images:
+            c.fail(f"{f}.image_id", f"image_id={iid} is not declared in images")
+        img = images[iid][1]
+        cid = c.require(ann, "category_id", f, "an integer", _is_int)
+        if cid not in cat_names:
+            c.fail(
+                f"{f}.category_id",
+                f"category_id={cid} is not declared in categories (declared ids: {declared})",
+            )
+        bbox = c.require(
+            ann,
+            "bbox",
+            f,
+            "[x, y, width, height] with 4 finite numbers",
+            lambda v: isinstance(v, list) and len(v) == 4 and all(_is_number(x) for x in v),
+        )
+        x, y, w, h = bbox
+        if w < 0 or h < 0:
+            c.fail(f"{f}.bbox", f"bbox={bbox} has a negative width or height")
+        W, H = img["width"], img["height"]
+        t = BOX_TOLERANCE
+        if x < -t or y < -t or x + w > W + t or y + h > H + t:
+            c.fail(
+                f"{f}.bbox",
+                f"bbox={bbox} (x, y, w, h) lies outside its image "
+                f"images[{images[iid][0]}] (id {iid}, file_name {img['file_name']!r}, "
+                f"width {W}, height {H})",
+            )
+        if "segmentation" in ann and ann["segmentation"] not in (None, []):
+            _check_segmentation(c, ann["segmentation"], f"{f}.segmentation", img)
+        if ann.get("iscrowd", 0) not in (0, 1):
+            c.fail(f"{f}.iscrowd", f"must be 0 or 1, got {ann['iscrowd']!r}")
+        if ann.get("ignore", 0) != 0:
+            c.fail(
+                f"{f}.ignore",
+                "'ignore' annotations are not supported by Detectron2; use "
+                "iscrowd=1 or remove them",
+            )
+        annotated.add(iid)
+    return {
+        "categories": [{"id": k, "name": cat_names[k]} for k in sorted(cat_names)],
+        "num_images": len(images),
+        "num_annotations": len(anns),
+        "num_images_without_annotations": len(set(images) - annotated),
+    }

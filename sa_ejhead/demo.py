@@ -1,0 +1,379 @@
+"""The ``make demo`` pipeline: data, training, evaluation, pictures, all on the CPU.
+
+:func:`run_demo` generates the embedded SA-Shapes set if needed, trains the LazyConfig model with
+:func:`sa_ejhead.engine.do_train` (Detectron2's progress display: iteration, ETA, losses), evaluates
+it (COCO box and mask AP with AP_S / AP_M / AP_L) and writes to the output folder:
+
+* ``model_final.pth``: the checkpoint (``last_checkpoint`` names it);
+* ``metrics.json``: Detectron2's per-iteration metrics, with the final AP at the last line;
+* ``results.json`` and ``ap_table.md``: the final COCO metrics;
+* ``loss.png``: the loss curves, drawn from ``metrics.json``;
+* ``vis/*.png``: validation images, ground truth (left) beside the predictions (right);
+* ``config.yaml`` and ``log.txt``.
+
+``tools/run_demo.py`` is the command-line entry point.
+"""
+
+import copy
+import json
+import logging
+import os
+import shutil
+import time
+
+import numpy as np
+import torch
+from detectron2.config import LazyConfig, instantiate
+from detectron2.data import DatasetCatalog, MetadataCatalog
+from detectron2.utils.logger import setup_logger
+from detectron2.utils.visualizer import ColorMode, Visualizer
+
+from .data import prepare_sa_shapes
+from .engine import do_train, load_lazy_config
+
+__all__ = [
+    "DEFAULT_CONFIG",
+    "format_ap_table",
+    "fit_iterations",
+    "measure_train_step",
+    "plot_losses",
+    "run_demo",
+    "visualize_predictions",
+]
+
+logger = logging.getLogger("sa_ejhead.demo")
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DEFAULT_CONFIG = os.path.join(REPO_ROOT, "configs", "demo", "sa_shapes.py")
+
+# Files that a previous demo run left in its output folder (JSONWriter and log.txt append).
+_RUN_FILES = (
+    "metrics.json",
+    "log.txt",
+    "results.json",
+    "ap_table.md",
+    "loss.png",
+    "config.yaml",
+    "last_checkpoint",
+    "model_final.pth",
+)
+_LOOP_OVERHEAD = 1.5
+_AP_KEYS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
+
+
+def _clean_output_dir(output_dir):
+    """Remove what a previous demo run wrote (so ``metrics.json`` is not appended to)."""
+    if not os.path.isdir(output_dir):
+        return
+    for name in os.listdir(output_dir):
+        path = os.path.join(output_dir, name)
+        if name in _RUN_FILES or name.startswith(("events.out.tfevents", "model_")):
+            os.remove(path)
+        elif name in ("vis", "inference") and os.path.isdir(path):
+            shutil.rmtree(path)
+
+
+def format_ap_table(results, title=None):
+    """Format COCO results as a Markdown table (one row per task, AP in percent).
+
+    Args:
+        results (dict): ``{"bbox": {"AP": ..., "APs": ...}, "segm": {...}}`` as COCOEvaluator.
+        title (str or None): a first line.
+
+    Returns:
+        str: the table.
+    """
+    lines = [title, ""] if title else []
+    lines.append("| task | " + " | ".join(_AP_KEYS) + " |")
+    lines.append("|---|" + "---|" * len(_AP_KEYS))
+    for task in ("bbox", "segm"):
+        if task in results:
+            vals = [results[task].get(k, float("nan")) for k in _AP_KEYS]
+            lines.append(f"| {task} | " + " | ".join(f"{v:.1f}" for v in vals) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def _read_metrics(metrics_file):
+    rows = []
+    with open(metrics_file) as f:
+        for line in f:
+            line = line.strip()
+            if line:
+                rows.append(json.loads(line))
+    return rows
+
+
+def plot_losses(metrics_file, out_file):
+    """Plot the training losses of a Detectron2 ``metrics.json`` into a PNG.
+
+    Args:
+        metrics_file (str): Detectron2's JSON-lines metrics file.
+        out_file (str): the picture to write.
+
+    Returns:
+        list[str]: the plotted loss names.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [r for r in _read_metrics(metrics_file) if "total_loss" in r]
+    names = ["total_loss"] + sorted({k for r in rows for k in r if k.startswith("loss_")})
+    fig, ax = plt.subplots(figsize=(8, 4.5), dpi=100)
+    for name in names:
+        pts = [(r["iteration"], r[name]) for r in rows if name in r]
+        if pts:
+            it, val = zip(*pts)
+            ax.plot(it, val, label=name, linewidth=2.0 if name == "total_loss" else 1.0)
+    ax.set_xlabel("iteration")
+    ax.set_ylabel("loss (median of the last 20 iterations)")
+    ax.set_yscale("log")
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=8)
+    ax.set_title(os.path.basename(os.path.dirname(os.path.abspath(metrics_file))))
+    fig.tight_layout()
+    fig.savefig(out_file)
+    plt.close(fig)
+    return names
+
+
+def _test_name(cfg):
+    names = cfg.dataloader.test.dataset.names
+    return names if isinstance(names, str) else names[0]
+
+
+@torch.no_grad()
+def visualize_predictions(model, cfg, out_dir, num_images=8, score_thresh=0.5):
+    """Draw ground truth beside the model's predictions for the first validation images.
+
+    Args:
+        model (nn.Module): the trained model.
+        cfg (omegaconf.DictConfig): its LazyConfig (``dataloader.test`` gives the images).
+        out_dir (str): folder for ``<image>.png`` files.
+        num_images (int): how many images.
+        score_thresh (float): hide predictions below this score.
+
+    Returns:
+        list[str]: the written files.
+    """
+    dataset_name = _test_name(cfg)
+    meta = MetadataCatalog.get(dataset_name)
+    dicts = DatasetCatalog.get(dataset_name)[:num_images]
+    mapper = instantiate(cfg.dataloader.test.mapper)
+    os.makedirs(out_dir, exist_ok=True)
+    was_training = model.training
+    model.eval()
+    written = []
+    try:
+        for d in dicts:
+            inputs = mapper(dict(d))
+            out = model([inputs])[0]["instances"].to("cpu")
+            out = out[out.scores >= score_thresh]
+            # the mapper may have resized the image: draw on the original one
+            img = inputs["image"].permute(1, 2, 0).numpy()
+            if cfg.dataloader.test.mapper.image_format == "BGR":
+                img = img[:, :, ::-1]
+            img = np.ascontiguousarray(img)
+            if img.shape[:2] != (d["height"], d["width"]):
+                import cv2
+
+                img = cv2.resize(img, (d["width"], d["height"]), interpolation=cv2.INTER_LINEAR)
+            gt = Visualizer(img, meta, scale=2.0).draw_dataset_dict(d).get_image()
+            vis = Visualizer(img, meta, scale=2.0, instance_mode=ColorMode.SEGMENTATION)
+            pred = vis.draw_instance_predictions(out).get_image()
+            gap = np.full((gt.shape[0], 8, 3), 255, np.uint8)
+            path = os.path.join(
+                out_dir, f"{os.path.splitext(os.path.basename(d['file_name']))[0]}.png"
+            )
+            import cv2
+
+            cv2.imwrite(path, np.concatenate([gt, gap, pred], axis=1)[:, :, ::-1])
+            written.append(path)
+    finally:
+        model.train(was_training)
+    return written
+
+
+class _KeepModel:
+    """A training hook that remembers the trained model (to draw predictions afterwards)."""
+
+    def __init__(self):
+        from detectron2.engine import HookBase
+
+        self.model = None
+
+        class _Hook(HookBase):
+            def after_train(hook):
+                self.model = hook.trainer.model
+
+        self.hook = _Hook()
+
+
+def _auto_threads():
+    """One intra-op thread when the CPUs are already busy, else PyTorch's default.
+
+    On a shared machine, PyTorch's threads compete with the other processes' and spin: measured
+    on the 2-core machine under a load of ~8, a training step took 33 s with 2 threads and 8 s
+    with 1.
+    """
+    try:
+        load = os.getloadavg()[0]
+    except OSError:
+        return torch.get_num_threads()
+    return 1 if load >= (os.cpu_count() or 1) else torch.get_num_threads()
+
+
+def measure_train_step(cfg, steps=3):
+    """Time a few training steps of ``cfg``'s model on one batch (seconds per step, wall clock).
+
+    The model, optimizer and loader built here are thrown away; the first step is not counted.
+
+    Args:
+        cfg (omegaconf.DictConfig): a LazyConfig with ``model``, ``optimizer`` and
+            ``dataloader.train``.
+        steps (int): timed steps.
+
+    Returns:
+        float: median seconds per training step.
+    """
+    from detectron2.utils.events import EventStorage
+
+    model = instantiate(cfg.model).to(cfg.train.device)
+    model.train()
+    opt_cfg = copy.deepcopy(cfg.optimizer)
+    opt_cfg.params.model = model
+    optim = instantiate(opt_cfg)
+    batch = next(iter(instantiate(cfg.dataloader.train)))
+    times = []
+    with EventStorage():
+        for _ in range(steps + 1):
+            t = time.perf_counter()
+            losses = model(batch)
+            optim.zero_grad()
+            sum(losses.values()).backward()
+            optim.step()
+            times.append(time.perf_counter() - t)
+    return float(np.median(times[1:]))
+
+
+def fit_iterations(cfg, budget_s, num_eval_images, steps=3):
+    """The number of iterations (at most ``cfg.train.max_iter``) that fit in ``budget_s``.
+
+    Training time is 1.5x the measured step time (the real loop also loads data, logs and runs
+    hooks) times the iterations; evaluation is estimated at one training step per batch of
+    images.
+
+    Args:
+        cfg (omegaconf.DictConfig): the LazyConfig.
+        budget_s (float): seconds left for training and evaluation.
+        num_eval_images (int): images to run inference on afterwards.
+        steps (int): timed steps.
+
+    Returns:
+        tuple(int, float): iterations, measured seconds per step.
+    """
+    step = measure_train_step(cfg, steps)
+    batch = int(cfg.dataloader.train.total_batch_size)
+    eval_s = step * num_eval_images / batch + 20.0
+    # measured: a step of the real loop (data loading, hooks, logging) took ~1.5x the timed one
+    iters = int((budget_s - eval_s) / (_LOOP_OVERHEAD * step))
+    return max(min(iters, int(cfg.train.max_iter)), 20), step
+
+
+def run_demo(
+    config_file=DEFAULT_CONFIG,
+    *,
+    iters=None,
+    output_dir=None,
+    opts=(),
+    num_vis=8,
+    threads=None,
+    time_budget_min=14.0,
+):
+    """Train and evaluate a LazyConfig on SA-Shapes; write checkpoint, metrics and pictures.
+
+    Args:
+        config_file (str): LazyConfig file (default ``configs/demo/sa_shapes.py``).
+        iters (int or None): number of training iterations (``train.max_iter``); None keeps the
+            config's.
+        output_dir (str or None): output folder; None keeps ``train.output_dir``.
+        opts (list[str]): more ``key=value`` overrides of the config.
+        num_vis (int): number of validation pictures to draw.
+        threads (int or None): PyTorch intra-op threads; None: 1 if the machine is busy (load
+            average >= number of CPUs), else PyTorch's default.
+        time_budget_min (float or None): used when ``iters`` is None: train for
+            ``train.max_iter`` iterations, or fewer if a few timed steps at the start show that
+            they would not fit (with the evaluation) in this many minutes. None: no limit.
+
+    Returns:
+        dict: ``results`` (COCO metrics), ``output_dir``, ``wall_s`` and the written ``files``.
+    """
+    start = time.perf_counter()
+    cfg = load_lazy_config(config_file, list(opts))
+    if iters is not None:
+        if iters < 1:
+            raise ValueError(f"iters must be >= 1, got {iters}")
+        cfg.train.max_iter = int(iters)
+    if output_dir is not None:
+        cfg.train.output_dir = output_dir
+    output_dir = os.path.abspath(cfg.train.output_dir)
+    cfg.train.output_dir = output_dir
+    _clean_output_dir(output_dir)
+    os.makedirs(output_dir, exist_ok=True)
+    setup_logger(output=os.path.join(output_dir, "log.txt"), name="detectron2", abbrev_name="d2")
+    setup_logger(output=os.path.join(output_dir, "log.txt"), name="sa_ejhead")
+    LazyConfig.save(cfg, os.path.join(output_dir, "config.yaml"))
+    torch.set_num_threads(threads or _auto_threads())
+    logger.info(f"PyTorch threads: {torch.get_num_threads()} ({os.cpu_count()} CPUs)")
+
+    t = time.perf_counter()
+    info = prepare_sa_shapes()
+    for split, s in info["splits"].items():
+        logger.info(
+            f"SA-Shapes {split}: {s['images']} images, {s['annotations']} objects "
+            f"(small {s['sizes']['small']}, medium {s['sizes']['medium']}, "
+            f"large {s['sizes']['large']}) [{time.perf_counter() - t:.1f} s]"
+        )
+    if iters is None and time_budget_min:
+        budget = time_budget_min * 60 - (time.perf_counter() - start)
+        n_eval = len(DatasetCatalog.get(_test_name(cfg))) + num_vis
+        fit, step = fit_iterations(cfg, budget, n_eval)
+        logger.info(
+            f"Measured {step:.2f} s per training step; {fit} of {cfg.train.max_iter} iterations "
+            f"fit in the {time_budget_min:g}-minute budget (make demo ITERS=N to choose)"
+        )
+        cfg.train.max_iter = fit
+    logger.info(f"Training {os.path.relpath(config_file)} for {cfg.train.max_iter} iterations")
+    keep = _KeepModel()
+    results = do_train(cfg, resume=False, extra_hooks=[keep.hook])
+
+    files = {"checkpoint": os.path.join(output_dir, "model_final.pth")}
+    files["results"] = os.path.join(output_dir, "results.json")
+    with open(files["results"], "w") as f:
+        json.dump(results, f, indent=2)
+    files["ap_table"] = os.path.join(output_dir, "ap_table.md")
+    table = format_ap_table(
+        results,
+        f"COCO AP (%) on sa_shapes_val, {os.path.basename(config_file)}, "
+        f"{cfg.train.max_iter} iterations",
+    )
+    with open(files["ap_table"], "w") as f:
+        f.write(table)
+    files["metrics"] = os.path.join(output_dir, "metrics.json")
+    files["loss_plot"] = os.path.join(output_dir, "loss.png")
+    plot_losses(files["metrics"], files["loss_plot"])
+    vis = visualize_predictions(keep.model, cfg, os.path.join(output_dir, "vis"), num_vis)
+    files["vis"] = os.path.join(output_dir, "vis")
+    wall = time.perf_counter() - start
+
+    print("\n" + table)
+    print(f"Demo finished in {wall / 60:.1f} min. Outputs in {output_dir}:")
+    for key in ("checkpoint", "metrics", "results", "ap_table", "loss_plot"):
+        print(f"  {key:<11} {files[key]}")
+    print(
+        f"  {'pictures':<11} {files['vis']}/ ({len(vis)} files, e.g. {os.path.basename(vis[0])})"
+        if vis
+        else f"  pictures    {files['vis']}/"
+    )
+    return {"results": results, "output_dir": output_dir, "wall_s": wall, "files": files}

@@ -1,0 +1,411 @@
+"""Tests of sa_ejhead.data: the SA-Shapes generator, registration, and validated COCO datasets."""
+
+import contextlib
+import copy
+import io
+import json
+import os
+
+import cv2
+import numpy as np
+import pycocotools.mask as mask_util
+import pytest
+import torch
+from detectron2.data import DatasetCatalog, MetadataCatalog
+from detectron2.data import transforms as T
+from detectron2.structures import BitMasks, BoxMode
+
+import sa_ejhead  # noqa: F401  (registers sa_shapes_*)
+from sa_ejhead.data import (
+    SA_SHAPES_DEFAULTS,
+    CheckedDatasetMapper,
+    DatasetFileNotFoundError,
+    DatasetFormatError,
+    DatasetImageError,
+    default_sa_shapes_root,
+    generate_sa_shapes,
+    prepare_sa_shapes,
+    register_coco_instances_checked,
+    register_sa_shapes,
+    size_counts,
+    validate_coco_json,
+)
+from sa_ejhead.data import synthetic
+
+SMALL = dict(num_train=6, num_val=4, height=160, width=192, seed=3)
+
+
+@pytest.fixture(scope="module")
+def tiny_set(tmp_path_factory):
+    root = str(tmp_path_factory.mktemp("sas") / "tiny")
+    info = generate_sa_shapes(root, **SMALL)
+    return root, info
+
+
+def _load(root, split):
+    with open(os.path.join(root, "annotations", f"{split}.json")) as f:
+        return json.load(f)
+
+
+def _decode(segm, h, w):
+    if isinstance(segm, list):
+        rle = mask_util.merge(mask_util.frPyObjects(segm, h, w))
+    else:
+        rle = dict(segm, counts=segm["counts"].encode("ascii"))
+    return mask_util.decode(rle).astype(bool)
+
+
+# ------------------------------------------------------------------------------------------------
+# generator
+# ------------------------------------------------------------------------------------------------
+def test_generation_is_deterministic(tiny_set, tmp_path):
+    root, info = tiny_set
+    again = generate_sa_shapes(str(tmp_path / "again"), **SMALL)
+    assert again == info
+    for rel in [
+        "annotations/train.json",
+        "annotations/val.json",
+        "train/000000.png",
+        "val/000003.png",
+    ]:
+        with open(os.path.join(root, rel), "rb") as a, open(tmp_path / "again" / rel, "rb") as b:
+            assert a.read() == b.read(), rel
+    other = generate_sa_shapes(str(tmp_path / "other"), **{**SMALL, "seed": 4})
+    assert other != info
+
+
+def test_annotations_match_masks_and_images(tiny_set):
+    root, info = tiny_set
+    coco = _load(root, "train")
+    assert validate_coco_json(os.path.join(root, "annotations/train.json"), root)["num_images"] == 6
+    assert {c["name"] for c in coco["categories"]} == {
+        "circle",
+        "rectangle",
+        "triangle",
+        "star",
+        "ring",
+    }
+    kinds = {"polygon": 0, "rle": 0}
+    images = {im["id"]: im for im in coco["images"]}
+    for ann in coco["annotations"]:
+        im = images[ann["image_id"]]
+        h, w = im["height"], im["width"]
+        m = _decode(ann["segmentation"], h, w)
+        kinds["rle" if isinstance(ann["segmentation"], dict) else "polygon"] += 1
+        assert m.sum() == ann["area"] > 0
+        ys, xs = np.nonzero(m)
+        assert ann["bbox"] == [xs.min(), ys.min(), xs.max() - xs.min() + 1, ys.max() - ys.min() + 1]
+    assert kinds["polygon"] > 0 and kinds["rle"] > 0
+    # the image is painted with the masks: the file has the declared size, 3 channels
+    img = cv2.imread(os.path.join(root, coco["images"][0]["file_name"]))
+    assert img.shape == (160, 192, 3)
+    assert info["splits"]["train"]["annotations"] == len(coco["annotations"])
+
+
+def test_val_of_default_set_covers_all_scales(tmp_path):
+    # Image i of a split depends only on (seed, split, i, size): this *is* the default val set.
+    params = {**SA_SHAPES_DEFAULTS, "num_train": 0}
+    info = generate_sa_shapes(str(tmp_path / "d"), **params)
+    sizes = info["splits"]["val"]["sizes"]
+    assert sizes == size_counts(_load(str(tmp_path / "d"), "val")["annotations"])
+    assert min(sizes.values()) >= 20, sizes
+    anns = _load(str(tmp_path / "d"), "val")["annotations"]
+    sides = [max(a["bbox"][2], a["bbox"][3]) for a in anns]
+    assert min(sides) < 10  # objects under 10 px ...
+    h, w = params["height"], params["width"]
+    assert max(a["area"] for a in anns) > 0.3 * h * w  # ... to a good part of the image
+    # occlusion: some visible masks are smaller than the shape that was drawn (RLE masks)
+    assert info["splits"]["val"]["rle"] > 0.2 * len(anns)
+
+
+def test_generation_is_atomic_and_reused(tmp_path, monkeypatch):
+    root = str(tmp_path / "atomic")
+    calls = []
+
+    def broken(folder, split, *args):
+        calls.append(split)
+        os.makedirs(os.path.join(folder, split))
+        raise KeyboardInterrupt  # e.g. Ctrl-C in the middle of the generation
+
+    monkeypatch.setattr(synthetic, "_write_split", broken)
+    with pytest.raises(KeyboardInterrupt):
+        synthetic.ensure_sa_shapes(root, **SMALL)
+    assert calls == ["train"]
+    assert os.listdir(tmp_path) == []  # neither the root nor a temporary folder is left
+    monkeypatch.undo()
+
+    info = synthetic.ensure_sa_shapes(root, **SMALL)
+    stamp = os.stat(os.path.join(root, "info.json")).st_mtime_ns
+
+    def must_not_run(*args, **kwargs):
+        raise AssertionError("regenerated a dataset that was already there")
+
+    monkeypatch.setattr(synthetic, "generate_sa_shapes", must_not_run)
+    assert synthetic.ensure_sa_shapes(root, **SMALL) == info
+    assert os.stat(os.path.join(root, "info.json")).st_mtime_ns == stamp
+    monkeypatch.undo()
+    # other parameters: regenerated in place
+    info2 = synthetic.ensure_sa_shapes(root, **{**SMALL, "num_val": 2})
+    assert info2["splits"]["val"]["images"] == 2
+    assert sorted(os.listdir(tmp_path)) == ["atomic"]
+    with pytest.raises(FileExistsError, match="already exists"):
+        generate_sa_shapes(root, **SMALL)
+
+
+# ------------------------------------------------------------------------------------------------
+# registration and mapping
+# ------------------------------------------------------------------------------------------------
+def test_builtin_registration(monkeypatch, tmp_path):
+    assert "sa_shapes_train" in DatasetCatalog.list() and "sa_shapes_val" in DatasetCatalog.list()
+    meta = MetadataCatalog.get("sa_shapes_val")
+    assert meta.thing_classes == ["circle", "rectangle", "triangle", "star", "ring"]
+    assert len(meta.thing_colors) == 5 and meta.evaluator_type == "coco"
+    assert meta.json_file.endswith(os.path.join("annotations", "val.json"))
+    monkeypatch.setenv("SA_SHAPES_ROOT", str(tmp_path / "elsewhere"))
+    assert default_sa_shapes_root() == str(tmp_path / "elsewhere")
+    monkeypatch.delenv("SA_SHAPES_ROOT")
+    assert default_sa_shapes_root().endswith(os.path.join("datasets", "sa_shapes"))
+
+
+def test_registered_set_is_generated_on_first_use_and_maps(tmp_path):
+    root = str(tmp_path / "reg")
+    names = register_sa_shapes(root, prefix="test_reg_shapes", **SMALL)
+    try:
+        assert not os.path.exists(root)  # registering does not generate
+        dicts = DatasetCatalog.get("test_reg_shapes_train")
+        assert os.path.isdir(root) and len(dicts) == 6
+        assert prepare_sa_shapes(root, **SMALL)["splits"]["val"]["images"] == 4
+        mapper = CheckedDatasetMapper(
+            is_train=True,
+            augmentations=[T.RandomFlip(horizontal=True)],
+            image_format="BGR",
+            use_instance_mask=True,
+            instance_mask_format="bitmask",  # polygons and RLE in one set
+        )
+        d = dicts[0]
+        out = mapper(copy.deepcopy(d))
+        assert out["image"].shape == (3, 160, 192) and out["image"].dtype == torch.uint8
+        inst = out["instances"]
+        assert isinstance(inst.gt_masks, BitMasks) and len(inst) == len(d["annotations"])
+        areas = sorted(int(a) for a in inst.gt_masks.tensor.sum((1, 2)))
+        assert areas == sorted(
+            (
+                int(_decode(a["segmentation"], 160, 192).sum())
+                if isinstance(a["segmentation"], list)
+                else int(mask_util.area(a["segmentation"]))
+            )
+            for a in d["annotations"]
+        )
+    finally:
+        for n in names:
+            DatasetCatalog.remove(n)
+            MetadataCatalog.remove(n)
+
+
+def test_perfect_predictions_score_100_on_every_scale(tmp_path):
+    """The GT masks, boxes and areas are consistent with COCOeval: GT as predictions -> AP 100."""
+    from detectron2.evaluation.coco_evaluation import _evaluate_predictions_on_coco
+    from pycocotools.coco import COCO
+
+    root = str(tmp_path / "eval")
+    generate_sa_shapes(root, num_train=0, num_val=24, height=192, width=256, seed=1)
+    json_file = os.path.join(root, "annotations", "val.json")
+    with contextlib.redirect_stdout(io.StringIO()):
+        gt = COCO(json_file)
+    preds = []
+    for a in gt.dataset["annotations"]:
+        rle = gt.annToRLE(a)
+        if isinstance(rle["counts"], bytes):
+            rle = dict(rle, counts=rle["counts"].decode("ascii"))
+        p = {k: a[k] for k in ("image_id", "category_id", "bbox")}
+        preds.append(dict(p, segmentation=rle, score=1.0))
+    for iou_type in ("bbox", "segm"):
+        with contextlib.redirect_stdout(io.StringIO()):
+            ev = _evaluate_predictions_on_coco(gt, copy.deepcopy(preds), iou_type)
+        ap, ap_s, ap_m, ap_l = ev.stats[0], ev.stats[3], ev.stats[4], ev.stats[5]
+        assert min(ap, ap_s, ap_m, ap_l) > 0.99, (iou_type, ev.stats[:6])
+
+
+# ------------------------------------------------------------------------------------------------
+# a user's COCO-format dataset
+# ------------------------------------------------------------------------------------------------
+def _user_dataset(tmp_path):
+    """Three images: RGB with 2 objects, grayscale with 1, one without annotations.
+
+    Category ids are 3 and 7 (non-contiguous).
+    """
+    img_dir = tmp_path / "images"
+    img_dir.mkdir()
+    rgb = np.full((48, 64, 3), 90, np.uint8)
+    rgb[5:25, 10:30] = (0, 0, 255)
+    rgb[30:40, 40:60] = (0, 255, 0)
+    cv2.imwrite(str(img_dir / "a.png"), rgb)
+    gray = np.full((40, 50), 30, np.uint8)
+    gray[10:30, 10:30] = 220
+    cv2.imwrite(str(img_dir / "b.png"), gray)
+    cv2.imwrite(str(img_dir / "c.png"), np.zeros((32, 32, 3), np.uint8))
+    coco = {
+        "images": [
+            {"id": 1, "file_name": "a.png", "height": 48, "width": 64},
+            {"id": 2, "file_name": "b.png", "height": 40, "width": 50},
+            {"id": 5, "file_name": "c.png", "height": 32, "width": 32},
+        ],
+        "annotations": [
+            {
+                "id": 1,
+                "image_id": 1,
+                "category_id": 3,
+                "bbox": [10, 5, 20, 20],
+                "area": 400,
+                "iscrowd": 0,
+                "segmentation": [[10, 5, 30, 5, 30, 25, 10, 25]],
+            },
+            {
+                "id": 2,
+                "image_id": 1,
+                "category_id": 7,
+                "bbox": [40, 30, 20, 10],
+                "area": 200,
+                "iscrowd": 0,
+                "segmentation": [[40, 30, 60, 30, 60, 40, 40, 40]],
+            },
+            {
+                "id": 3,
+                "image_id": 2,
+                "category_id": 7,
+                "bbox": [10, 10, 20, 20],
+                "area": 400,
+                "iscrowd": 0,
+                "segmentation": [[10, 10, 30, 10, 30, 30, 10, 30]],
+            },
+        ],
+        "categories": [{"id": 3, "name": "red"}, {"id": 7, "name": "green"}],
+    }
+    return coco, img_dir
+
+
+def _write(tmp_path, coco, name="ann.json"):
+    path = tmp_path / name
+    path.write_text(json.dumps(coco))
+    return str(path)
+
+
+def test_user_coco_dataset_works(tmp_path):
+    coco, img_dir = _user_dataset(tmp_path)
+    json_file = _write(tmp_path, coco)
+    summary = register_coco_instances_checked("test_user_ok", json_file, str(img_dir))
+    try:
+        assert summary["num_images_without_annotations"] == 1
+        meta = MetadataCatalog.get("test_user_ok")
+        assert meta.thing_classes == ["red", "green"]
+        assert meta.thing_dataset_id_to_contiguous_id == {3: 0, 7: 1}
+        assert meta.json_file == json_file and meta.evaluator_type == "coco"
+        dicts = DatasetCatalog.get("test_user_ok")
+        assert [len(d["annotations"]) for d in dicts] == [2, 1, 0]
+        assert [a["category_id"] for a in dicts[0]["annotations"]] == [0, 1]
+        assert dicts[0]["annotations"][0]["bbox_mode"] == BoxMode.XYWH_ABS
+        mapper = CheckedDatasetMapper(
+            is_train=True, augmentations=[], image_format="BGR", use_instance_mask=True
+        )
+        gray = mapper(copy.deepcopy(dicts[1]))  # a grayscale file becomes 3 channels
+        assert gray["image"].shape == (3, 40, 50)
+        assert torch.equal(gray["image"][0], gray["image"][2])
+        assert gray["instances"].gt_classes.tolist() == [1]
+        empty = mapper(copy.deepcopy(dicts[2]))
+        assert len(empty["instances"]) == 0
+    finally:
+        DatasetCatalog.remove("test_user_ok")
+        MetadataCatalog.remove("test_user_ok")
+
+
+def _break_missing_image(coco, tmp_path, img_dir):
+    os.remove(img_dir / "b.png")
+
+
+def _break_category(coco, tmp_path, img_dir):
+    coco["annotations"][2]["category_id"] = 9
+
+
+def _break_empty(coco, tmp_path, img_dir):
+    coco["annotations"] = []
+
+
+def _break_box(coco, tmp_path, img_dir):
+    coco["annotations"][1]["bbox"] = [40, 30, 30, 10]  # x + w = 70 > width 64
+
+
+def _break_image_id(coco, tmp_path, img_dir):
+    coco["annotations"][0]["image_id"] = 99
+
+
+def _break_rle_size(coco, tmp_path, img_dir):
+    coco["annotations"][0]["segmentation"] = {"size": [10, 10], "counts": "abc"}
+
+
+@pytest.mark.parametrize(
+    "breaker, error, pattern",
+    [
+        (_break_missing_image, FileNotFoundError, r"images\[1\]\.file_name='b.png'.*b\.png"),
+        (
+            _break_category,
+            ValueError,
+            r"annotations\[2\]\.category_id: category_id=9 is not declared in categories "
+            r"\(declared ids: 3, 7\)",
+        ),
+        (_break_empty, ValueError, r"annotations: is empty: a training set needs"),
+        (
+            _break_box,
+            ValueError,
+            r"annotations\[1\]\.bbox: bbox=\[40, 30, 30, 10\].*outside its "
+            r"image.*'a.png', width 64, height 48",
+        ),
+        (_break_image_id, ValueError, r"annotations\[0\]\.image_id: image_id=99 is not declared"),
+        (_break_rle_size, ValueError, r"annotations\[0\]\.segmentation\.size: RLE size \[10, 10\]"),
+    ],
+)
+def test_user_coco_errors_name_file_and_field(tmp_path, breaker, error, pattern):
+    coco, img_dir = _user_dataset(tmp_path)
+    breaker(coco, tmp_path, img_dir)
+    json_file = _write(tmp_path, coco, "bad_ann.json")
+    with pytest.raises(error, match=pattern) as e:
+        register_coco_instances_checked("test_user_bad", json_file, str(img_dir))
+    assert "bad_ann.json" in str(e.value)
+    assert "test_user_bad" not in DatasetCatalog.list()  # nothing registered
+
+
+def test_empty_annotations_allowed_for_evaluation_only(tmp_path):
+    coco, img_dir = _user_dataset(tmp_path)
+    coco["annotations"] = []
+    summary = validate_coco_json(_write(tmp_path, coco), str(img_dir), require_annotations=False)
+    assert summary["num_annotations"] == 0 and summary["num_images_without_annotations"] == 3
+
+
+def test_malformed_json_and_missing_file(tmp_path):
+    path = tmp_path / "broken.json"
+    path.write_text('{"images": [], "annotations": [\n  {"id": 1,}\n]}')
+    with pytest.raises(DatasetFormatError, match=r"broken\.json: malformed JSON at line 2"):
+        register_coco_instances_checked("test_user_bad", str(path), str(tmp_path))
+    with pytest.raises(DatasetFileNotFoundError, match=r"not found: .*nothere\.json"):
+        register_coco_instances_checked("test_user_bad", str(tmp_path / "nothere.json"), "x")
+    path.write_text(json.dumps({"images": [], "categories": []}))
+    with pytest.raises(ValueError, match=r"broken\.json: annotations: is missing"):
+        validate_coco_json(str(path), str(tmp_path))
+    assert isinstance(DatasetFormatError("m"), ValueError)
+
+
+def test_corrupt_image_names_the_file(tmp_path):
+    coco, img_dir = _user_dataset(tmp_path)
+    data = (img_dir / "a.png").read_bytes()
+    (img_dir / "a.png").write_bytes(data[: len(data) // 2])  # truncated file
+    register_coco_instances_checked("test_user_corrupt", _write(tmp_path, coco), str(img_dir))
+    try:
+        d = DatasetCatalog.get("test_user_corrupt")[0]
+        mapper = CheckedDatasetMapper(is_train=False, augmentations=[], image_format="BGR")
+        with pytest.raises(DatasetImageError, match=r"cannot read image .*a\.png \(image_id 1\)"):
+            mapper(d)
+        os.remove(img_dir / "a.png")
+        with pytest.raises(DatasetFileNotFoundError, match=r"image file not found: .*a\.png"):
+            mapper(d)
+    finally:
+        DatasetCatalog.remove("test_user_corrupt")
+        MetadataCatalog.remove("test_user_corrupt")

@@ -28,5 +28,8 @@ setup(
         "Pillow",
         "tqdm",
     ],
-    extras_require={"dev": ["pytest", "pytest-timeout", "black", "faster-coco-eval"]},
+    extras_require={
+        # black is pinned: tests/test_env.py checks the formatting, and black changes its style
+        "dev": ["pytest", "pytest-timeout", "black==26.10.1", "faster-coco-eval>=1.6"]
+    },
 )

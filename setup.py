@@ -3,6 +3,7 @@ from setuptools import find_packages, setup
 setup(
     name="sa-ejhead",
     version="0.1.0",
+    license="Apache-2.0",
     description="SA-FPN and EJ-Head for Detectron2 (Ni & Yao, multi-task learning via scale aware "
     "feature pyramid networks and effective joint head)",
     packages=find_packages(include=["sa_ejhead", "sa_ejhead.*"]),

@@ -27,16 +27,6 @@ from sa_ejhead import model_zoo
 _OURS = "COCO-InstanceSegmentation/mask_rcnn_R_50_SAFPN_EJHead_1x.py"
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """One intra-op thread: on the shared 2-core machine, two threads per process oversubscribe
-    the cores (measured: 3x the CPU time for this module)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def ours():
     """The R-50 SA-FPN + EJ-Head model of the paper's Table 2, random init."""

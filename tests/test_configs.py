@@ -6,7 +6,6 @@ refinement, interleaving); only what doesn't change it is made cheap: random ini
 fewer proposals and sampled RoIs.
 """
 
-import gc
 import os
 
 import numpy as np
@@ -56,24 +55,6 @@ EXPECTED = {
 _RES4_BLOCKS = {50: 6, 101: 23}
 # COCO train2017 after Detectron2's filtering, 16 images per iteration
 _ITERS_PER_EPOCH = 117266 / 16
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """One intra-op thread: on the shared 2-core machine, two threads per process oversubscribe
-    the cores (measured under load: about 4x the CPU time of one thread for these tests)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(autouse=True)
-def _free_models():
-    """Collect each test's model (held in reference cycles): without it the models pile up and
-    the module peaks at 7.5 GB instead of 3.3 GB (the Cascade EJ-Head step)."""
-    yield
-    gc.collect()
 
 
 def _batched_inputs(height=64, width=96):

@@ -26,14 +26,6 @@ from sa_ejhead.engine import (
 from sa_ejhead.engine.testing import tiny_yacs_config, write_tiny_coco
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture(scope="module")
 def tiny_coco(tmp_path_factory):
     root = tmp_path_factory.mktemp("tiny_engine")

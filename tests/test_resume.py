@@ -19,15 +19,6 @@ from sa_ejhead.engine.testing import CONFIGS_DIR, tiny_lazy_config, write_tiny_c
 MODEL = os.path.join(CONFIGS_DIR, "common", "models", "mask_rcnn_safpn_ejhead.py")
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # Two intra-op threads on a shared 2-core machine are many times slower than one.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture(scope="module")
 def tiny_dataset(tmp_path_factory):
     root = tmp_path_factory.mktemp("tiny_resume")

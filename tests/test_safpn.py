@@ -28,15 +28,6 @@ MODES = list(SAFPN_MODES)
 LAZY_MODEL = "configs/common/models/mask_rcnn_safpn.py"
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: one intra-op thread is faster than two on a shared 2-core machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def _tiny_resnet(width=8, seed=0):
     """A ResNet-18-like bottom-up, one BasicBlock per stage, ``width`` channels at res2."""
     torch.manual_seed(seed)

@@ -33,14 +33,6 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MODEL = os.path.join(CONFIGS_DIR, "common", "models", "mask_rcnn_safpn_ejhead.py")
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def _run_tool(script, argv, monkeypatch):
     """Run tools/<script> in this process, as ``python tools/<script> argv...``."""
     monkeypatch.setattr(sys, "argv", [script] + list(argv))

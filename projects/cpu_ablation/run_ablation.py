@@ -5,8 +5,9 @@ Trains each row's demo-sized config (``projects/cpu_ablation/configs/``) on ``sa
 for ``--iters`` iterations with each of ``--seeds``, evaluates on ``sa_shapes_val`` (COCO box and
 mask AP, AP_S/M/L) and writes the tables of mean ± std over the seeds, laid out like the paper's.
 
-Every run lives in ``OUTPUT/<config>/<seed>/<iters>/``; its ``results.json`` is written atomically
-at the end. A rerun skips finished runs; ``--resume`` continues unfinished ones from their last
+Every run lives in ``OUTPUT/<config>/<hash>/<seed>/<iters>/``, ``<hash>`` being a short hash of
+the resolved config and ``--opts`` (so a run made with an older version of a config, e.g. before
+the demo config changed, is never reused); its ``results.json`` is written atomically at the end. A rerun skips finished runs; ``--resume`` continues unfinished ones from their last
 checkpoint (without it they restart); ``--table-only`` builds the tables from whatever finished.
 
 Examples::
@@ -17,6 +18,8 @@ Examples::
 """
 
 import argparse
+import functools
+import hashlib
 import json
 import math
 import os
@@ -92,9 +95,38 @@ TABLES = {
 }
 
 
-def run_dir(output_dir, config, seed, iters):
-    """Directory of one run: ``OUTPUT/<config>/<seed>/<iters>``."""
-    return os.path.join(output_dir, config, str(seed), str(iters))
+def _plain(obj):
+    """JSON stand-in for the objects a LazyConfig holds (callables by name, others by repr)."""
+    if callable(obj) and hasattr(obj, "__qualname__"):
+        return f"{getattr(obj, '__module__', '')}.{obj.__qualname__}"
+    return repr(obj)
+
+
+@functools.lru_cache(maxsize=None)
+def config_hash(config, opts=()):
+    """Short hash of a row's resolved config with the ``--opts`` overrides applied.
+
+    Args:
+        config (str): config name (``configs/<config>.py``).
+        opts (tuple[str]): the sweep's ``KEY=VALUE`` overrides.
+
+    Returns:
+        str: 10 hex digits; changes whenever any value of the loaded config (including what it
+        inherits from ``configs/demo/*.py``) or the overrides change.
+    """
+    from omegaconf import OmegaConf
+
+    from sa_ejhead.engine import load_lazy_config
+
+    cfg = load_lazy_config(os.path.join(CONFIG_DIR, f"{config}.py"), list(opts))
+    data = OmegaConf.to_container(cfg, resolve=True)
+    text = json.dumps(data, sort_keys=True, default=_plain)
+    return hashlib.sha1(text.encode()).hexdigest()[:10]
+
+
+def run_dir(output_dir, config, seed, iters, opts=()):
+    """Directory of one run: ``OUTPUT/<config>/<hash>/<seed>/<iters>`` (see :func:`config_hash`)."""
+    return os.path.join(output_dir, config, config_hash(config, tuple(opts)), str(seed), str(iters))
 
 
 def write_json_atomic(path, data):
@@ -113,9 +145,9 @@ def write_json_atomic(path, data):
         raise
 
 
-def load_result(output_dir, config, seed, iters):
+def load_result(output_dir, config, seed, iters, opts=()):
     """The finished result of a run, or None (missing or unreadable ``results.json``)."""
-    path = os.path.join(run_dir(output_dir, config, seed, iters), "results.json")
+    path = os.path.join(run_dir(output_dir, config, seed, iters, opts), "results.json")
     try:
         with open(path) as f:
             return json.load(f)
@@ -133,7 +165,7 @@ def configs_of(tables):
     return seen
 
 
-def plan_runs(output_dir, configs, seeds, iters):
+def plan_runs(output_dir, configs, seeds, iters, opts=()):
     """Runs to do, seed-major (every config once per seed first), without the finished ones.
 
     Args:
@@ -141,11 +173,14 @@ def plan_runs(output_dir, configs, seeds, iters):
         configs (list[str]): config names.
         seeds (list[int]): seeds.
         iters (int): iterations per run.
+        opts (list[str]): the sweep's overrides (part of the cache key).
 
     Returns:
         list[tuple[str, int]]: (config, seed) pairs still to run.
     """
-    return [(c, s) for s in seeds for c in configs if load_result(output_dir, c, s, iters) is None]
+    return [
+        (c, s) for s in seeds for c in configs if load_result(output_dir, c, s, iters, opts) is None
+    ]
 
 
 def mean_std(values):
@@ -160,14 +195,14 @@ def mean_std(values):
     return mean, math.sqrt(var)
 
 
-def summarize(output_dir, config, seeds, iters):
+def summarize(output_dir, config, seeds, iters, opts=()):
     """Mean ± std over the finished seeds of a config.
 
     Returns:
         dict: ``n`` (finished seeds) and, for ``bbox``/``segm`` x ``AP``/``APs``/``APm``/``APl``,
         ``(mean, std)``.
     """
-    results = [load_result(output_dir, config, s, iters) for s in seeds]
+    results = [load_result(output_dir, config, s, iters, opts) for s in seeds]
     results = [r for r in results if r is not None]
     out = {"n": len(results)}
     for task in ("bbox", "segm"):
@@ -183,7 +218,7 @@ def _cell(mean_std_pair):
     return f"{mean:.1f} ± {std:.1f}"
 
 
-def format_table(table, output_dir, seeds, iters):
+def format_table(table, output_dir, seeds, iters, opts=()):
     """Markdown table of one of the paper's tables from the finished runs.
 
     Args:
@@ -191,6 +226,7 @@ def format_table(table, output_dir, seeds, iters):
         output_dir (str): the cache root.
         seeds (list[int]): seeds to average.
         iters (int): iterations per run.
+        opts (list[str]): the sweep's overrides (part of the cache key).
 
     Returns:
         str: a title line and the table: the paper's leading columns, then box AP, AP_S, AP_M,
@@ -207,16 +243,16 @@ def format_table(table, output_dir, seeds, iters):
         "|" + "---|" * len(lead) + "---:|" * 9 + "---|",
     ]
     for config, cells in rows:
-        s = summarize(output_dir, config, seeds, iters)
+        s = summarize(output_dir, config, seeds, iters, opts)
         figures = [_cell(s[(task, m)]) for task in ("bbox", "segm") for m in METRICS]
         link = f"[{config}](projects/cpu_ablation/configs/{config}.py)"
         lines.append("| " + " | ".join(cells + figures + [f"{s['n']}/{len(seeds)}", link]) + " |")
     return "\n".join(lines)
 
 
-def format_tables(tables, output_dir, seeds, iters):
+def format_tables(tables, output_dir, seeds, iters, opts=()):
     """All requested tables, separated by blank lines."""
-    return "\n\n".join(format_table(t, output_dir, seeds, iters) for t in tables)
+    return "\n\n".join(format_table(t, output_dir, seeds, iters, opts) for t in tables)
 
 
 def run_one(config, seed, iters, output_dir, resume, checkpoint_period, opts=()):
@@ -227,7 +263,7 @@ def run_one(config, seed, iters, output_dir, resume, checkpoint_period, opts=())
 
     from sa_ejhead.engine import do_train, load_lazy_config
 
-    directory = run_dir(output_dir, config, seed, iters)
+    directory = run_dir(output_dir, config, seed, iters, opts)
     os.makedirs(directory, exist_ok=True)
     setup_logger(directory, name="detectron2")
     cfg = load_lazy_config(
@@ -255,6 +291,7 @@ def run_one(config, seed, iters, output_dir, resume, checkpoint_period, opts=())
             "wall_s": time.time() - start,
             "torch_threads": torch.get_num_threads(),
             "opts": list(opts),
+            "config_hash": config_hash(config, tuple(opts)),
             "bbox": dict(results.get("bbox", {})),
             "segm": dict(results.get("segm", {})),
         },
@@ -317,7 +354,7 @@ def main(argv=None):
         if not os.path.isfile(os.path.join(CONFIG_DIR, f"{c}.py")):
             raise SystemExit(f"Unknown config {c!r}: no {c}.py in {CONFIG_DIR}")
     if not args.table_only:
-        todo = plan_runs(args.output_dir, configs, args.seeds, args.iters)
+        todo = plan_runs(args.output_dir, configs, args.seeds, args.iters, args.opts)
         print(f"[ablation] {len(todo)} runs to do ({args.iters} iterations each)", flush=True)
         for i, (config, seed) in enumerate(todo):
             start = time.time()
@@ -338,7 +375,9 @@ def main(argv=None):
                 cmd.append("--resume")
             if args.opts:
                 cmd += ["--opts"] + list(args.opts)
-            log = os.path.join(run_dir(args.output_dir, config, seed, args.iters), "stdout.txt")
+            log = os.path.join(
+                run_dir(args.output_dir, config, seed, args.iters, args.opts), "stdout.txt"
+            )
             os.makedirs(os.path.dirname(log), exist_ok=True)
             with open(log, "a") as f:
                 rc = subprocess.call(cmd, stdout=f, stderr=subprocess.STDOUT)
@@ -348,7 +387,7 @@ def main(argv=None):
                 f"{time.time() - start:.0f}s",
                 flush=True,
             )
-    text = format_tables(args.tables, args.output_dir, args.seeds, args.iters)
+    text = format_tables(args.tables, args.output_dir, args.seeds, args.iters, args.opts)
     print(text)
     if args.markdown:
         os.makedirs(os.path.dirname(os.path.abspath(args.markdown)), exist_ok=True)

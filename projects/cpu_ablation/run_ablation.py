@@ -25,7 +25,6 @@ import math
 import os
 import subprocess
 import sys
-import tempfile
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -130,19 +129,11 @@ def run_dir(output_dir, config, seed, iters, opts=()):
 
 
 def write_json_atomic(path, data):
-    """Write ``data`` as JSON to ``path`` atomically (temporary file + rename)."""
+    """Write ``data`` as JSON to ``path`` atomically (the engine's temporary file + rename)."""
+    from sa_ejhead.engine.checkpoint import atomic_write
+
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(path)), suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(data, f, indent=1)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+    atomic_write(path, functools.partial(json.dump, data, indent=1), binary=False)
 
 
 def load_result(output_dir, config, seed, iters, opts=()):

@@ -6,8 +6,9 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.sa_ejhead-ready
 ITERS ?=
 PYTEST_ARGS ?=
+JOBS ?= $(shell nproc 2>/dev/null || echo 1)
 
-.PHONY: setup demo test format lint clean-venv
+.PHONY: setup demo test ablation format lint clean-venv
 
 # The stamp is written only at the end of a successful set-up; a .venv without it is removed and
 # rebuilt. A change of setup.py or of the bootstrap script re-runs the set-up.
@@ -23,6 +24,11 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest tests $(PYTEST_ARGS)
+
+# The CPU ablation of Tables 2-5 (hours; resumable: rerun to continue, finished runs are kept in
+# projects/cpu_ablation/results/), then its tables in docs/ablation_table.md.
+ablation: $(STAMP)
+	$(PY) projects/cpu_ablation/run_ablation.py --jobs $(JOBS) --resume --markdown docs/ablation_table.md
 
 format: $(STAMP)
 	$(PY) -m black -l 100 sa_ejhead tools tests configs projects setup.py

@@ -9,8 +9,10 @@ setup(
     packages=find_packages(include=["sa_ejhead", "sa_ejhead.*"]),
     python_requires=">=3.10",
     install_requires=[
-        "torch==2.14.1",
-        "torchvision==0.29.1",
+        # a range, so that `pip install -e .` keeps a user's own (e.g. CUDA) build; `make setup`
+        # (tools/bootstrap.py) installs the tested pair torch==2.14.1 + torchvision==0.29.1
+        "torch>=2.0",
+        "torchvision>=0.15",
         # Detectron2 itself: installed by tools/bootstrap.py (repacked sal-detectron2==0.7.2
         # wheel, or the official source build); its own dependencies follow.
         "fvcore>=0.1.5",
@@ -28,9 +30,12 @@ setup(
         "yacs",
         "Pillow",
         "tqdm",
+        # COCO evaluation in C++ (sa_ejhead.evaluation.COCOEvaluator); the repacked Detectron2
+        # wheel has no fast COCOeval of its own
+        "faster-coco-eval>=1.6",
     ],
     extras_require={
         # black is pinned: tests/test_env.py checks the formatting, and black changes its style
-        "dev": ["pytest", "pytest-timeout", "black==26.10.1", "faster-coco-eval>=1.6"]
+        "dev": ["pytest", "pytest-timeout", "black==26.10.1"]
     },
 )

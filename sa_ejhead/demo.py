@@ -146,6 +146,14 @@ def _test_name(cfg):
     return names if isinstance(names, str) else names[0]
 
 
+def _ap_table_title(cfg, config_file):
+    """Title of the AP table: the test dataset, the config file and the iterations."""
+    return (
+        f"COCO AP (%) on {_test_name(cfg)}, {os.path.basename(config_file)}, "
+        f"{cfg.train.max_iter} iterations"
+    )
+
+
 @torch.no_grad()
 def visualize_predictions(model, cfg, out_dir, num_images=8, score_thresh=VIS_SCORE_THRESH):
     """Draw ground truth beside the model's predictions for the first validation images.
@@ -356,11 +364,7 @@ def run_demo(
     with open(files["results"], "w") as f:
         json.dump(results, f, indent=2)
     files["ap_table"] = os.path.join(output_dir, "ap_table.md")
-    table = format_ap_table(
-        results,
-        f"COCO AP (%) on sa_shapes_val, {os.path.basename(config_file)}, "
-        f"{cfg.train.max_iter} iterations",
-    )
+    table = format_ap_table(results, _ap_table_title(cfg, config_file))
     with open(files["ap_table"], "w") as f:
         f.write(table)
     files["metrics"] = os.path.join(output_dir, "metrics.json")

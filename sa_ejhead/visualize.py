@@ -2,8 +2,10 @@
 
 Images in (a file, a folder, a glob), Detectron2 ``Visualizer`` pictures out (boxes, masks,
 class names, scores). Works with LazyConfig (``.py`` or saved ``.yaml``) and yacs (``.yaml``)
-configs. An image that cannot be read is reported with its path and skipped; the run goes on with
-the other images (see :func:`run_demo`).
+configs. An image that cannot be read or predicted on is reported with its path and skipped; the
+run goes on with the other images (see :func:`run_demo`). A checkpoint that lacks weights of the
+model (no checkpoint, or ImageNet weights of the backbone only) gets a warning naming the untrained
+parts, since the pictures would show the predictions of random heads.
 """
 
 import argparse
@@ -31,12 +33,14 @@ __all__ = [
     "IMAGE_EXTENSIONS",
     "ImageReadError",
     "LazyPredictor",
+    "YacsPredictor",
     "build_predictor",
     "demo_main",
     "draw_predictions",
     "expand_inputs",
     "get_demo_parser",
     "is_lazy_config",
+    "load_weights",
     "read_image",
     "run_demo",
 ]
@@ -141,11 +145,95 @@ def _metadata(dataset_name):
     return meta
 
 
+class _RecordingCheckpointer(DetectionCheckpointer):
+    """A :class:`DetectionCheckpointer` that remembers which model weights it did not load."""
+
+    def load(self, path, *args, **kwargs):
+        # An empty path loads nothing (fvcore returns before _load_model).
+        self.missing_keys = list(self.model.state_dict().keys())
+        return super().load(path, *args, **kwargs)
+
+    def _load_model(self, checkpoint):
+        incompatible = super()._load_model(checkpoint)
+        # missing_keys includes the tensors dropped for a shape mismatch (e.g. another num_classes)
+        self.missing_keys = list(incompatible.missing_keys)
+        return incompatible
+
+
+def load_weights(model, path):
+    """Load a checkpoint into ``model`` as Detectron2 does; return the weights it did not have.
+
+    Args:
+        model (nn.Module): the model.
+        path (str): checkpoint path or URL (``detectron2://...``); "" loads nothing.
+
+    Returns:
+        list[str]: the ``state_dict`` keys of ``model`` left at their initial values (not in the
+        checkpoint, or with another shape there).
+    """
+    checkpointer = _RecordingCheckpointer(model)
+    checkpointer.load(path)
+    return checkpointer.missing_keys
+
+
+def _untrained_parts(missing_keys):
+    """``roi_heads``, ``proposal_generator``, ``backbone.bottom_up``, ``backbone (neck)``..."""
+    parts = []
+    for key in missing_keys:
+        first, _, rest = key.partition(".")
+        if first == "backbone" and rest:
+            part = "backbone.bottom_up" if rest.startswith("bottom_up.") else "backbone (neck)"
+        else:
+            part = first
+        if part not in parts:
+            parts.append(part)
+    return parts
+
+
+def _warn_if_untrained(model, missing_keys, option, path):
+    """Warn that the predictions come from untrained layers when the checkpoint lacked weights.
+
+    Args:
+        model (nn.Module): the model.
+        missing_keys (list[str]): from :func:`load_weights`.
+        option (str): the config option that names the checkpoint (for the message).
+        path (str): its value.
+
+    Returns:
+        list[str]: the untrained parts (empty when the checkpoint had every weight).
+    """
+    if not missing_keys:
+        return []
+    parts = _untrained_parts(missing_keys)
+    if not path:
+        what = f"{option} is empty: the whole model has random weights"
+    else:
+        total = len(model.state_dict())
+        what = (
+            f"{option}={path!r} has no weights for {', '.join(parts)} ({len(missing_keys)} of "
+            f"{total} tensors)"
+        )
+    if not path or "roi_heads" in parts or "proposal_generator" in parts:
+        what += ": the heads are untrained, so the pictures show meaningless predictions"
+    else:
+        what += ": these layers are untrained, so the predictions may be poor"
+    example = (
+        "train.init_checkpoint=output/model_final.pth"
+        if option.startswith("train.")
+        else "MODEL.WEIGHTS output/model_final.pth"
+    )
+    logger.warning(
+        f"{what}. Give a trained Mask R-CNN checkpoint of this model, e.g. --opts {example} "
+        "(an ImageNet checkpoint initialises the backbone only)."
+    )
+    return parts
+
+
 class LazyPredictor:
     """:class:`detectron2.engine.DefaultPredictor` for a LazyConfig.
 
     Loads ``train.init_checkpoint``, resizes as ``dataloader.test.mapper.augmentations`` and
-    takes one BGR image per call.
+    takes one BGR image per call. ``missing_weights`` lists the weights the checkpoint lacked.
     """
 
     def __init__(self, cfg):
@@ -157,7 +245,7 @@ class LazyPredictor:
         self.cfg = cfg
         device = check_device(cfg.train.get("device", "cuda"))
         self.model = instantiate(cfg.model).to(device).eval()
-        DetectionCheckpointer(self.model).load(cfg.train.init_checkpoint)
+        self.missing_weights = load_weights(self.model, cfg.train.init_checkpoint)
         mapper = cfg.dataloader.test.mapper
         self.aug = T.AugmentationList(list(instantiate(mapper.get("augmentations", []))))
         self.input_format = mapper.get("image_format", "BGR")
@@ -186,6 +274,26 @@ class LazyPredictor:
             return self.model([{"image": image, "height": height, "width": width}])[0]
 
 
+class YacsPredictor(DefaultPredictor):
+    """Detectron2's :class:`DefaultPredictor` that records the weights its checkpoint lacked.
+
+    ``missing_weights`` lists the ``state_dict`` keys that ``MODEL.WEIGHTS`` did not have, as
+    :class:`LazyPredictor`'s.
+    """
+
+    def __init__(self, cfg):
+        """
+        Args:
+            cfg (CfgNode): a full yacs config.
+        """
+        no_weights = cfg.clone()
+        no_weights.defrost()
+        no_weights.MODEL.WEIGHTS = ""  # DefaultPredictor loads nothing; load_weights does
+        super().__init__(no_weights)
+        self.cfg = cfg.clone()
+        self.missing_weights = load_weights(self.model, cfg.MODEL.WEIGHTS)
+
+
 def build_predictor(config_file, opts=None):
     """Build a predictor for a LazyConfig or yacs config file.
 
@@ -195,20 +303,22 @@ def build_predictor(config_file, opts=None):
             for yacs); the weights come from ``train.init_checkpoint`` / ``MODEL.WEIGHTS``.
 
     Returns:
-        callable: BGR image -> ``{"instances": ...}``, with a ``metadata`` attribute.
+        callable: BGR image -> ``{"instances": ...}``, with ``metadata`` and ``missing_weights``
+        attributes. A warning names the untrained parts of the model when the checkpoint does
+        not have all its weights (e.g. none given, or ImageNet weights of the backbone only).
     """
     if is_lazy_config(config_file):
         cfg = load_lazy_config(config_file, opts)
-        if not cfg.train.get("init_checkpoint"):
-            logger.warning("train.init_checkpoint is empty: predicting with random weights.")
-        return LazyPredictor(cfg)
-    cfg = load_yacs_config(config_file, opts)
-    check_device(cfg.MODEL.DEVICE)
-    if not cfg.MODEL.WEIGHTS:
-        logger.warning("MODEL.WEIGHTS is empty: predicting with random weights.")
-    cfg.freeze()
-    predictor = DefaultPredictor(cfg)
-    predictor.metadata = _metadata(cfg.DATASETS.TEST[0] if len(cfg.DATASETS.TEST) else None)
+        predictor = LazyPredictor(cfg)
+        option, path = "train.init_checkpoint", cfg.train.get("init_checkpoint") or ""
+    else:
+        cfg = load_yacs_config(config_file, opts)
+        check_device(cfg.MODEL.DEVICE)
+        cfg.freeze()
+        predictor = YacsPredictor(cfg)
+        predictor.metadata = _metadata(cfg.DATASETS.TEST[0] if len(cfg.DATASETS.TEST) else None)
+        option, path = "MODEL.WEIGHTS", cfg.MODEL.WEIGHTS
+    _warn_if_untrained(predictor.model, predictor.missing_weights, option, path)
     return predictor
 
 
@@ -254,8 +364,8 @@ def _output_paths(paths, output):
 def run_demo(predictor, inputs, output, confidence_threshold=0.5):
     """Predict on every input image and write the pictures.
 
-    An image that cannot be read (or predicted on) is logged with its path and skipped; the
-    other images are still processed.
+    An image that cannot be read, or on which the predictor raises an exception, is logged with
+    its path and skipped; the other images are still processed.
 
     Args:
         predictor (callable): from :func:`build_predictor`.
@@ -269,10 +379,13 @@ def run_demo(predictor, inputs, output, confidence_threshold=0.5):
 
     Raises:
         FileNotFoundError: an input that matches nothing.
-        ImageReadError: when no image at all could be processed.
+        ImageReadError: when no image at all could be read.
+        RuntimeError: when no image at all could be processed, some because the predictor
+            failed.
     """
     paths = expand_inputs(inputs)
     written, failures = [], []
+    predict_failed = False
     for path, out_path in zip(paths, _output_paths(paths, output)):
         try:
             image = read_image(path, format="BGR")
@@ -280,7 +393,15 @@ def run_demo(predictor, inputs, output, confidence_threshold=0.5):
             logger.error(str(e))
             failures.append((path, str(e)))
             continue
-        instances = predictor(image)["instances"]
+        try:
+            instances = predictor(image)["instances"]
+        except Exception as e:  # a per-image failure (odd size, out of memory, ...): go on
+            message = f"cannot predict on image {path!r}: {type(e).__name__}: {e}"
+            # the traceback once: the same bug would otherwise repeat it for every image
+            logger.error(message, exc_info=not predict_failed)
+            failures.append((path, message))
+            predict_failed = True
+            continue
         picture, drawn = draw_predictions(
             image, instances, predictor.metadata, confidence_threshold
         )
@@ -289,10 +410,12 @@ def run_demo(predictor, inputs, output, confidence_threshold=0.5):
         logger.info(f"{path}: {len(drawn)} instances drawn -> {out_path}")
         written.append(out_path)
     if failures and not written:
-        raise ImageReadError(
-            f"none of the {len(paths)} input images could be read: "
-            + "; ".join(msg for _, msg in failures)
-        )
+        errors = "; ".join(msg for _, msg in failures)
+        if predict_failed:
+            raise RuntimeError(
+                f"none of the {len(paths)} input images could be read and predicted on: {errors}"
+            )
+        raise ImageReadError(f"none of the {len(paths)} input images could be read: {errors}")
     return written, failures
 
 
@@ -333,7 +456,8 @@ def demo_main(args):
         args (argparse.Namespace): from :func:`get_demo_parser`.
 
     Returns:
-        int: exit status; 0 when every image was drawn, 1 when some could not be read.
+        int: exit status; 0 when every image was drawn, 1 when some could not be read or
+        predicted on (when none could, :func:`run_demo` raises).
     """
     register_datasets_from_args(args)
     predictor = build_predictor(args.config_file, args.opts)
@@ -341,8 +465,8 @@ def demo_main(args):
     logger.info(f"{len(written)} pictures written to {args.output}")
     if failures:
         logger.error(
-            f"{len(failures)} of {len(written) + len(failures)} images could not be read: "
-            + ", ".join(p for p, _ in failures)
+            f"{len(failures)} of {len(written) + len(failures)} images could not be read or "
+            "predicted on: " + ", ".join(p for p, _ in failures)
         )
         return 1
     return 0

@@ -4,6 +4,9 @@ import importlib.util
 import json
 import math
 import os
+import shutil
+import threading
+import time
 
 import pytest
 import torch
@@ -267,3 +270,97 @@ def test_mean_std():
     assert ablation.mean_std([1.0, 3.0]) == pytest.approx((2.0, math.sqrt(2.0)))
     assert ablation.mean_std([5.0]) == (5.0, 0.0)
     assert all(math.isnan(v) for v in ablation.mean_std([float("nan"), None]))
+
+
+def test_ablation_results_store(tmp_path):
+    """Finished runs are copied to the committed store and found there without the run dirs."""
+    ablation = _load_ablation()
+    runs, store = str(tmp_path / "runs"), str(tmp_path / "store")
+    _fake_result(ablation, runs, "baseline", 0, 50, 10.0)
+    _fake_result(ablation, runs, "safpn", 0, 50, 20.0)
+    assert ablation.publish_results(runs, store, ["baseline", "safpn"], [0, 1], 50) == 2
+    assert ablation.publish_results(runs, store, ["baseline", "safpn"], [0, 1], 50) == 0
+    path = ablation.result_path(store, "baseline", 0, 50)
+    assert path.startswith(os.path.join(store, "baseline")) and path.endswith(
+        os.path.join("0", "50.json")
+    )
+    shutil.rmtree(runs)  # a fresh clone: no run directories, only the store
+    assert ablation.load_result(runs, "baseline", 0, 50) is None
+    assert ablation.load_result(runs, "baseline", 0, 50, results_dir=store)["bbox"]["AP"] == 10.0
+    assert ablation.plan_runs(runs, ["baseline", "safpn"], [0, 1], 50, results_dir=store) == [
+        ("baseline", 1),
+        ("safpn", 1),
+    ]
+    # a corrupt store entry is not a result; the run directory's copy is used instead
+    with open(path, "w") as f:
+        f.write("[1, 2")
+    assert ablation.load_result(runs, "baseline", 0, 50, results_dir=store) is None
+    _fake_result(ablation, runs, "baseline", 0, 50, 11.0)
+    assert ablation.load_result(runs, "baseline", 0, 50, results_dir=store)["bbox"]["AP"] == 11.0
+    table = ablation.format_table("3", runs, [0, 1], 50, results_dir=store)
+    assert "| SA-FPN (TD-FPN concat BUF-FPN) | 20.0 ± 0.0 |" in table
+
+
+def test_ablation_sweep_runs_jobs_in_parallel(tmp_path, monkeypatch):
+    """--jobs 2 keeps two trainings going, each told its thread share; results reach the table."""
+    ablation = _load_ablation()
+    runs, store = str(tmp_path / "runs"), str(tmp_path / "store")
+    lock, state, calls = threading.Lock(), {"now": 0, "max": 0}, []
+
+    def fake_call(cmd, stdout=None, stderr=None, env=None):
+        with lock:
+            state["now"] += 1
+            state["max"] = max(state["max"], state["now"])
+            calls.append((cmd, env))
+        time.sleep(0.3)
+        config, seed = cmd[cmd.index("--run-one") + 1 : cmd.index("--run-one") + 3]
+        assert cmd[cmd.index("--results-dir") + 1] == store
+        if config != "fpn_bu":  # one run "fails": reported, not in the table
+            _fake_result(ablation, runs, config, int(seed), 7, 10.0 + int(seed))
+        with lock:
+            state["now"] -= 1
+        return 0 if config != "fpn_bu" else 1
+
+    monkeypatch.setattr(ablation.subprocess, "call", fake_call)
+    monkeypatch.setattr(ablation.os, "cpu_count", lambda: 2)
+    argv = ["--tables", "3", "--configs", "baseline", "fpn_bu", "--seeds", "0", "1"]
+    argv += ["--iters", "7", "--output-dir", runs, "--results-dir", store, "--jobs", "2"]
+    assert ablation.main(argv) == 0
+    assert len(calls) == 4 and state["max"] == 2
+    for cmd, env in calls:
+        assert cmd[cmd.index("--threads") + 1] == "1" and env["OMP_NUM_THREADS"] == "1"
+    # the table is built from the store alone once the run directories are gone
+    ablation.publish_results(runs, store, ["baseline"], [0, 1], 7)
+    shutil.rmtree(runs)
+    text = ablation.format_table("3", runs, [0, 1], 7, results_dir=store)
+    assert "| TD-FPN | 10.5 ± 0.7 |" in text
+    bu = next(l for l in text.splitlines() if l.startswith("| BU-FPN |"))
+    assert bu.split(" | ")[1:9] == ["-"] * 8 and "| 0/2 |" in bu
+
+
+def test_ablation_seconds_per_iteration(tmp_path):
+    """The s/iter column is the median of metrics.json's per-iteration times (junk lines skipped)."""
+    ablation = _load_ablation()
+    assert ablation.seconds_per_iteration(str(tmp_path)) is None  # no metrics.json
+    lines = [{"iteration": 19, "time": 9.0}, {"iteration": 39, "time": 1.0}, "not json"]
+    lines += [{"iteration": 59, "time": 2.0}, {"iteration": 79}, {"iteration": 99, "time": 3.0}]
+    with open(tmp_path / "metrics.json", "w") as f:
+        for line in lines:
+            f.write((line if isinstance(line, str) else json.dumps(line)) + "\n")
+    assert ablation.seconds_per_iteration(str(tmp_path)) == pytest.approx(2.5)
+    root = str(tmp_path / "runs")
+    for seed, spi in [(0, 1.0), (1, 2.0)]:
+        path = os.path.join(ablation.run_dir(root, "fpn_buf", seed, 5), "results.json")
+        ablation.write_json_atomic(path, {"bbox": {"AP": 1.0}, "segm": {}, "sec_per_iter": spi})
+    row = next(
+        l for l in ablation.format_table("3", root, [0, 1], 5).splitlines() if "BUF-FPN |" in l
+    )
+    assert "| 1.50 | 2/2 |" in row
+
+
+def test_benchmark_spec_override_typo_is_an_error():
+    """A misspelled override in a --configs spec is refused (not a silently added key)."""
+    with pytest.raises(KeyError, match=r"Did you mean 'model\.roi_heads\.interleave'"):
+        B.build_model_from_spec(
+            "common/models/mask_rcnn_safpn_ejhead.py, model.roi_heads.interleav=0"
+        )

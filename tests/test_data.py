@@ -16,6 +16,7 @@ from detectron2.data import transforms as T
 from detectron2.structures import BitMasks, BoxMode
 
 import sa_ejhead  # noqa: F401  (registers sa_shapes_*)
+from sa_ejhead import model_zoo
 from sa_ejhead.data import (
     SA_SHAPES_DEFAULTS,
     CheckedDatasetMapper,
@@ -31,6 +32,7 @@ from sa_ejhead.data import (
     validate_coco_json,
 )
 from sa_ejhead.data import synthetic
+from sa_ejhead.evaluation import COCOEvaluator
 
 SMALL = dict(num_train=6, num_val=4, height=160, width=192, seed=3)
 
@@ -342,6 +344,15 @@ def _break_rle_size(coco, tmp_path, img_dir):
     coco["annotations"][0]["segmentation"] = {"size": [10, 10], "counts": "abc"}
 
 
+def _break_missing_segmentation(coco, tmp_path, img_dir):
+    del coco["annotations"][1]["segmentation"]  # a box-only annotation among masked ones
+    del coco["annotations"][2]["segmentation"]
+
+
+def _break_empty_segmentation(coco, tmp_path, img_dir):
+    coco["annotations"][0]["segmentation"] = []  # load_coco_json drops an empty one
+
+
 @pytest.mark.parametrize(
     "breaker, error, pattern",
     [
@@ -361,6 +372,19 @@ def _break_rle_size(coco, tmp_path, img_dir):
         ),
         (_break_image_id, ValueError, r"annotations\[0\]\.image_id: image_id=99 is not declared"),
         (_break_rle_size, ValueError, r"annotations\[0\]\.segmentation\.size: RLE size \[10, 10\]"),
+        (
+            _break_missing_segmentation,
+            ValueError,
+            r"annotations\[1\] \(id 2\): no 'segmentation', while annotations\[0\] \(id 1\) has "
+            r"one: 2 of the 3 non-crowd annotations .*model\.roi_heads\.mask_in_features=None "
+            r"\(LazyConfig.* or MODEL\.MASK_ON False \(yacs\)",
+        ),
+        (
+            _break_empty_segmentation,
+            ValueError,
+            r"annotations\[0\] \(id 1\): empty 'segmentation' \(\[\]\), while annotations\[1\] "
+            r"\(id 2\) has one",
+        ),
     ],
 )
 def test_user_coco_errors_name_file_and_field(tmp_path, breaker, error, pattern):
@@ -371,6 +395,40 @@ def test_user_coco_errors_name_file_and_field(tmp_path, breaker, error, pattern)
         register_coco_instances_checked("test_user_bad", json_file, str(img_dir))
     assert "bad_ann.json" in str(e.value)
     assert "test_user_bad" not in DatasetCatalog.list()  # nothing registered
+
+
+def test_mixed_segmentation_error_names_the_annotation_and_field(tmp_path):
+    coco, img_dir = _user_dataset(tmp_path)
+    coco["annotations"][2]["segmentation"] = None
+    with pytest.raises(DatasetFormatError) as e:
+        validate_coco_json(_write(tmp_path, coco), str(img_dir), require_annotations=False)
+    assert e.value.file.endswith("ann.json") and e.value.field == "annotations[2].segmentation"
+    assert "annotations[2] (id 3): empty 'segmentation' (None)" in str(e.value)
+
+
+def test_box_only_data_is_valid_and_maps_without_masks(tmp_path):
+    """No non-crowd annotation has a segmentation: box-only data (a crowd one may lack it too)."""
+    coco, img_dir = _user_dataset(tmp_path)
+    for ann in coco["annotations"]:
+        del ann["segmentation"]
+    coco["annotations"][1]["segmentation"] = []  # empty counts as none
+    summary = register_coco_instances_checked("test_user_boxes", _write(tmp_path, coco), img_dir)
+    try:
+        assert summary["num_annotations"] == 3
+        mapper = CheckedDatasetMapper(
+            is_train=True, augmentations=[], image_format="BGR", use_instance_mask=True
+        )
+        out = mapper(copy.deepcopy(DatasetCatalog.get("test_user_boxes")[0]))
+        assert len(out["instances"]) == 2 and not out["instances"].has("gt_masks")
+    finally:
+        DatasetCatalog.remove("test_user_boxes")
+        MetadataCatalog.remove("test_user_boxes")
+    # masks on every non-crowd annotation; a crowd region without one is still valid
+    (tmp_path / "crowd").mkdir()
+    coco, img_dir = _user_dataset(tmp_path / "crowd")
+    coco["annotations"][2].update(iscrowd=1)
+    del coco["annotations"][2]["segmentation"]
+    assert validate_coco_json(_write(tmp_path, coco), str(img_dir))["num_annotations"] == 3
 
 
 def test_empty_annotations_allowed_for_evaluation_only(tmp_path):
@@ -409,3 +467,30 @@ def test_corrupt_image_names_the_file(tmp_path):
     finally:
         DatasetCatalog.remove("test_user_corrupt")
         MetadataCatalog.remove("test_user_corrupt")
+
+
+# ------------------------------------------------------------------------------------------------
+# the configs' data paths
+# ------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("config_path", model_zoo.LAZY_CONFIGS + model_zoo.OTHER_CONFIGS)
+def test_coco_configs_use_checked_mapper_and_our_evaluator(config_path):
+    """configs/common/coco_sa.py: a missing or corrupt image names its file (train and test), and
+    evaluation uses faster-coco-eval on the test set, following an override of its name."""
+    cfg = model_zoo.get_config(config_path)
+    assert cfg.dataloader.train.mapper._target_ is CheckedDatasetMapper
+    assert cfg.dataloader.test.mapper._target_ is CheckedDatasetMapper
+    assert cfg.dataloader.evaluator._target_ is COCOEvaluator
+    assert cfg.dataloader.evaluator.dataset_name == "coco_2017_val"
+    cfg.dataloader.test.dataset.names = "my_val"
+    assert cfg.dataloader.evaluator.dataset_name == "my_val"
+
+
+@pytest.mark.parametrize("config_path", ["demo/sa_shapes.py", "demo/sa_shapes_baseline.py"])
+def test_demo_evaluator_follows_the_test_dataset(config_path):
+    cfg = model_zoo.get_config(config_path)
+    assert cfg.dataloader.train.mapper._target_ is CheckedDatasetMapper
+    assert cfg.dataloader.test.mapper._target_ is CheckedDatasetMapper
+    assert cfg.dataloader.evaluator._target_ is COCOEvaluator
+    assert cfg.dataloader.evaluator.dataset_name == "sa_shapes_val"
+    cfg.dataloader.test.dataset.names = "my_val"
+    assert cfg.dataloader.evaluator.dataset_name == "my_val"

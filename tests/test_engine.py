@@ -1,6 +1,7 @@
 """The engine: arguments, dataset registration, sampler/seed resumption, yacs Trainer, errors."""
 
 import argparse
+import glob
 import itertools
 import os
 import random
@@ -12,6 +13,12 @@ from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data.samplers import TrainingSampler
 from detectron2.engine import HookBase, SimpleTrainer
 
+from sa_ejhead.data import (
+    CheckedDatasetMapper,
+    DatasetFileNotFoundError,
+    DatasetImageError,
+    register_coco_instances_checked,
+)
 from sa_ejhead.engine import (
     IterationSeeder,
     ResumableTrainingSampler,
@@ -19,11 +26,13 @@ from sa_ejhead.engine import (
     check_device,
     create_ddp_model,
     default_argument_parser,
+    load_lazy_config,
     load_yacs_config,
     parse_coco_dataset_spec,
     register_datasets_from_args,
 )
 from sa_ejhead.engine.testing import tiny_yacs_config, write_tiny_coco
+from sa_ejhead.evaluation import COCOEvaluator
 
 
 @pytest.fixture(scope="module")
@@ -226,6 +235,44 @@ def test_yacs_trainer_trains_and_resumes_exactly(tiny_coco, tmp_path):
     assert not [f for f in os.listdir(part) if f.endswith(".tmp")]
 
 
+def test_yacs_trainer_data_errors_name_the_image_file(tmp_path):
+    """The yacs Trainer's train and test loaders map with CheckedDatasetMapper: a corrupt or
+    missing image raises an error naming its file; its evaluator is our COCOEvaluator."""
+    json_file, image_root = write_tiny_coco(str(tmp_path / "data"), num_images=2, seed=1)
+    register_coco_instances_checked("test_engine_bad_images", json_file, image_root)
+    try:
+        cfg = tiny_yacs_config(
+            "test_engine_bad_images", "test_engine_bad_images", str(tmp_path / "out")
+        )
+        mapper = CheckedDatasetMapper(cfg, is_train=True)
+        assert mapper.use_instance_mask and mapper.instance_mask_format == "polygon"
+        assert isinstance(Trainer.build_evaluator(cfg, "test_engine_bad_images"), COCOEvaluator)
+        for name in sorted(os.listdir(image_root)):  # truncated files (validation still passes)
+            path = os.path.join(image_root, name)
+            with open(path, "rb") as f:
+                data = f.read()
+            with open(path, "wb") as f:
+                f.write(data[: len(data) // 3])
+        image = r"cannot read image .*{}\.png \(image_id {}\)"
+        dataset, sampler = Trainer.build_train_sampler(cfg, seed=0)
+        loaders = [
+            Trainer.build_train_loader(cfg, dataset=dataset, sampler=sampler),  # Trainer(cfg)'s
+            Trainer.build_train_loader(cfg),  # e.g. with another DATALOADER.SAMPLER_TRAIN
+        ]
+        for loader in loaders:
+            with pytest.raises(DatasetImageError, match=image.format(r"000[01]", "[12]")):
+                next(iter(loader))
+        test_loader = Trainer.build_test_loader(cfg, "test_engine_bad_images")
+        with pytest.raises(DatasetImageError, match=image.format("0000", 1)):
+            next(iter(test_loader))
+        os.remove(os.path.join(image_root, "0000.png"))
+        with pytest.raises(DatasetFileNotFoundError, match=r"image file not found: .*0000\.png"):
+            next(iter(test_loader))
+    finally:
+        DatasetCatalog.remove("test_engine_bad_images")
+        MetadataCatalog.remove("test_engine_bad_images")
+
+
 class _Crash(Exception):
     pass
 
@@ -237,3 +284,121 @@ class _CrashAfter(HookBase):
     def after_step(self):
         if self.trainer.iter == self.iteration:
             raise _Crash()
+
+
+# --- LazyConfig overrides -----------------------------------------------------------------------
+
+_OVERRIDES_CONFIG = """
+from detectron2.config import LazyCall as L
+from detectron2.data import DatasetMapper
+from detectron2.data import transforms as T
+from detectron2.modeling.roi_heads import StandardROIHeads
+
+train = dict(max_iter=10, output_dir="out", checkpointer=dict(period=5, max_to_keep=1))
+mapper = L(DatasetMapper)(
+    is_train=True,
+    augmentations=[L(T.ResizeShortestEdge)(short_edge_length=64, max_size=128)],
+    image_format="BGR",
+)
+roi_heads = L(StandardROIHeads)(box_in_features=["p2"])
+"""
+
+
+@pytest.fixture
+def overrides_config(tmp_path):
+    path = tmp_path / "overrides_config.py"
+    path.write_text(_OVERRIDES_CONFIG)
+    return str(path)
+
+
+def test_lazy_override_typo_names_the_key_the_file_and_the_closest_key(overrides_config):
+    with pytest.raises(KeyError, match=r"'train.max_iterr'.*Did you mean 'train.max_iter'\?") as e:
+        load_lazy_config(overrides_config, ["train.max_iter=3", "train.max_iterr=5"])
+    assert overrides_config in str(e.value) and "'+train.max_iterr=5'" in str(e.value)
+    for typo, closest in [
+        ("trian.max_iter=5", "train.max_iter"),  # a typo before the last part
+        ("train.checkpointer.perod=2", "train.checkpointer.period"),  # a sub-key
+        ("mapper.augmentations.0.max_sise=96", "mapper.augmentations.0.max_size"),
+        ("mapper.instance_mask_formt=bitmask", "mapper.instance_mask_format"),  # an argument
+        ("roi_heads.num_clases=3", "roi_heads.num_classes"),  # ROIHeads' via **kwargs
+    ]:
+        with pytest.raises(KeyError, match="has no key") as e:
+            load_lazy_config(overrides_config, [typo])
+        assert typo.split("=")[0] in str(e.value) and overrides_config in str(e.value)
+        assert f"Did you mean {closest!r}?" in str(e.value)
+    # A sub-key of a value, an item past the end of a list: errors, and "+" is no way out.
+    with pytest.raises(KeyError, match="'train.max_iter' is not a config node") as e:
+        load_lazy_config(overrides_config, ["train.max_iter.x=1"])
+    assert "+" not in str(e.value).split("(")[-1]
+    with pytest.raises(KeyError, match="is a list of 1 items, it has no item '1'"):
+        load_lazy_config(overrides_config, ["mapper.augmentations.1.max_size=96"])
+
+
+def test_lazy_override_plus_adds_a_key(overrides_config):
+    cfg = load_lazy_config(
+        overrides_config,
+        ["+train.new_key=1", "train.new_key=2", "+train.extra.deep=3", "++train.other=4"],
+    )
+    assert (cfg.train.new_key, cfg.train.extra.deep, cfg.train.other) == (2, 3, 4)
+    cfg = load_lazy_config(overrides_config, ["++train.max_iter=7", "+mapper.recompute_boxes=1"])
+    assert cfg.train.max_iter == 7 and cfg.mapper.recompute_boxes == 1
+    with pytest.raises(KeyError, match=r"already has the key 'train.max_iter'.*'\+\+train"):
+        load_lazy_config(overrides_config, ["+train.max_iter=3"])
+
+
+def test_lazy_override_valid_keys(overrides_config):
+    cfg = load_lazy_config(
+        overrides_config,
+        [
+            "train.max_iter=3",
+            "train.checkpointer.period=2",
+            "train.checkpointer={max_to_keep: 4}",  # a mapping: merged into the existing one
+            "mapper.augmentations.0.max_size=96",  # a list item by its index
+            "mapper.instance_mask_format=bitmask",  # an argument of the target left at default
+            "roi_heads.num_classes=3",  # an argument of ROIHeads, reached by **kwargs
+            "train.seed=4",  # read by the engine with a default; common/train.py has none
+        ],
+    )
+    assert cfg.train.max_iter == 3 and cfg.train.seed == 4
+    assert dict(cfg.train.checkpointer) == {"period": 2, "max_to_keep": 4}
+    assert cfg.mapper.augmentations[0].max_size == 96
+    assert cfg.mapper.instance_mask_format == "bitmask" and cfg.roi_heads.num_classes == 3
+
+
+def test_lazy_overrides_of_the_repository_callers():
+    """The overrides the ablation runner, the demo test and the tools pass still apply."""
+    from sa_ejhead.engine.testing import CONFIGS_DIR
+
+    repo = os.path.dirname(CONFIGS_DIR)
+    ablation = [
+        "train.max_iter=5",
+        "train.seed=1",
+        "train.output_dir=/tmp/unused",
+        "train.eval_period=0",
+        "train.device=cpu",
+        "train.checkpointer.period=100",
+    ]
+    configs = sorted(glob.glob(os.path.join(repo, "projects", "cpu_ablation", "configs", "*.py")))
+    configs = [c for c in configs if not os.path.basename(c).startswith("_")]
+    configs += sorted(glob.glob(os.path.join(CONFIGS_DIR, "demo", "*.py")))
+    assert len(configs) > 2
+    for config in configs:
+        cfg = load_lazy_config(config, ablation)
+        assert (cfg.train.max_iter, cfg.train.seed, cfg.train.checkpointer.period) == (5, 1, 100)
+    demo = load_lazy_config(
+        os.path.join(CONFIGS_DIR, "demo", "sa_shapes.py"),
+        [
+            "dataloader.train.dataset.names=a",
+            "dataloader.evaluator.dataset_name=b",
+            "dataloader.test.num_workers=0",
+            "dataloader.train.mapper.augmentations.0.short_edge_length=[80]",
+            "lr_multiplier.warmup_length=0.05",
+            "model.roi_heads.refinement.bottleneck_channels=64",
+        ],
+    )
+    assert demo.dataloader.train.mapper.augmentations[0].short_edge_length == [80]
+    coco = load_lazy_config(
+        os.path.join(CONFIGS_DIR, "COCO-InstanceSegmentation", "mask_rcnn_R_50_SAFPN_EJHead_1x.py"),
+        ["train.seed=0", "dataloader.train.mapper.instance_mask_format=bitmask"],  # docs/configs.md
+    )
+    assert coco.train.seed == 0

@@ -21,12 +21,17 @@ from sa_ejhead.engine.testing import (
     write_tiny_coco,
     write_tiny_lazy_config_file,
 )
+from sa_ejhead import visualize
 from sa_ejhead.visualize import (
     ImageReadError,
+    build_predictor,
+    demo_main,
     draw_predictions,
     expand_inputs,
+    get_demo_parser,
     is_lazy_config,
     read_image,
+    run_demo,
 )
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -82,7 +87,7 @@ def _copypaste_lines(results):
     return [",".join(f"{v:.4f}" for v in list(results[task].values())[:6]) for task in results]
 
 
-def test_lazyconfig_train_then_eval_only(lazy_run):
+def test_lazyconfig_train_then_eval_only(lazy_run, monkeypatch):
     out = lazy_run["out"]
     assert {"model_final.pth", "last_checkpoint", "config.yaml", "metrics.json"} <= set(
         os.listdir(out)
@@ -100,11 +105,29 @@ def test_lazyconfig_train_then_eval_only(lazy_run):
             f"train.output_dir={lazy_run['root'] / 'eval'}",
         ]
     )
+    evaluated = []
+
+    def do_test(cfg, model):
+        evaluated.append(model)
+        return real_do_test(cfg, model)
+
+    real_do_test = lazy_engine.do_test
+    monkeypatch.setattr(lazy_engine, "do_test", do_test)
     results = lazy_engine.main(args)
     assert set(results) == {"bbox", "segm"}
     # Same weights -> the same AP as the evaluation at the end of training.
     for line in _copypaste_lines(results):
         assert f"copypaste: {line}" in lazy_run["log"]
+    # After 2 iterations the AP may well be 0 with any weights: check the weights themselves.
+    # The evaluated model holds exactly the trained checkpoint...
+    trained = torch.load(os.path.join(out, "model_final.pth"), weights_only=False)["model"]
+    (model,) = evaluated
+    state = model.state_dict()
+    assert set(state) == set(trained)
+    assert [k for k, v in trained.items() if not torch.equal(state[k].cpu(), v)] == []
+    # ... which a freshly built model does not (so that the check above can fail).
+    fresh = lazy_engine.build_lazy_model(lazy_engine.load_lazy_config(lazy_run["config"]))
+    assert any(not torch.equal(t, trained[k]) for k, t in fresh.state_dict().items())
 
 
 def test_lazyconfig_bad_coco_dataset_spec(lazy_run):
@@ -245,3 +268,141 @@ def test_draw_predictions_threshold_and_labels():
     both, drawn = draw_predictions(image, inst, meta, confidence_threshold=0.2)
     assert np.array_equal(picture, only_first)
     assert len(drawn) == 2 and not np.array_equal(picture, both)
+
+
+class _listen:
+    """Collect each record of ``sa_ejhead.visualize`` once in ``caplog``.
+
+    The tools set up the ``sa_ejhead`` logger without propagation to the root logger (where
+    ``caplog`` listens); whether that happened depends on the tests that ran before.
+    """
+
+    def __init__(self, caplog, name="sa_ejhead.visualize"):
+        self.caplog, self.logger = caplog, logging.getLogger(name)
+
+    def __enter__(self):
+        self.caplog.clear()
+        self.propagate, self.logger.propagate = self.logger.propagate, False
+        self.logger.addHandler(self.caplog.handler)
+        return self.caplog
+
+    def __exit__(self, *exc):
+        self.logger.removeHandler(self.caplog.handler)
+        self.logger.propagate = self.propagate
+
+
+def _warnings(caplog):
+    return [r for r in caplog.records if r.name == "sa_ejhead.visualize" and r.levelno >= 30]
+
+
+def test_demo_warns_when_the_heads_are_untrained(lazy_run, tmp_path, caplog):
+    final = os.path.join(lazy_run["out"], "model_final.pth")
+    weights = torch.load(final, weights_only=False)["model"]
+    # As an ImageNet checkpoint: weights for the bottom-up ResNet only.
+    backbone_only = str(tmp_path / "backbone_only.pth")
+    torch.save({"model": {k: v for k, v in weights.items() if ".bottom_up." in k}}, backbone_only)
+    with _listen(caplog):
+        predictor = build_predictor(lazy_run["config"], [f"train.init_checkpoint={backbone_only}"])
+    assert predictor.missing_weights and not any(
+        ".bottom_up." in k for k in predictor.missing_weights
+    )
+    (record,) = _warnings(caplog)
+    message = record.getMessage()
+    assert "backbone_only.pth" in message and "heads are untrained" in message
+    assert "roi_heads" in message and "proposal_generator" in message
+    assert "backbone.bottom_up" not in message
+    assert "train.init_checkpoint=" in message  # the fix
+
+    with _listen(caplog):
+        predictor = build_predictor(lazy_run["config"], ["train.init_checkpoint="])
+    assert set(predictor.missing_weights) == set(weights)
+    assert "train.init_checkpoint is empty" in caplog.text and "heads are untrained" in caplog.text
+
+    # A trained Mask R-CNN checkpoint of the model: no warning.
+    with _listen(caplog):
+        predictor = build_predictor(lazy_run["config"], [f"train.init_checkpoint={final}"])
+    assert predictor.missing_weights == [] and not _warnings(caplog)
+
+
+def test_demo_yacs_warns_when_the_heads_are_untrained(tmp_path, caplog):
+    yaml_file = tmp_path / "tiny.yaml"
+    yaml_file.write_text(tiny_yacs_config("unused", "unused", str(tmp_path / "out")).dump())
+    with _listen(caplog):
+        predictor = build_predictor(str(yaml_file))
+    assert "MODEL.WEIGHTS is empty" in caplog.text and "MODEL.WEIGHTS output/" in caplog.text
+    weights = predictor.model.state_dict()
+    full, partial = str(tmp_path / "full.pth"), str(tmp_path / "partial.pth")
+    torch.save({"model": weights}, full)
+    torch.save({"model": {k: v for k, v in weights.items() if "roi_heads" not in k}}, partial)
+    with _listen(caplog):
+        predictor = build_predictor(str(yaml_file), ["MODEL.WEIGHTS", partial])
+    assert predictor.missing_weights and all("roi_heads" in k for k in predictor.missing_weights)
+    assert "has no weights for roi_heads (" in caplog.text and "heads are untrained" in caplog.text
+    with _listen(caplog):
+        predictor = build_predictor(str(yaml_file), ["MODEL.WEIGHTS", full])
+    assert predictor.missing_weights == [] and not _warnings(caplog)
+
+
+class _FailingPredictor:
+    """A predictor that raises on the images ``fails(image)`` selects; no instance otherwise."""
+
+    metadata = MetadataCatalog.get("test_tools_failing")
+
+    def __init__(self, fails):
+        self.fails = fails
+        self.calls = 0
+
+    def __call__(self, image):
+        self.calls += 1
+        if self.fails(image):
+            raise RuntimeError(f"model failed on a {image.shape[1]}x{image.shape[0]} image")
+        instances = Instances(image.shape[:2])
+        instances.pred_boxes = Boxes(torch.zeros(0, 4))
+        instances.scores = torch.zeros(0)
+        instances.pred_classes = torch.zeros(0, dtype=torch.int64)
+        return {"instances": instances}
+
+
+def _images(folder, widths):
+    os.makedirs(folder, exist_ok=True)
+    paths = []
+    for i, w in enumerate(widths):
+        paths.append(os.path.join(folder, f"im{i}.png"))
+        cv2.imwrite(paths[-1], np.full((32, w, 3), 40 * i, np.uint8))
+    return paths
+
+
+def test_demo_goes_on_when_the_predictor_raises(tmp_path, caplog, monkeypatch):
+    paths = _images(str(tmp_path / "in"), [32, 48, 40])
+    predictor = _FailingPredictor(lambda image: image.shape[1] == 48)
+    with _listen(caplog):
+        written, failures = run_demo(predictor, str(tmp_path / "in"), str(tmp_path / "out"))
+    assert predictor.calls == 3  # the image after the failing one too
+    assert sorted(os.listdir(tmp_path / "out")) == ["im0.png", "im2.png"] and len(written) == 2
+    ((path, message),) = failures
+    assert path == paths[1] and "cannot predict on image" in message and "48x32" in message
+    assert paths[1] in caplog.text and "Traceback" in caplog.text
+
+    # tools/demo.py: exit status 1 when some failed, an error naming them when all did.
+    monkeypatch.setattr(visualize, "build_predictor", lambda config_file, opts: predictor)
+    argv = ["--config-file", "unused.py", "--input", str(tmp_path / "in"), "--output"]
+    with _listen(caplog):
+        assert demo_main(get_demo_parser().parse_args(argv + [str(tmp_path / "o1")])) == 1
+    assert "1 of 3 images could not be read or predicted on: " + paths[1] in caplog.text
+    predictor.fails = lambda image: True
+    args = get_demo_parser().parse_args(argv + [str(tmp_path / "o2")])
+    with _listen(caplog), pytest.raises(RuntimeError, match="none of the 3 input images") as e:
+        demo_main(args)
+    assert all(p in str(e.value) for p in paths)
+    assert caplog.text.count("Traceback") == 1  # once, not for every image
+
+
+def test_demo_ap_table_title_names_the_configured_test_set():
+    from sa_ejhead.demo import DEFAULT_CONFIG, _ap_table_title
+
+    cfg = lazy_engine.load_lazy_config(
+        DEFAULT_CONFIG, ["dataloader.test.dataset.names=my_val", "train.max_iter=7"]
+    )
+    assert (
+        _ap_table_title(cfg, DEFAULT_CONFIG) == "COCO AP (%) on my_val, sa_shapes.py, 7 iterations"
+    )

@@ -8,8 +8,10 @@ Examples::
     tools/demo.py --config-file configs/yacs/X.yaml --input 'images/*.png' --output vis/ \\
         --confidence-threshold 0.7 --opts MODEL.WEIGHTS output/model_final.pth MODEL.DEVICE cpu
 
-Unreadable images are reported (with their path) and skipped; the exit status is 1 when any
-image could not be read, and the run fails outright only when none could.
+Images that cannot be read or predicted on are reported (with their path) and skipped; the exit
+status is 1 when any image failed, and the run fails outright only when all did. Without a
+trained Mask R-CNN checkpoint (none, or ImageNet weights of the backbone only) a warning names
+the untrained parts of the model.
 """
 
 import sys

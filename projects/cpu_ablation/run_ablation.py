@@ -7,17 +7,24 @@ mask AP, AP_S/M/L) and writes the tables of mean ± std over the seeds, laid out
 
 Every run lives in ``OUTPUT/<config>/<hash>/<seed>/<iters>/``, ``<hash>`` being a short hash of
 the resolved config and ``--opts`` (so a run made with an older version of a config, e.g. before
-the demo config changed, is never reused); its ``results.json`` is written atomically at the end. A rerun skips finished runs; ``--resume`` continues unfinished ones from their last
-checkpoint (without it they restart); ``--table-only`` builds the tables from whatever finished.
+the demo config changed, is never reused); its ``results.json`` is written atomically at the end
+and copied (atomically too) to the committed results store ``RESULTS/<config>/<hash>/<seed>/
+<iters>.json`` (default ``projects/cpu_ablation/results``), so finished runs survive a fresh clone
+and the tables can be rebuilt without the checkpoints. A rerun skips finished runs (found in either
+place); ``--resume`` continues unfinished ones from their last checkpoint (without it they
+restart); ``--table-only`` builds the tables from whatever finished. ``--jobs N`` runs N trainings
+at once, each on ``cpu_count // N`` torch threads (on 2 cores, 2 single-thread jobs train ~1.5x
+more iterations per second than one 2-thread job).
 
 Examples::
 
     python projects/cpu_ablation/run_ablation.py --tables 2 --seeds 0 1 2 --iters 300
-    python projects/cpu_ablation/run_ablation.py --tables 2 3 4 5 E --resume   # continue
+    python projects/cpu_ablation/run_ablation.py --tables 2 3 4 5 E --jobs 2 --resume  # continue
     python projects/cpu_ablation/run_ablation.py --table-only --markdown docs/ablation_table.md
 """
 
 import argparse
+import concurrent.futures
 import functools
 import hashlib
 import json
@@ -30,6 +37,8 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 CONFIG_DIR = os.path.join(HERE, "configs")
 DEFAULT_OUTPUT = "output/cpu_ablation"
+DEFAULT_RESULTS = os.path.join(HERE, "results")
+DEFAULT_ITERS = 615  # the make-demo length (configs/demo/sa_shapes.py, docs/demo.md)
 METRICS = ("AP", "APs", "APm", "APl")
 
 # table -> (title, columns before the AP figures, rows as (config, cells))
@@ -136,14 +145,74 @@ def write_json_atomic(path, data):
     atomic_write(path, functools.partial(json.dump, data, indent=1), binary=False)
 
 
-def load_result(output_dir, config, seed, iters, opts=()):
-    """The finished result of a run, or None (missing or unreadable ``results.json``)."""
-    path = os.path.join(run_dir(output_dir, config, seed, iters, opts), "results.json")
+def seconds_per_iteration(directory):
+    """Median training time per iteration of a run, from Detectron2's ``metrics.json``, or None.
+
+    ``time`` in ``metrics.json`` is Detectron2's per-iteration wall time (data included), written
+    every ``log_period`` iterations; the median ignores the slow first iterations.
+    """
+    times = []
+    try:
+        with open(os.path.join(directory, "metrics.json")) as f:
+            for line in f:
+                try:
+                    t = json.loads(line).get("time")
+                except (ValueError, AttributeError):
+                    continue
+                if isinstance(t, (int, float)) and math.isfinite(t):
+                    times.append(float(t))
+    except OSError:
+        return None
+    if not times:
+        return None
+    times.sort()
+    mid = len(times) // 2
+    return times[mid] if len(times) % 2 else (times[mid - 1] + times[mid]) / 2
+
+
+def result_path(results_dir, config, seed, iters, opts=()):
+    """Path of a run's copy in the results store: ``RESULTS/<config>/<hash>/<seed>/<iters>.json``."""
+    return os.path.join(
+        results_dir, config, config_hash(config, tuple(opts)), str(seed), f"{iters}.json"
+    )
+
+
+def _read_json(path):
     try:
         with open(path) as f:
-            return json.load(f)
+            data = json.load(f)
     except (OSError, ValueError):
         return None
+    return data if isinstance(data, dict) else None
+
+
+def load_result(output_dir, config, seed, iters, opts=(), results_dir=None):
+    """The finished result of a run, or None (missing or unreadable everywhere).
+
+    Looks in the results store ``results_dir`` first (when given), then in the run directory's
+    ``results.json``.
+    """
+    if results_dir:
+        data = _read_json(result_path(results_dir, config, seed, iters, opts))
+        if data is not None:
+            return data
+    return _read_json(os.path.join(run_dir(output_dir, config, seed, iters, opts), "results.json"))
+
+
+def publish_results(output_dir, results_dir, configs, seeds, iters, opts=()):
+    """Copy finished runs' ``results.json`` that the store lacks into the store; return how many."""
+    copied = 0
+    for config in configs:
+        for seed in seeds:
+            if _read_json(result_path(results_dir, config, seed, iters, opts)) is not None:
+                continue
+            data = _read_json(
+                os.path.join(run_dir(output_dir, config, seed, iters, opts), "results.json")
+            )
+            if data is not None:
+                write_json_atomic(result_path(results_dir, config, seed, iters, opts), data)
+                copied += 1
+    return copied
 
 
 def configs_of(tables):
@@ -156,7 +225,7 @@ def configs_of(tables):
     return seen
 
 
-def plan_runs(output_dir, configs, seeds, iters, opts=()):
+def plan_runs(output_dir, configs, seeds, iters, opts=(), results_dir=None):
     """Runs to do, seed-major (every config once per seed first), without the finished ones.
 
     Args:
@@ -165,12 +234,16 @@ def plan_runs(output_dir, configs, seeds, iters, opts=()):
         seeds (list[int]): seeds.
         iters (int): iterations per run.
         opts (list[str]): the sweep's overrides (part of the cache key).
+        results_dir (str or None): the results store, also searched for finished runs.
 
     Returns:
         list[tuple[str, int]]: (config, seed) pairs still to run.
     """
     return [
-        (c, s) for s in seeds for c in configs if load_result(output_dir, c, s, iters, opts) is None
+        (c, s)
+        for s in seeds
+        for c in configs
+        if load_result(output_dir, c, s, iters, opts, results_dir) is None
     ]
 
 
@@ -186,16 +259,17 @@ def mean_std(values):
     return mean, math.sqrt(var)
 
 
-def summarize(output_dir, config, seeds, iters, opts=()):
+def summarize(output_dir, config, seeds, iters, opts=(), results_dir=None):
     """Mean ± std over the finished seeds of a config.
 
     Returns:
-        dict: ``n`` (finished seeds) and, for ``bbox``/``segm`` x ``AP``/``APs``/``APm``/``APl``,
-        ``(mean, std)``.
+        dict: ``n`` (finished seeds), ``sec_per_iter`` and, for ``bbox``/``segm`` x
+        ``AP``/``APs``/``APm``/``APl``, ``(mean, std)``.
     """
-    results = [load_result(output_dir, config, s, iters, opts) for s in seeds]
+    results = [load_result(output_dir, config, s, iters, opts, results_dir) for s in seeds]
     results = [r for r in results if r is not None]
     out = {"n": len(results)}
+    out["sec_per_iter"] = mean_std([r.get("sec_per_iter") for r in results])
     for task in ("bbox", "segm"):
         for m in METRICS:
             out[(task, m)] = mean_std([r.get(task, {}).get(m) for r in results])
@@ -209,7 +283,7 @@ def _cell(mean_std_pair):
     return f"{mean:.1f} ± {std:.1f}"
 
 
-def format_table(table, output_dir, seeds, iters, opts=()):
+def format_table(table, output_dir, seeds, iters, opts=(), results_dir=None):
     """Markdown table of one of the paper's tables from the finished runs.
 
     Args:
@@ -218,37 +292,50 @@ def format_table(table, output_dir, seeds, iters, opts=()):
         seeds (list[int]): seeds to average.
         iters (int): iterations per run.
         opts (list[str]): the sweep's overrides (part of the cache key).
+        results_dir (str or None): the results store, searched first.
 
     Returns:
         str: a title line and the table: the paper's leading columns, then box AP, AP_S, AP_M,
-        AP_L, mask AP, AP_S, AP_M, AP_L (mean ± std over seeds, COCO AP in %), then the number of
-        finished seeds.
+        AP_L, mask AP, AP_S, AP_M, AP_L (mean ± std over seeds, COCO AP in %), the training
+        seconds per iteration (mean over seeds of each run's median, see
+        :func:`seconds_per_iteration`) and the number of finished seeds.
     """
     title, lead, rows = TABLES[table]
     header = lead + ["box AP", "AP_S", "AP_M", "AP_L", "mask AP", "AP_S", "AP_M", "AP_L"]
-    header += ["seeds", "config"]
+    header += ["s/iter", "seeds", "config"]
     lines = [
         f"**{title}** ({iters} iterations, mean ± std over seeds)",
         "",
         "| " + " | ".join(header) + " |",
-        "|" + "---|" * len(lead) + "---:|" * 9 + "---|",
+        "|" + "---|" * len(lead) + "---:|" * 10 + "---|",
     ]
     for config, cells in rows:
-        s = summarize(output_dir, config, seeds, iters, opts)
+        s = summarize(output_dir, config, seeds, iters, opts, results_dir)
         figures = [_cell(s[(task, m)]) for task in ("bbox", "segm") for m in METRICS]
+        spi = s["sec_per_iter"][0]
+        figures.append("-" if math.isnan(spi) else f"{spi:.2f}")
         link = f"[{config}](projects/cpu_ablation/configs/{config}.py)"
         lines.append("| " + " | ".join(cells + figures + [f"{s['n']}/{len(seeds)}", link]) + " |")
     return "\n".join(lines)
 
 
-def format_tables(tables, output_dir, seeds, iters, opts=()):
+def format_tables(tables, output_dir, seeds, iters, opts=(), results_dir=None):
     """All requested tables, separated by blank lines."""
-    return "\n\n".join(format_table(t, output_dir, seeds, iters, opts) for t in tables)
+    return "\n\n".join(format_table(t, output_dir, seeds, iters, opts, results_dir) for t in tables)
 
 
-def run_one(config, seed, iters, output_dir, resume, checkpoint_period, opts=()):
-    """Train and evaluate one config/seed in this process; write ``results.json`` atomically."""
+def run_one(
+    config, seed, iters, output_dir, resume, checkpoint_period, opts=(), results_dir=None, threads=0
+):
+    """Train and evaluate one config/seed in this process; write ``results.json`` atomically.
+
+    The result also goes to the results store ``results_dir`` when given; ``threads`` > 0 sets
+    the number of torch threads.
+    """
     import torch
+
+    if threads > 0:
+        torch.set_num_threads(threads)
 
     from detectron2.utils.logger import setup_logger
 
@@ -269,24 +356,28 @@ def run_one(config, seed, iters, output_dir, resume, checkpoint_period, opts=())
         ]
         + list(opts),
     )
+    # whether this process continues an interrupted run (a checkpoint was left by an earlier one)
+    resumed = bool(resume) and os.path.isfile(os.path.join(directory, "last_checkpoint"))
     start = time.time()
     results = do_train(cfg, resume=resume)
     if not results:
         raise RuntimeError(f"{config} seed {seed}: training finished without evaluation results")
-    write_json_atomic(
-        os.path.join(directory, "results.json"),
-        {
-            "config": config,
-            "seed": seed,
-            "iters": iters,
-            "wall_s": time.time() - start,
-            "torch_threads": torch.get_num_threads(),
-            "opts": list(opts),
-            "config_hash": config_hash(config, tuple(opts)),
-            "bbox": dict(results.get("bbox", {})),
-            "segm": dict(results.get("segm", {})),
-        },
-    )
+    data = {
+        "config": config,
+        "seed": seed,
+        "iters": iters,
+        "wall_s": time.time() - start,
+        "resumed": resumed,
+        "torch_threads": torch.get_num_threads(),
+        "sec_per_iter": seconds_per_iteration(directory),
+        "opts": list(opts),
+        "config_hash": config_hash(config, tuple(opts)),
+        "bbox": dict(results.get("bbox", {})),
+        "segm": dict(results.get("segm", {})),
+    }
+    write_json_atomic(os.path.join(directory, "results.json"), data)
+    if results_dir:
+        write_json_atomic(result_path(results_dir, config, seed, iters, opts), data)
 
 
 def get_parser():
@@ -306,8 +397,21 @@ def get_parser():
         help="only these configs (default: every row of --tables)",
     )
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
-    parser.add_argument("--iters", type=int, default=300, help="training iterations per run")
-    parser.add_argument("--output-dir", default=DEFAULT_OUTPUT)
+    parser.add_argument(
+        "--iters", type=int, default=DEFAULT_ITERS, help="training iterations per run"
+    )
+    parser.add_argument(
+        "--output-dir", default=DEFAULT_OUTPUT, help="run directories (logs, checkpoints)"
+    )
+    parser.add_argument(
+        "--results-dir",
+        default=DEFAULT_RESULTS,
+        help="store of finished runs' results (committed); '' to use only --output-dir",
+    )
+    parser.add_argument(
+        "--jobs", type=int, default=1, help="trainings at once (each on cpu_count // jobs threads)"
+    )
+    parser.add_argument("--threads", type=int, default=0, help=argparse.SUPPRESS)
     parser.add_argument(
         "--resume", action="store_true", help="continue unfinished runs from their last checkpoint"
     )
@@ -326,6 +430,60 @@ def get_parser():
     return parser
 
 
+def _run_subprocess(args, config, seed, threads):
+    """Train one config/seed in a subprocess (output appended to the run's ``stdout.txt``)."""
+    cmd = [
+        sys.executable,
+        os.path.abspath(__file__),
+        "--run-one",
+        config,
+        str(seed),
+        "--iters",
+        str(args.iters),
+        "--output-dir",
+        args.output_dir,
+        "--results-dir",
+        args.results_dir,
+        "--checkpoint-period",
+        str(args.checkpoint_period),
+        "--threads",
+        str(threads),
+    ]
+    if args.resume:
+        cmd.append("--resume")
+    if args.opts:
+        cmd += ["--opts"] + list(args.opts)
+    log = os.path.join(run_dir(args.output_dir, config, seed, args.iters, args.opts), "stdout.txt")
+    os.makedirs(os.path.dirname(log), exist_ok=True)
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
+    with open(log, "a") as f:
+        rc = subprocess.call(cmd, stdout=f, stderr=subprocess.STDOUT, env=env)
+    return rc, log
+
+
+def run_sweep(args, todo):
+    """Run the (config, seed) pairs of ``todo``, ``args.jobs`` at a time, in plan order."""
+    jobs = max(1, args.jobs)
+    threads = max(1, (os.cpu_count() or 1) // jobs)
+    print(
+        f"[ablation] {len(todo)} runs to do ({args.iters} iterations each, {jobs} at once, "
+        f"{threads} torch thread(s) each)",
+        flush=True,
+    )
+    done = 0
+    with concurrent.futures.ThreadPoolExecutor(max_workers=jobs) as pool:
+        futures = {}
+        for config, seed in todo:
+            future = pool.submit(_run_subprocess, args, config, seed, threads)
+            futures[future] = (config, seed, time.time())
+        for future in concurrent.futures.as_completed(futures):
+            config, seed, _ = futures[future]
+            rc, log = future.result()
+            done += 1
+            status = "done" if rc == 0 else f"FAILED (rc={rc}, see {log})"
+            print(f"[ablation] {done}/{len(todo)} {config} seed {seed}: {status}", flush=True)
+
+
 def main(argv=None):
     """Run the missing runs (each in a subprocess), then print (and write) the tables."""
     args = get_parser().parse_args(argv)
@@ -338,47 +496,28 @@ def main(argv=None):
             args.resume,
             args.checkpoint_period,
             args.opts,
+            args.results_dir,
+            args.threads,
         )
         return 0
     configs = args.configs or configs_of(args.tables)
     for c in configs:
         if not os.path.isfile(os.path.join(CONFIG_DIR, f"{c}.py")):
             raise SystemExit(f"Unknown config {c!r}: no {c}.py in {CONFIG_DIR}")
+    if args.results_dir:
+        copied = publish_results(
+            args.output_dir, args.results_dir, configs, args.seeds, args.iters, args.opts
+        )
+        if copied:
+            print(f"[ablation] copied {copied} finished result(s) to {args.results_dir}")
     if not args.table_only:
-        todo = plan_runs(args.output_dir, configs, args.seeds, args.iters, args.opts)
-        print(f"[ablation] {len(todo)} runs to do ({args.iters} iterations each)", flush=True)
-        for i, (config, seed) in enumerate(todo):
-            start = time.time()
-            cmd = [
-                sys.executable,
-                os.path.abspath(__file__),
-                "--run-one",
-                config,
-                str(seed),
-                "--iters",
-                str(args.iters),
-                "--output-dir",
-                args.output_dir,
-                "--checkpoint-period",
-                str(args.checkpoint_period),
-            ]
-            if args.resume:
-                cmd.append("--resume")
-            if args.opts:
-                cmd += ["--opts"] + list(args.opts)
-            log = os.path.join(
-                run_dir(args.output_dir, config, seed, args.iters, args.opts), "stdout.txt"
-            )
-            os.makedirs(os.path.dirname(log), exist_ok=True)
-            with open(log, "a") as f:
-                rc = subprocess.call(cmd, stdout=f, stderr=subprocess.STDOUT)
-            status = "done" if rc == 0 else f"FAILED (rc={rc}, see {log})"
-            print(
-                f"[ablation] {i + 1}/{len(todo)} {config} seed {seed}: {status} in "
-                f"{time.time() - start:.0f}s",
-                flush=True,
-            )
-    text = format_tables(args.tables, args.output_dir, args.seeds, args.iters, args.opts)
+        todo = plan_runs(
+            args.output_dir, configs, args.seeds, args.iters, args.opts, args.results_dir
+        )
+        run_sweep(args, todo)
+    text = format_tables(
+        args.tables, args.output_dir, args.seeds, args.iters, args.opts, args.results_dir
+    )
     print(text)
     if args.markdown:
         os.makedirs(os.path.dirname(os.path.abspath(args.markdown)), exist_ok=True)

@@ -174,10 +174,11 @@ def build_model_from_spec(spec, seed=0):
     Returns:
         torch.nn.Module: the model.
     """
-    from detectron2.config import CfgNode, LazyConfig, instantiate
+    from detectron2.config import CfgNode, instantiate
     from detectron2.modeling import build_model
 
     import sa_ejhead  # noqa: F401  (registers our modules for yacs configs)
+    from sa_ejhead.engine.lazy import apply_lazy_overrides
 
     if isinstance(spec, str):
         spec = parse_spec(spec)
@@ -191,7 +192,7 @@ def build_model_from_spec(spec, seed=0):
         cfg.merge_from_list(opts + ["MODEL.DEVICE", "cpu", "MODEL.WEIGHTS", ""])
         model = build_model(cfg)
     else:
-        cfg = LazyConfig.apply_overrides(cfg, spec.overrides)
+        cfg = apply_lazy_overrides(cfg, spec.overrides, spec.source)
         model_cfg = cfg.model if "model" in cfg else cfg
         model = instantiate(model_cfg)
         model.to("cpu")

@@ -5,11 +5,13 @@ error whose message names the file and the field (``annotations[12].category_id`
 model is built. The checks are those that otherwise surface late and obscurely in Detectron2's
 loader, mapper or evaluator: malformed JSON, missing or mistyped fields, duplicate ids, undeclared
 categories or images, missing image files, boxes outside their image, malformed segmentations,
-and an empty annotation list where a training set needs annotations.
+non-crowd annotations of which only some have a segmentation, and an empty annotation list where a
+training set needs annotations.
 
 What is accepted (as Detectron2's ``load_coco_json`` handles it): non-contiguous category ids,
-images without annotations, polygon and RLE (compressed or not) segmentations, missing
-``segmentation`` (box-only data), grayscale or RGB image files.
+images without annotations, polygon and RLE (compressed or not) segmentations, box-only data (no
+non-crowd annotation has a ``segmentation``), crowd annotations without a segmentation, grayscale
+or RGB image files.
 """
 
 import json
@@ -134,6 +136,47 @@ def _check_segmentation(c, segm, field, img):
         c.fail(field, f"must be a list of polygons or an RLE object, got {type(segm).__name__}")
 
 
+def _has_segmentation(ann):
+    """Whether Detectron2's ``load_coco_json`` keeps a segmentation for ``ann`` (not missing,
+    None or empty)."""
+    return bool(ann.get("segmentation"))
+
+
+def _check_masks_consistent(c, anns, with_segm, without_segm):
+    """Fail if some, but not all, non-crowd annotations have a segmentation.
+
+    Detectron2's mapper reads ``segmentation`` from every non-crowd annotation of an image when
+    the first one has it (a bare ``KeyError: 'segmentation'`` otherwise), and the mask head needs
+    ``gt_masks`` on every training image (``Cannot find field 'gt_masks'``).
+
+    Args:
+        c (_Checker): the checker of the file.
+        anns (list[dict]): the annotations.
+        with_segm (list[int]): indices of the non-crowd annotations with a segmentation.
+        without_segm (list[int]): indices of those without one.
+    """
+    if not with_segm or not without_segm:
+        return
+    i, k = without_segm[0], with_segm[0]
+    ann = anns[i]
+    if "segmentation" not in ann:
+        what = "no 'segmentation'"
+    else:
+        what = f"empty 'segmentation' ({ann['segmentation']!r})"
+    field = f"annotations[{i}].segmentation"
+    raise DatasetFormatError(
+        f"{c.json_file}: annotations[{i}] (id {ann['id']}): {what}, while annotations[{k}] "
+        f"(id {anns[k]['id']}) has one: {len(without_segm)} of the "
+        f"{len(with_segm) + len(without_segm)} non-crowd annotations have no segmentation. "
+        "Detectron2 trains masks from every non-crowd annotation, so give each a segmentation; "
+        "box-only data must have none, and trains without masks: "
+        "model.roi_heads.mask_in_features=None (LazyConfig; Detectron2's ROI heads take no "
+        "mask_on argument, they derive it from mask_in_features) or MODEL.MASK_ON False (yacs).",
+        file=c.json_file,
+        field=field,
+    )
+
+
 def validate_coco_json(json_file, image_root, *, require_annotations=True, check_files=True):
     """Check a COCO instances annotation file (and that its images exist).
 
@@ -152,7 +195,9 @@ def validate_coco_json(json_file, image_root, *, require_annotations=True, check
         DatasetFileNotFoundError: the JSON file, ``image_root`` or an image file is missing.
         DatasetFormatError: the JSON is malformed or inconsistent; the message names the file and
             the field, e.g. ``ann.json: annotations[12].category_id=7 is not declared in
-            categories (declared ids: 1, 2, 3)``.
+            categories (declared ids: 1, 2, 3)``, or the first non-crowd annotation without a
+            segmentation when others have one (``ann.json: annotations[12] (id 57): no
+            'segmentation', ...``).
     """
     json_file = os.fspath(json_file)
     image_root = os.fspath(image_root)
@@ -218,6 +263,7 @@ def validate_coco_json(json_file, image_root, *, require_annotations=True, check
     declared = ", ".join(str(k) for k in sorted(cat_names))
     ann_ids = {}
     annotated = set()
+    with_segm, without_segm = [], []  # non-crowd annotations with / without a segmentation
     for i, ann in enumerate(anns):
         f = f"annotations[{i}]"
         aid = c.require(ann, "id", f, "an integer", _is_int)
@@ -257,6 +303,8 @@ def validate_coco_json(json_file, image_root, *, require_annotations=True, check
             _check_segmentation(c, ann["segmentation"], f"{f}.segmentation", img)
         if ann.get("iscrowd", 0) not in (0, 1):
             c.fail(f"{f}.iscrowd", f"must be 0 or 1, got {ann['iscrowd']!r}")
+        if not ann.get("iscrowd", 0):
+            (with_segm if _has_segmentation(ann) else without_segm).append(i)
         if ann.get("ignore", 0) != 0:
             c.fail(
                 f"{f}.ignore",
@@ -264,6 +312,7 @@ def validate_coco_json(json_file, image_root, *, require_annotations=True, check
                 "iscrowd=1 or remove them",
             )
         annotated.add(iid)
+    _check_masks_consistent(c, anns, with_segm, without_segm)
     return {
         "categories": [{"id": k, "name": cat_names[k]} for k in sorted(cat_names)],
         "num_images": len(images),

@@ -16,7 +16,14 @@ from .args import (
 )
 from .checkpoint import AtomicDetectionCheckpointer, atomic_write
 from .ddp import create_ddp_model
-from .lazy import build_lazy_model, check_device, do_test, do_train, load_lazy_config
+from .lazy import (
+    apply_lazy_overrides,
+    build_lazy_model,
+    check_device,
+    do_test,
+    do_train,
+    load_lazy_config,
+)
 from .resume import IterationSeeder, ResumableTrainingSampler
 from .trainer import Trainer, load_yacs_config, setup_yacs_config
 
@@ -32,6 +39,7 @@ __all__ = [
     "default_argument_parser",
     "do_test",
     "do_train",
+    "apply_lazy_overrides",
     "load_lazy_config",
     "load_yacs_config",
     "parse_coco_dataset_spec",

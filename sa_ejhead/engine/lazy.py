@@ -5,6 +5,8 @@ random state (:mod:`sa_ejhead.engine.resume`), DistributedDataParallel on CPU pr
 clear error when the config asks for CUDA on a machine without it.
 """
 
+import difflib
+import inspect
 import logging
 
 import torch
@@ -16,6 +18,7 @@ from detectron2.utils import comm
 from detectron2.utils.env import seed_all_rng
 from detectron2.utils.logger import setup_logger
 from detectron2.utils.registry import locate
+from omegaconf import DictConfig, ListConfig, OmegaConf
 from torch.utils.data import IterableDataset
 
 from .args import register_datasets_from_args
@@ -55,18 +58,189 @@ def check_device(device):
     return device
 
 
+# Keys that the engine reads with a default (``cfg.train.get(...)``): they may be overridden
+# without a "+" even in a config that does not set them (e.g. Detectron2's ``common/train.py``
+# has no ``seed``).
+_ENGINE_OPTIONAL_KEYS = ("train.seed", "train.device")
+
+
+def _parse_override(override):
+    """Split ``[+|++]key=value`` into ``(prefix, key, "key=value")``."""
+    text = override.strip()
+    prefix = "++" if text.startswith("++") else "+" if text.startswith("+") else ""
+    text = text[len(prefix) :]
+    key = text.split("=", 1)[0].strip()
+    return prefix, key, text
+
+
+def _is_container_child(node, part):
+    """Whether ``node[part]`` is a config node one can look into (no interpolation resolved)."""
+    if OmegaConf.is_missing(node, part) or OmegaConf.is_interpolation(node, part):
+        return False
+    return OmegaConf.is_config(node[part])
+
+
+def _keyword_names(target):
+    """Named keyword arguments of a callable.
+
+    For a class: those of its ``__init__`` and, while ``**kwargs`` passes more on, its bases'.
+    """
+    names = set()
+    if isinstance(target, type):
+        inits = [c.__init__ for c in target.__mro__ if c is not object and "__init__" in vars(c)]
+    else:
+        inits = [target]
+    for init in inits:
+        params = inspect.signature(init).parameters.values()
+        kinds = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+        names.update(p.name for p in params if p.kind in kinds)
+        if not any(p.kind == inspect.Parameter.VAR_KEYWORD for p in params):
+            break
+    names.discard("self")
+    return names
+
+
+def _target_keywords(node):
+    """The keyword arguments of the LazyCall ``node``'s ``_target_`` (empty if not a LazyCall).
+
+    Only named arguments count (``**kwargs`` accepts anything, typos included); for a class, the
+    arguments of its bases' ``__init__`` that ``**kwargs`` are passed on to count too.
+    """
+    if not isinstance(node, DictConfig) or "_target_" not in node.keys():
+        return set()
+    try:
+        target = node._target_
+        target = locate(target) if isinstance(target, str) else target
+        return _keyword_names(target)
+    except Exception:  # unknown target or no signature: only the config's own keys count
+        return set()
+
+
+def _missing_part(cfg, key, target_args=True):
+    """Check that ``key`` (``a.b.0.c``) names an existing entry of ``cfg``.
+
+    Args:
+        cfg (omegaconf.DictConfig): the config.
+        key (str): dotted key.
+        target_args (bool): whether a keyword argument of a LazyCall's ``_target_`` that the
+            config does not set counts as existing.
+
+    Returns:
+        tuple or None: None if it exists; otherwise ``(reason, parent, addable)``: why not,
+        the longest existing prefix of ``key`` ("" for the root), and whether ``+`` can add it
+        (its parent is a mapping).
+    """
+    node, parts = cfg, key.split(".")
+    for i, part in enumerate(parts):
+        parent = ".".join(parts[:i])
+        if isinstance(node, ListConfig):
+            if not (part.isdigit() and int(part) < len(node)):
+                reason = f"{parent!r} is a list of {len(node)} items, it has no item {part!r}"
+                return reason, parent, False
+            part = int(part)
+        elif part not in node.keys():
+            # a keyword argument of the LazyCall's target that the config leaves at its default
+            if target_args and i == len(parts) - 1 and part in _target_keywords(node):
+                return None
+            return f"{parent or 'the config root'!r} has no key {part!r}", parent, True
+        if i < len(parts) - 1:
+            if not _is_container_child(node, part):
+                here = ".".join(parts[: i + 1])
+                reason = f"{here!r} is not a config node, so it has no key {parts[i + 1]!r}"
+                return reason, here, False
+            node = node[part]
+    return None
+
+
+def _all_keys(node, prefix=""):
+    """Every dotted key of a config (mappings and lists, interpolations not resolved)."""
+    if isinstance(node, DictConfig):
+        names = [str(k) for k in node.keys()]
+    elif isinstance(node, ListConfig):
+        names = [str(i) for i in range(len(node))]
+    else:
+        return []
+    keys = []
+    for name in names:
+        key = f"{prefix}{name}"
+        keys.append(key)
+        child = int(name) if isinstance(node, ListConfig) else name
+        if _is_container_child(node, child):
+            keys.extend(_all_keys(node[child], key + "."))
+    return keys
+
+
+def _closest_key(cfg, key, parent):
+    """The key under ``parent`` (or argument of its ``_target_``) closest to ``key``, or None."""
+    node = OmegaConf.select(cfg, parent) if parent else cfg
+    start = len(parent) + 1 if parent else 0
+    prefix = parent + "." if parent else ""
+    keys = _all_keys(node, prefix) + [prefix + name for name in sorted(_target_keywords(node))]
+    candidates = {k[start:]: k for k in keys}
+    close = difflib.get_close_matches(key[start:], list(candidates), n=1, cutoff=0.6)
+    return candidates[close[0]] if close else None
+
+
 def load_lazy_config(config_file, opts=None):
-    """Load a LazyConfig file and apply ``key=value`` overrides.
+    """Load a LazyConfig file and apply ``key=value`` overrides, refusing unknown keys.
+
+    Every override must name a key that the loaded config already has (an item of a list by its
+    index, ``dataloader.train.mapper.augmentations.0.max_size``), a keyword argument of the
+    ``_target_`` of the mapping it sits in (``dataloader.train.mapper.instance_mask_format``
+    sets an argument of ``DatasetMapper`` that the config leaves at its default), or one of the
+    optional keys the engine reads (``train.seed``, ``train.device``). A misspelled key such as
+    ``train.max_iterr=5`` is an error, which names the key and the config file and suggests the
+    closest existing key, rather than a new key that nothing reads.
+
+    As in Hydra, a leading ``+`` adds a key on purpose (``+train.new_key=1``; an error if the
+    key exists) and ``++`` sets a key whether or not it exists. A mapping value
+    (``train.checkpointer={period: 5}``) is merged into the existing mapping, as Detectron2's
+    :meth:`LazyConfig.apply_overrides` does; only its key is checked.
 
     Args:
         config_file (str): path of the ``.py`` (or ``.yaml``) LazyConfig.
-        opts (list[str] or None): overrides such as ``["train.max_iter=10"]``.
+        opts (list[str] or None): overrides such as ``["train.max_iter=10"]``, applied in order
+            (a key added by ``+`` can be overridden by a later one).
 
     Returns:
         omegaconf.DictConfig: the config.
+
+    Raises:
+        KeyError: an override of a key that does not exist (without ``+``), or ``+`` on a key
+            that exists.
     """
-    cfg = LazyConfig.load(config_file)
-    return LazyConfig.apply_overrides(cfg, list(opts or []))
+    return apply_lazy_overrides(LazyConfig.load(config_file), opts, config_file)
+
+
+def apply_lazy_overrides(cfg, opts, config_file="<config>"):
+    """Apply ``key=value`` overrides to a loaded LazyConfig with the checks of
+    :func:`load_lazy_config` (``config_file`` only names the config in the errors).
+
+    Returns:
+        omegaconf.DictConfig: the config with the overrides applied.
+    """
+    for override in opts or []:
+        prefix, key, assignment = _parse_override(override)
+        if key.startswith("~"):
+            pass  # deletion: Detectron2 says it does not support it
+        elif prefix == "":
+            missing = None if key in _ENGINE_OPTIONAL_KEYS else _missing_part(cfg, key)
+            if missing is not None:
+                reason, parent, addable = missing
+                close = _closest_key(cfg, key, parent)
+                raise KeyError(
+                    f"Override {override!r}: config file {config_file!r} has no key {key!r} "
+                    f"({reason})."
+                    + (f" Did you mean {close!r}?" if close else "")
+                    + (f" To add a new key on purpose, write '+{assignment}'." if addable else "")
+                )
+        elif prefix == "+" and _missing_part(cfg, key, target_args=False) is None:
+            raise KeyError(
+                f"Override {override!r}: config file {config_file!r} already has the key "
+                f"{key!r}; drop the '+' to change it (or write '++{assignment}')."
+            )
+        cfg = LazyConfig.apply_overrides(cfg, [assignment])
+    return cfg
 
 
 def build_lazy_model(cfg):

@@ -5,15 +5,20 @@ import os
 import weakref
 
 from detectron2.config import get_cfg
-from detectron2.data import build_detection_train_loader, get_detection_dataset_dicts
+from detectron2.data import (
+    build_detection_test_loader,
+    build_detection_train_loader,
+    get_detection_dataset_dicts,
+)
 from detectron2.engine import AMPTrainer, DefaultTrainer, SimpleTrainer, TrainerBase
 from detectron2.engine import default_setup
-from sa_ejhead.evaluation import COCOEvaluator
 from detectron2.utils import comm
 from detectron2.utils.env import seed_all_rng
 from detectron2.utils.logger import setup_logger
 
 from sa_ejhead.config import add_sa_ejhead_config
+from sa_ejhead.data import CheckedDatasetMapper
+from sa_ejhead.evaluation import COCOEvaluator
 
 from .args import register_datasets_from_args
 from .checkpoint import AtomicDetectionCheckpointer
@@ -27,11 +32,13 @@ __all__ = ["Trainer", "load_yacs_config", "setup_yacs_config", "main"]
 class Trainer(DefaultTrainer):
     """Detectron2's ``DefaultTrainer`` evaluating with ``COCOEvaluator``.
 
-    Differences from ``DefaultTrainer``: checkpoints are written atomically
-    (:class:`AtomicDetectionCheckpointer`); with the default ``TrainingSampler``, ``--resume``
-    continues the data stream and random state exactly (:class:`IterationSeeder`, seeded by
-    ``cfg.SEED`` or a drawn seed kept in the checkpoints); DistributedDataParallel also works on
-    CPU (gloo) processes.
+    Differences from ``DefaultTrainer``: the train and test loaders map images with
+    :class:`CheckedDatasetMapper` (a missing or corrupt image raises an error naming its file);
+    :class:`sa_ejhead.evaluation.COCOEvaluator` evaluates with faster-coco-eval; checkpoints are
+    written atomically (:class:`AtomicDetectionCheckpointer`); with the default
+    ``TrainingSampler``, ``--resume`` continues the data stream and random state exactly
+    (:class:`IterationSeeder`, seeded by ``cfg.SEED`` or a drawn seed kept in the checkpoints);
+    DistributedDataParallel also works on CPU (gloo) processes.
     """
 
     def __init__(self, cfg):
@@ -98,7 +105,8 @@ class Trainer(DefaultTrainer):
 
     @classmethod
     def build_train_loader(cls, cfg, dataset=None, sampler=None):
-        """Detectron2's train loader, optionally on a given dataset and sampler.
+        """Detectron2's train loader with :class:`CheckedDatasetMapper`, optionally on a given
+        dataset and sampler.
 
         Args:
             cfg (CfgNode): the config.
@@ -108,11 +116,29 @@ class Trainer(DefaultTrainer):
         Returns:
             iterable: batches (lists of dicts).
         """
+        mapper = CheckedDatasetMapper(cfg, is_train=True)
         if sampler is None:
-            return build_detection_train_loader(cfg)
+            return build_detection_train_loader(cfg, mapper=mapper)
         # The loader's own generator, so that starting it draws nothing from the global one.
         seed = (sampler.seed + comm.get_rank()) % 2**31
-        return build_detection_train_loader(cfg, dataset=dataset, sampler=sampler, seed=seed)
+        return build_detection_train_loader(
+            cfg, mapper=mapper, dataset=dataset, sampler=sampler, seed=seed
+        )
+
+    @classmethod
+    def build_test_loader(cls, cfg, dataset_name):
+        """Detectron2's test loader with :class:`CheckedDatasetMapper`.
+
+        Args:
+            cfg (CfgNode): the config.
+            dataset_name (str): a registered dataset.
+
+        Returns:
+            iterable: batches of one image.
+        """
+        return build_detection_test_loader(
+            cfg, dataset_name, mapper=CheckedDatasetMapper(cfg, is_train=False)
+        )
 
     def build_hooks(self):
         """Detectron2's default hooks, preceded by the :class:`IterationSeeder`.

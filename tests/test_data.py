@@ -5,15 +5,20 @@ import copy
 import io
 import json
 import os
+import re
 
 import cv2
 import numpy as np
 import pycocotools.mask as mask_util
 import pytest
 import torch
+from detectron2.config import instantiate
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data import transforms as T
+from detectron2.data.datasets import register_coco_instances
+from detectron2.modeling import build_model
 from detectron2.structures import BitMasks, BoxMode
+from detectron2.utils.events import EventStorage
 
 import sa_ejhead  # noqa: F401  (registers sa_shapes_*)
 from sa_ejhead import model_zoo
@@ -32,6 +37,8 @@ from sa_ejhead.data import (
     validate_coco_json,
 )
 from sa_ejhead.data import synthetic
+from sa_ejhead.engine import apply_lazy_overrides
+from sa_ejhead.engine.testing import tiny_yacs_config
 from sa_ejhead.evaluation import COCOEvaluator
 
 SMALL = dict(num_train=6, num_val=4, height=160, width=192, seed=3)
@@ -353,6 +360,18 @@ def _break_empty_segmentation(coco, tmp_path, img_dir):
     coco["annotations"][0]["segmentation"] = []  # load_coco_json drops an empty one
 
 
+def _break_short_polygon(coco, tmp_path, img_dir):
+    coco["annotations"][2]["segmentation"] = [[10, 10, 30, 10]]  # 2 points: load_coco_json drops it
+
+
+def _break_empty_polygon(coco, tmp_path, img_dir):
+    coco["annotations"][0]["segmentation"].append([])  # a second, empty polygon
+
+
+def _break_odd_polygon(coco, tmp_path, img_dir):
+    coco["annotations"][1]["segmentation"] = [[40, 30, 60, 30, 60, 40, 40]]
+
+
 @pytest.mark.parametrize(
     "breaker, error, pattern",
     [
@@ -376,8 +395,9 @@ def _break_empty_segmentation(coco, tmp_path, img_dir):
             _break_missing_segmentation,
             ValueError,
             r"annotations\[1\] \(id 2\): no 'segmentation', while annotations\[0\] \(id 1\) has "
-            r"one: 2 of the 3 non-crowd annotations .*model\.roi_heads\.mask_in_features=None "
-            r"\(LazyConfig.* or MODEL\.MASK_ON False \(yacs\)",
+            r"one: 2 of the 3 non-crowd annotations .*model\.roi_heads\.mask_in_features=null "
+            r"dataloader\.train\.mapper\.use_instance_mask=False \(LazyConfig.* or "
+            r"MODEL\.MASK_ON False \(yacs\)",
         ),
         (
             _break_empty_segmentation,
@@ -385,16 +405,38 @@ def _break_empty_segmentation(coco, tmp_path, img_dir):
             r"annotations\[0\] \(id 1\): empty 'segmentation' \(\[\]\), while annotations\[1\] "
             r"\(id 2\) has one",
         ),
+        (
+            _break_short_polygon,
+            ValueError,
+            r"annotations\[2\]\.segmentation\[0\]: a polygon needs at least 3 points \(6 "
+            r"coordinates\), got 4",
+        ),
+        (
+            _break_empty_polygon,
+            ValueError,
+            r"annotations\[0\]\.segmentation\[1\]: a polygon needs at least 3 points .*got 0",
+        ),
+        (
+            _break_odd_polygon,
+            ValueError,
+            r"annotations\[1\]\.segmentation\[0\]: a polygon needs an even number of "
+            r"coordinates, got 7",
+        ),
     ],
 )
 def test_user_coco_errors_name_file_and_field(tmp_path, breaker, error, pattern):
     coco, img_dir = _user_dataset(tmp_path)
     breaker(coco, tmp_path, img_dir)
     json_file = _write(tmp_path, coco, "bad_ann.json")
-    with pytest.raises(error, match=pattern) as e:
-        register_coco_instances_checked("test_user_bad", json_file, str(img_dir))
-    assert "bad_ann.json" in str(e.value)
-    assert "test_user_bad" not in DatasetCatalog.list()  # nothing registered
+    try:
+        with pytest.raises(error, match=pattern) as e:
+            register_coco_instances_checked("test_user_bad", json_file, str(img_dir))
+        assert "bad_ann.json" in str(e.value)
+        assert "test_user_bad" not in DatasetCatalog.list()  # nothing registered
+    finally:  # a failed case must not make the next ones fail with "already registered"
+        if "test_user_bad" in DatasetCatalog.list():
+            DatasetCatalog.remove("test_user_bad")
+            MetadataCatalog.remove("test_user_bad")
 
 
 def test_mixed_segmentation_error_names_the_annotation_and_field(tmp_path):
@@ -407,7 +449,8 @@ def test_mixed_segmentation_error_names_the_annotation_and_field(tmp_path):
 
 
 def test_box_only_data_is_valid_and_maps_without_masks(tmp_path):
-    """No non-crowd annotation has a segmentation: box-only data (a crowd one may lack it too)."""
+    """No non-crowd annotation has a segmentation: box-only data (a crowd one may lack it too).
+    It maps without masks; a mapper that trains masks rejects it, naming the image."""
     coco, img_dir = _user_dataset(tmp_path)
     for ann in coco["annotations"]:
         del ann["segmentation"]
@@ -415,11 +458,30 @@ def test_box_only_data_is_valid_and_maps_without_masks(tmp_path):
     summary = register_coco_instances_checked("test_user_boxes", _write(tmp_path, coco), img_dir)
     try:
         assert summary["num_annotations"] == 3
+        d = DatasetCatalog.get("test_user_boxes")[0]
         mapper = CheckedDatasetMapper(
+            is_train=True, augmentations=[], image_format="BGR", use_instance_mask=False
+        )
+        out = mapper(copy.deepcopy(d))
+        assert len(out["instances"]) == 2 and not out["instances"].has("gt_masks")
+        # mask-on: not "Cannot find field 'gt_masks'" in the mask head, but the image and the fix
+        masked = CheckedDatasetMapper(
             is_train=True, augmentations=[], image_format="BGR", use_instance_mask=True
         )
-        out = mapper(copy.deepcopy(DatasetCatalog.get("test_user_boxes")[0]))
-        assert len(out["instances"]) == 2 and not out["instances"].has("gt_masks")
+        with pytest.raises(DatasetFormatError) as e:
+            masked(copy.deepcopy(d))
+        assert e.value.file == str(img_dir / "a.png")
+        assert e.value.field == "annotations[0].segmentation"
+        assert str(e.value).startswith(
+            f"image {img_dir / 'a.png'} (image_id 1): annotations[0] (bbox [10, 5, 20, 20]) has "
+            "no 'segmentation', and no non-crowd annotation of the image has one (box-only data)."
+        )
+        assert "model.roi_heads.mask_in_features=null" in str(e.value)
+        # in inference the annotations are not used
+        test_mapper = CheckedDatasetMapper(
+            is_train=False, augmentations=[], image_format="BGR", use_instance_mask=True
+        )
+        assert "instances" not in test_mapper(copy.deepcopy(d))
     finally:
         DatasetCatalog.remove("test_user_boxes")
         MetadataCatalog.remove("test_user_boxes")
@@ -429,6 +491,120 @@ def test_box_only_data_is_valid_and_maps_without_masks(tmp_path):
     coco["annotations"][2].update(iscrowd=1)
     del coco["annotations"][2]["segmentation"]
     assert validate_coco_json(_write(tmp_path, coco), str(img_dir))["num_annotations"] == 3
+
+
+def test_mapper_rejects_mixed_segmentation_of_unchecked_data(tmp_path):
+    """Registered with Detectron2's register_coco_instances (no validation), an image whose second
+    annotation has no mask: Detectron2's mapper raises a bare KeyError 'segmentation'; ours names
+    the image, the annotation and the way to train box-only. The other images still map."""
+    coco, img_dir = _user_dataset(tmp_path)
+    del coco["annotations"][1]["segmentation"]
+    register_coco_instances("test_user_plain", {}, _write(tmp_path, coco), str(img_dir))
+    try:
+        dicts = DatasetCatalog.get("test_user_plain")
+    finally:
+        DatasetCatalog.remove("test_user_plain")
+        MetadataCatalog.remove("test_user_plain")
+    mapper = CheckedDatasetMapper(
+        is_train=True, augmentations=[], image_format="BGR", use_instance_mask=True
+    )
+    with pytest.raises(DatasetFormatError) as e:
+        mapper(copy.deepcopy(dicts[0]))
+    assert isinstance(e.value, ValueError)
+    assert e.value.file == str(img_dir / "a.png")
+    assert e.value.field == "annotations[1].segmentation"
+    msg = str(e.value)
+    assert msg.startswith(
+        f"image {img_dir / 'a.png'} (image_id 1): annotations[1] (bbox [40, 30, 20, 10]) has no "
+        "'segmentation', while annotations[0] (bbox [10, 5, 20, 20]) has one: 1 of the image's 2 "
+        "non-crowd annotations lack one."
+    )
+    assert (
+        "train box-only: model.roi_heads.mask_in_features=null "
+        "dataloader.train.mapper.use_instance_mask=False (LazyConfig" in msg
+    )
+    assert "or MODEL.MASK_ON False (yacs)" in msg
+    # the image whose annotations all have a mask, and the image without annotations
+    assert len(mapper(copy.deepcopy(dicts[1]))["instances"].gt_masks) == 1
+    assert len(mapper(copy.deepcopy(dicts[2]))["instances"]) == 0
+    # box-only training drops the masks: the same image maps
+    boxes = CheckedDatasetMapper(is_train=True, augmentations=[], image_format="BGR")
+    assert len(boxes(copy.deepcopy(dicts[0]))["instances"]) == 2
+
+
+def test_mapper_checks_dicts_of_a_dataset_function(tmp_path):
+    """Dataset dicts built by code: a None segmentation is no mask (named with the annotation's
+    id), a crowd annotation needs none (Detectron2 drops it in training)."""
+    coco, img_dir = _user_dataset(tmp_path)
+
+    def ann(i, bbox, **kwargs):
+        return dict(id=i, bbox=bbox, bbox_mode=BoxMode.XYWH_ABS, category_id=0, **kwargs)
+
+    d = {
+        "file_name": str(img_dir / "a.png"),
+        "image_id": "a",
+        "height": 48,
+        "width": 64,
+        "annotations": [
+            ann(11, [0, 0, 64, 48], iscrowd=1),
+            ann(12, [10, 5, 20, 20], segmentation=None),
+            ann(13, [40, 30, 20, 10.5], segmentation=[[40, 30, 60, 30, 60, 40, 40, 40]]),
+        ],
+    }
+    mapper = CheckedDatasetMapper(
+        is_train=True,
+        augmentations=[],
+        image_format="BGR",
+        use_instance_mask=True,
+        instance_mask_format="bitmask",
+    )
+    with pytest.raises(DatasetFormatError) as e:
+        mapper(copy.deepcopy(d))
+    assert e.value.field == "annotations[1].segmentation"
+    assert (
+        "(image_id 'a'): annotations[1] (id 12, bbox [10, 5, 20, 20]) has an empty "
+        "'segmentation' (None), while annotations[2] (id 13, bbox [40, 30, 20, 10.5]) has one"
+    ) in str(e.value)
+    d["annotations"][1]["segmentation"] = [[10, 5, 30, 5, 30, 25, 10, 25]]
+    inst = mapper(copy.deepcopy(d))["instances"]
+    assert len(inst) == 2 and inst.gt_masks.tensor.sum().item() > 0
+
+
+def test_box_only_advice_trains(tmp_path):
+    """The overrides that the error gives, as written there, train box-only data: LazyConfig on
+    the demo config (SA-FPN + EJ-Head) and yacs on a tiny EJ-Head config (one step each)."""
+    coco, img_dir = _user_dataset(tmp_path)
+    for a in coco["annotations"]:
+        del a["segmentation"]
+    register_coco_instances_checked("test_user_advice", _write(tmp_path, coco), img_dir)
+    try:
+        dicts = DatasetCatalog.get("test_user_advice")[:2]
+    finally:
+        DatasetCatalog.remove("test_user_advice")
+        MetadataCatalog.remove("test_user_advice")
+    with pytest.raises(DatasetFormatError) as e:
+        CheckedDatasetMapper(
+            is_train=True, augmentations=[], image_format="BGR", use_instance_mask=True
+        )(copy.deepcopy(dicts[0]))
+    lazy, yacs = re.search(
+        r"train box-only: (.*) \(LazyConfig.* or (.*) \(yacs\)", str(e.value)
+    ).groups()
+
+    def one_step(model, mapper):
+        model.train()
+        torch.manual_seed(0)
+        with EventStorage():
+            losses = model([mapper(copy.deepcopy(d)) for d in dicts])
+        assert "loss_mask" not in losses and "loss_box_reg" in losses
+        assert all(torch.isfinite(v) for v in losses.values())
+
+    cfg = apply_lazy_overrides(model_zoo.get_config("demo/sa_shapes.py"), lazy.split())
+    assert cfg.model.roi_heads.mask_in_features is None
+    one_step(instantiate(cfg.model), instantiate(cfg.dataloader.train.mapper))
+
+    cfg = tiny_yacs_config("unused_train", "unused_test", str(tmp_path / "out"))
+    cfg.merge_from_list(yacs.split())
+    one_step(build_model(cfg), CheckedDatasetMapper(cfg, is_train=True))
 
 
 def test_empty_annotations_allowed_for_evaluation_only(tmp_path):

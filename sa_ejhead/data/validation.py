@@ -4,9 +4,10 @@
 error whose message names the file and the field (``annotations[12].category_id``), before any
 model is built. The checks are those that otherwise surface late and obscurely in Detectron2's
 loader, mapper or evaluator: malformed JSON, missing or mistyped fields, duplicate ids, undeclared
-categories or images, missing image files, boxes outside their image, malformed segmentations,
-non-crowd annotations of which only some have a segmentation, and an empty annotation list where a
-training set needs annotations.
+categories or images, missing image files, boxes outside their image, malformed segmentations
+(among them polygons of fewer than 3 points, which the loader drops with only a warning), non-crowd
+annotations of which only some have a segmentation, and an empty annotation list where a training
+set needs annotations.
 
 What is accepted (as Detectron2's ``load_coco_json`` handles it): non-contiguous category ids,
 images without annotations, polygon and RLE (compressed or not) segmentations, box-only data (no
@@ -24,11 +25,24 @@ __all__ = [
     "DatasetFormatError",
     "DatasetFileNotFoundError",
     "DatasetImageError",
+    "BOX_ONLY_ADVICE",
     "validate_coco_json",
 ]
 
 # A box may stick out of its image by this many pixels (rounding in exported annotations).
 BOX_TOLERANCE = 1.0
+
+# How to train data without masks, for the errors about missing segmentations. LazyConfig needs
+# both settings: Detectron2's ROI heads derive mask_on from mask_in_features (there is no mask_on
+# argument), and the train mapper still loads masks while use_instance_mask=True (mixed data then
+# fails in Detectron2's annotations_to_instances, box-only data in CheckedDatasetMapper). On the
+# command line the overrides go through Hydra's parser, where None is null ("None" would be the
+# string 'None'). yacs MODEL.MASK_ON sets both the heads and the mapper.
+BOX_ONLY_ADVICE = (
+    "train box-only: model.roi_heads.mask_in_features=null "
+    "dataloader.train.mapper.use_instance_mask=False (LazyConfig command line; "
+    "mask_in_features = None in a .py config), or MODEL.MASK_ON False (yacs)"
+)
 
 
 class DatasetError(Exception):
@@ -115,6 +129,14 @@ def _check_segmentation(c, segm, field, img):
                 c.fail(f, "a polygon must be a list of numbers [x1, y1, x2, y2, ...]")
             if len(poly) % 2:
                 c.fail(f, f"a polygon needs an even number of coordinates, got {len(poly)}")
+            if len(poly) < 6:
+                # load_coco_json drops such a polygon with only a warning, and the whole
+                # annotation when none of its polygons is left
+                c.fail(
+                    f,
+                    f"a polygon needs at least 3 points (6 coordinates), got {len(poly)}: "
+                    f"{poly!r}",
+                )
     elif isinstance(segm, dict):
         size = c.require(
             segm, "size", field, "[height, width]", lambda v: isinstance(v, list) and len(v) == 2
@@ -169,9 +191,7 @@ def _check_masks_consistent(c, anns, with_segm, without_segm):
         f"(id {anns[k]['id']}) has one: {len(without_segm)} of the "
         f"{len(with_segm) + len(without_segm)} non-crowd annotations have no segmentation. "
         "Detectron2 trains masks from every non-crowd annotation, so give each a segmentation; "
-        "box-only data must have none, and trains without masks: "
-        "model.roi_heads.mask_in_features=None (LazyConfig; Detectron2's ROI heads take no "
-        "mask_on argument, they derive it from mask_in_features) or MODEL.MASK_ON False (yacs).",
+        f"box-only data must have none, and {BOX_ONLY_ADVICE}.",
         file=c.json_file,
         field=field,
     )

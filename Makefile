@@ -26,9 +26,9 @@ test: $(STAMP)
 	$(PY) -m pytest tests $(PYTEST_ARGS)
 
 # The CPU ablation of Tables 2-5 (hours; resumable: rerun to continue, finished runs are kept in
-# projects/cpu_ablation/results/), then its tables in docs/ablation_table.md.
+# projects/cpu_ablation/results/), then its tables in README.md and docs/ablation.md.
 ablation: $(STAMP)
-	$(PY) projects/cpu_ablation/run_ablation.py --jobs $(JOBS) --resume --markdown docs/ablation_table.md
+	$(PY) projects/cpu_ablation/run_ablation.py --jobs $(JOBS) --resume --markdown README.md docs/ablation.md
 
 format: $(STAMP)
 	$(PY) -m black -l 100 sa_ejhead tools tests configs projects setup.py

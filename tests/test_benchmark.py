@@ -260,7 +260,7 @@ def test_ablation_cache_plan_and_table(tmp_path):
     base = next(l for l in lines if l.startswith("| TD-FPN |"))
     assert "11.0 ± 1.4" in base and "| 2/3 |" in base
     sa = next(l for l in lines if l.startswith("| SA-FPN"))
-    assert "20.0 ± 0.0" in sa and "| 1/3 |" in sa and "99" not in sa
+    assert "| 20.0 | 10.0 |" in sa and "| 1/3 |" in sa and "99" not in sa  # one seed: no ±
     bu = next(l for l in lines if l.startswith("| BU-FPN |"))
     assert "| - |" in bu and "| 0/3 |" in bu
 
@@ -298,7 +298,7 @@ def test_ablation_results_store(tmp_path):
     _fake_result(ablation, runs, "baseline", 0, 50, 11.0)
     assert ablation.load_result(runs, "baseline", 0, 50, results_dir=store)["bbox"]["AP"] == 11.0
     table = ablation.format_table("3", runs, [0, 1], 50, results_dir=store)
-    assert "| SA-FPN (TD-FPN concat BUF-FPN) | 20.0 ± 0.0 |" in table
+    assert "| SA-FPN (TD-FPN concat BUF-FPN) | 20.0 |" in table
 
 
 def test_ablation_sweep_runs_jobs_in_parallel(tmp_path, monkeypatch):
@@ -364,3 +364,44 @@ def test_benchmark_spec_override_typo_is_an_error():
         B.build_model_from_spec(
             "common/models/mask_rcnn_safpn_ejhead.py, model.roi_heads.interleav=0"
         )
+
+
+def test_ablation_markdown_between_markers(tmp_path):
+    """--markdown replaces only the text between the markers (README.md); other files whole."""
+    ablation = _load_ablation()
+    runs = str(tmp_path / "runs")
+    _fake_result(ablation, runs, "baseline", 0, 5, 3.0)
+    text = ablation.format_tables(["5"], runs, [0, 1], 5)
+    assert text.startswith("_1 of 10 runs finished (5 configs x 2 seeds, 5 iterations each)._")
+    readme = tmp_path / "README.md"
+    readme.write_text(
+        f"# Title\nbefore\n{ablation.TABLES_START}\nold table\n{ablation.TABLES_END}\nafter\n"
+    )
+    ablation.write_markdown(str(readme), text)
+    new = readme.read_text()
+    assert new.startswith("# Title\nbefore\n" + ablation.TABLES_START + "\n_1 of 10")
+    assert new.endswith(ablation.TABLES_END + "\nafter\n") and "old table" not in new
+    ablation.write_markdown(str(readme), "second")  # idempotent: replaces again
+    assert (
+        readme.read_text().count(ablation.TABLES_START) == 1
+        and "_1 of 10" not in readme.read_text()
+    )
+    plain = tmp_path / "tables.md"
+    plain.write_text("anything")
+    ablation.write_markdown(str(plain), text)
+    assert plain.read_text() == text + "\n"
+
+
+def test_ablation_markdown_links_are_relative_to_the_file(tmp_path, monkeypatch):
+    """--markdown README.md docs/ablation.md: config links resolve from each file's folder."""
+    ablation = _load_ablation()
+    runs = str(tmp_path / "runs")
+    _fake_result(ablation, runs, "baseline", 0, 5, 3.0)
+    monkeypatch.setattr(ablation, "REPO_ROOT", str(tmp_path))
+    (tmp_path / "docs").mkdir()
+    readme, doc = tmp_path / "README.md", tmp_path / "docs" / "ablation.md"
+    argv = ["--table-only", "--tables", "5", "--seeds", "0", "--iters", "5"]
+    argv += ["--output-dir", runs, "--results-dir", "", "--markdown", str(readme), str(doc)]
+    assert ablation.main(argv) == 0
+    assert "[baseline](projects/cpu_ablation/configs/baseline.py)" in readme.read_text()
+    assert "[baseline](../projects/cpu_ablation/configs/baseline.py)" in doc.read_text()

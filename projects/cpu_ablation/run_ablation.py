@@ -20,7 +20,7 @@ Examples::
 
     python projects/cpu_ablation/run_ablation.py --tables 2 --seeds 0 1 2 --iters 300
     python projects/cpu_ablation/run_ablation.py --tables 2 3 4 5 E --jobs 2 --resume  # continue
-    python projects/cpu_ablation/run_ablation.py --table-only --markdown docs/ablation_table.md
+    python projects/cpu_ablation/run_ablation.py --table-only --markdown README.md docs/ablation.md
 """
 
 import argparse
@@ -36,8 +36,12 @@ import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 CONFIG_DIR = os.path.join(HERE, "configs")
+REPO_ROOT = os.path.dirname(os.path.dirname(HERE))
 DEFAULT_OUTPUT = "output/cpu_ablation"
 DEFAULT_RESULTS = os.path.join(HERE, "results")
+# --markdown writes the tables between these markers when the file has them (README.md does)
+TABLES_START = "<!-- cpu-ablation-tables:start -->"
+TABLES_END = "<!-- cpu-ablation-tables:end -->"
 DEFAULT_ITERS = 615  # the make-demo length (configs/demo/sa_shapes.py, docs/demo.md)
 METRICS = ("AP", "APs", "APm", "APl")
 
@@ -276,14 +280,15 @@ def summarize(output_dir, config, seeds, iters, opts=(), results_dir=None):
     return out
 
 
-def _cell(mean_std_pair):
+def _cell(mean_std_pair, n):
+    """``mean ± std`` over ``n`` seeds; the mean alone for one seed, ``-`` for none."""
     mean, std = mean_std_pair
     if math.isnan(mean):
         return "-"
-    return f"{mean:.1f} ± {std:.1f}"
+    return f"{mean:.1f}" if n == 1 else f"{mean:.1f} ± {std:.1f}"
 
 
-def format_table(table, output_dir, seeds, iters, opts=(), results_dir=None):
+def format_table(table, output_dir, seeds, iters, opts=(), results_dir=None, link_root=""):
     """Markdown table of one of the paper's tables from the finished runs.
 
     Args:
@@ -293,6 +298,7 @@ def format_table(table, output_dir, seeds, iters, opts=(), results_dir=None):
         iters (int): iterations per run.
         opts (list[str]): the sweep's overrides (part of the cache key).
         results_dir (str or None): the results store, searched first.
+        link_root (str): path from the Markdown file to the repository root ("" or "../").
 
     Returns:
         str: a title line and the table: the paper's leading columns, then box AP, AP_S, AP_M,
@@ -311,17 +317,49 @@ def format_table(table, output_dir, seeds, iters, opts=(), results_dir=None):
     ]
     for config, cells in rows:
         s = summarize(output_dir, config, seeds, iters, opts, results_dir)
-        figures = [_cell(s[(task, m)]) for task in ("bbox", "segm") for m in METRICS]
+        figures = [_cell(s[(task, m)], s["n"]) for task in ("bbox", "segm") for m in METRICS]
         spi = s["sec_per_iter"][0]
         figures.append("-" if math.isnan(spi) else f"{spi:.2f}")
-        link = f"[{config}](projects/cpu_ablation/configs/{config}.py)"
+        link = f"[{config}]({link_root}projects/cpu_ablation/configs/{config}.py)"
         lines.append("| " + " | ".join(cells + figures + [f"{s['n']}/{len(seeds)}", link]) + " |")
     return "\n".join(lines)
 
 
-def format_tables(tables, output_dir, seeds, iters, opts=(), results_dir=None):
-    """All requested tables, separated by blank lines."""
-    return "\n\n".join(format_table(t, output_dir, seeds, iters, opts, results_dir) for t in tables)
+def format_tables(tables, output_dir, seeds, iters, opts=(), results_dir=None, link_root=""):
+    """All requested tables, separated by blank lines, after a line counting the finished runs."""
+    configs = configs_of(tables)
+    done = sum(
+        load_result(output_dir, c, s, iters, opts, results_dir) is not None
+        for c in configs
+        for s in seeds
+    )
+    head = (
+        f"_{done} of {len(configs) * len(seeds)} runs finished ({len(configs)} configs x "
+        f"{len(seeds)} seeds, {iters} iterations each)._"
+    )
+    body = [format_table(t, output_dir, seeds, iters, opts, results_dir, link_root) for t in tables]
+    return "\n\n".join([head] + body)
+
+
+def write_markdown(path, text):
+    """Write the tables to ``path`` (atomically): between :data:`TABLES_START` and
+    :data:`TABLES_END` when the file has both markers (the rest of the file is kept), else as the
+    whole file."""
+    try:
+        with open(path) as f:
+            old = f.read()
+    except FileNotFoundError:
+        old = None
+    start = old.find(TABLES_START) if old is not None else -1
+    end = old.find(TABLES_END, start) if start >= 0 else -1
+    if end >= 0:
+        new = old[: start + len(TABLES_START)] + "\n" + text + "\n" + old[end:]
+    else:
+        new = text + "\n"
+    from sa_ejhead.engine.checkpoint import atomic_write
+
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    atomic_write(path, lambda f: f.write(new), binary=False)
 
 
 def run_one(
@@ -418,7 +456,13 @@ def get_parser():
     parser.add_argument(
         "--table-only", action="store_true", help="only build the tables from the finished runs"
     )
-    parser.add_argument("--markdown", default="", help="also write the tables to this file")
+    parser.add_argument(
+        "--markdown",
+        nargs="*",
+        default=[],
+        help="also write the tables to these files (between the "
+        f"'{TABLES_START}' / '{TABLES_END}' markers when a file has them)",
+    )
     parser.add_argument("--checkpoint-period", type=int, default=100)
     parser.add_argument(
         "--opts",
@@ -515,14 +559,16 @@ def main(argv=None):
             args.output_dir, configs, args.seeds, args.iters, args.opts, args.results_dir
         )
         run_sweep(args, todo)
+    args_of_tables = (args.tables, args.output_dir, args.seeds, args.iters, args.opts)
     text = format_tables(
         args.tables, args.output_dir, args.seeds, args.iters, args.opts, args.results_dir
     )
     print(text)
-    if args.markdown:
-        os.makedirs(os.path.dirname(os.path.abspath(args.markdown)), exist_ok=True)
-        with open(args.markdown, "w") as f:
-            f.write(text + "\n")
+    for path in args.markdown:
+        # the config links are relative to the Markdown file
+        link_root = os.path.relpath(REPO_ROOT, os.path.dirname(os.path.abspath(path)))
+        link_root = "" if link_root == "." else link_root.replace(os.sep, "/") + "/"
+        write_markdown(path, format_tables(*args_of_tables, args.results_dir, link_root))
     return 0
 
 

@@ -648,25 +648,19 @@ def test_corrupt_image_names_the_file(tmp_path):
 # ------------------------------------------------------------------------------------------------
 # the configs' data paths
 # ------------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("config_path", model_zoo.LAZY_CONFIGS + model_zoo.OTHER_CONFIGS)
-def test_coco_configs_use_checked_mapper_and_our_evaluator(config_path):
-    """configs/common/coco_sa.py: a missing or corrupt image names its file (train and test), and
-    evaluation uses faster-coco-eval on the test set, following an override of its name."""
+@pytest.mark.parametrize(
+    "config_path, test_name",
+    [(c, "coco_2017_val") for c in model_zoo.LAZY_CONFIGS + model_zoo.OTHER_CONFIGS]
+    + [("demo/sa_shapes.py", "sa_shapes_val"), ("demo/sa_shapes_baseline.py", "sa_shapes_val")],
+)
+def test_configs_use_checked_mapper_and_our_evaluator(config_path, test_name):
+    """COCO (configs/common/coco_sa.py) and demo configs: a missing or corrupt image names its file
+    (train and test), and evaluation uses faster-coco-eval on the test set, following an override
+    of its name."""
     cfg = model_zoo.get_config(config_path)
     assert cfg.dataloader.train.mapper._target_ is CheckedDatasetMapper
     assert cfg.dataloader.test.mapper._target_ is CheckedDatasetMapper
     assert cfg.dataloader.evaluator._target_ is COCOEvaluator
-    assert cfg.dataloader.evaluator.dataset_name == "coco_2017_val"
-    cfg.dataloader.test.dataset.names = "my_val"
-    assert cfg.dataloader.evaluator.dataset_name == "my_val"
-
-
-@pytest.mark.parametrize("config_path", ["demo/sa_shapes.py", "demo/sa_shapes_baseline.py"])
-def test_demo_evaluator_follows_the_test_dataset(config_path):
-    cfg = model_zoo.get_config(config_path)
-    assert cfg.dataloader.train.mapper._target_ is CheckedDatasetMapper
-    assert cfg.dataloader.test.mapper._target_ is CheckedDatasetMapper
-    assert cfg.dataloader.evaluator._target_ is COCOEvaluator
-    assert cfg.dataloader.evaluator.dataset_name == "sa_shapes_val"
+    assert cfg.dataloader.evaluator.dataset_name == test_name
     cfg.dataloader.test.dataset.names = "my_val"
     assert cfg.dataloader.evaluator.dataset_name == "my_val"

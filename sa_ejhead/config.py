@@ -55,4 +55,7 @@ def add_sa_ejhead_config(cfg):
     # average-pool the box RoIs by this factor before the refinement and the box head
     # (2: 14x14 -> 7x7); 1 = faithful. Mask RoIs are never downsampled.
     cfg.MODEL.EJ_HEAD.BOX_REFINEMENT_DOWNSAMPLE = 1
+    # Speed only, same output: split the CPU RoIAlign of the box/mask poolers over the torch
+    # threads (torchvision's CPU kernel uses one; sa_ejhead/modeling/poolers.py).
+    cfg.MODEL.EJ_HEAD.THREADED_POOLING = True
     return cfg

@@ -24,6 +24,7 @@ from sa_ejhead.modeling import (
     EJCascadeROIHeads,
     EJFastRCNNConvFCHead,
     EJROIHeads,
+    ThreadedROIAlign,
 )
 
 C = 8  # feature channels
@@ -225,6 +226,22 @@ def test_yacs_switches_build_every_row():
     cfg.MODEL.EJ_HEAD.BOX_FC_INPUT = "stride2conv"
     with pytest.raises(ValueError, match="needs MODEL.ROI_BOX_HEAD.NAME='EJFastRCNNConvFCHead'"):
         build_roi_heads(cfg, SHAPES)
+
+
+@pytest.mark.parametrize("name", ["EJROIHeads", "EJCascadeROIHeads"])
+def test_threaded_pooling_is_the_default_and_keeps_the_state_dict(name):
+    cfg = _yacs_cfg(name)
+    cfg.MODEL.ROI_BOX_HEAD.CLS_AGNOSTIC_BBOX_REG = name == "EJCascadeROIHeads"
+    threaded = build_roi_heads(cfg, SHAPES)
+    cfg.MODEL.EJ_HEAD.THREADED_POOLING = False
+    plain = build_roi_heads(cfg, SHAPES)
+    for pooler in ("box_pooler", "mask_pooler"):
+        levels = getattr(threaded, pooler).level_poolers
+        assert all(type(m) is ThreadedROIAlign for m in levels)
+        assert not any(
+            isinstance(m, ThreadedROIAlign) for m in getattr(plain, pooler).level_poolers
+        )
+    assert threaded.state_dict().keys() == plain.state_dict().keys()
 
 
 def test_invalid_arguments():

@@ -28,6 +28,7 @@ from detectron2.modeling.roi_heads.cascade_rcnn import _ScaleGradient
 from detectron2.structures import Boxes, Instances, pairwise_iou
 from detectron2.utils.events import get_event_storage
 
+from .poolers import use_threaded_roi_align
 from .refinement import build_refinement
 
 __all__ = ["EJROIHeads", "EJCascadeROIHeads", "REFINEMENT_SCOPES"]
@@ -64,6 +65,7 @@ class _EJHeadMixin:
         interleave_append_gt: bool,
         interleave_iou_threshold: float,
         interleave_max_positives: int,
+        threaded_pooling: bool,
     ):
         if refinement_scope not in REFINEMENT_SCOPES:
             raise ValueError(
@@ -101,6 +103,13 @@ class _EJHeadMixin:
         self.interleave_matcher = Matcher(
             [interleave_iou_threshold], [0, 1], allow_low_quality_matches=False
         )
+        # Speed only (bit-identical output): the RoIAlign levels split their RoIs over the CPU
+        # threads (torchvision's CPU kernel uses one); see poolers.py.
+        self.threaded_pooling = threaded_pooling
+        if threaded_pooling:
+            for name in ("box_pooler", "mask_pooler", "keypoint_pooler"):
+                if getattr(self, name, None) is not None:
+                    use_threaded_roi_align(getattr(self, name))
 
     @classmethod
     def _ej_head_kwargs(cls, cfg, input_shape) -> Dict:
@@ -114,6 +123,7 @@ class _EJHeadMixin:
             "interleave_append_gt": ej.INTERLEAVE_APPEND_GT,
             "interleave_iou_threshold": ej.INTERLEAVE_IOU_THRESHOLD,
             "interleave_max_positives": ej.INTERLEAVE_MAX_POSITIVES,
+            "threaded_pooling": ej.THREADED_POOLING,
         }
 
     @classmethod
@@ -345,6 +355,7 @@ class EJROIHeads(_EJHeadMixin, StandardROIHeads):
         interleave_append_gt: bool = True,
         interleave_iou_threshold: float = 0.5,
         interleave_max_positives: int = 128,
+        threaded_pooling: bool = True,
         **kwargs,
     ):
         """
@@ -360,6 +371,8 @@ class EJROIHeads(_EJHeadMixin, StandardROIHeads):
             interleave_append_gt (bool): re-append the GT boxes to the interleaved positives.
             interleave_iou_threshold (float): IoU for a regressed box to be a positive.
             interleave_max_positives (int): at most this many mask positives per image.
+            threaded_pooling (bool): split the RoIAlign of the box/mask poolers over the CPU
+                threads (:class:`ThreadedROIAlign`; same output, faster on a many-core CPU).
             kwargs: the arguments of :class:`StandardROIHeads`.
         """
         super().__init__(**kwargs)
@@ -371,6 +384,7 @@ class EJROIHeads(_EJHeadMixin, StandardROIHeads):
             interleave_append_gt=interleave_append_gt,
             interleave_iou_threshold=interleave_iou_threshold,
             interleave_max_positives=interleave_max_positives,
+            threaded_pooling=threaded_pooling,
         )
 
     @classmethod
@@ -442,6 +456,7 @@ class EJCascadeROIHeads(_EJHeadMixin, CascadeROIHeads):
         interleave_append_gt: bool = True,
         interleave_iou_threshold: float = 0.5,
         interleave_max_positives: int = 128,
+        threaded_pooling: bool = True,
         **kwargs,
     ):
         """
@@ -457,6 +472,7 @@ class EJCascadeROIHeads(_EJHeadMixin, CascadeROIHeads):
             interleave_append_gt=interleave_append_gt,
             interleave_iou_threshold=interleave_iou_threshold,
             interleave_max_positives=interleave_max_positives,
+            threaded_pooling=threaded_pooling,
         )
 
     @classmethod

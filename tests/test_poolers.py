@@ -1,0 +1,105 @@
+"""ThreadedROIAlign / ThreadedROIPooler: the same output as Detectron2's, split over the CPU
+threads in inference; the plain call with autograd."""
+
+import pytest
+import torch
+
+from detectron2.layers import ROIAlign
+from detectron2.modeling.poolers import ROIPooler
+from detectron2.structures import Boxes
+
+from sa_ejhead.modeling import ThreadedROIAlign, ThreadedROIPooler, use_threaded_roi_align
+
+
+@pytest.fixture
+def four_threads():
+    old = torch.get_num_threads()
+    torch.set_num_threads(4)
+    yield
+    torch.set_num_threads(old)
+
+
+def _rois(n, size=64.0, images=2, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    xy = torch.rand(n, 2, generator=g) * size
+    wh = torch.rand(n, 2, generator=g) * size / 2 + 1
+    idx = torch.randint(0, images, (n, 1), generator=g).float()
+    return torch.cat([idx, xy, xy + wh], dim=1)
+
+
+def test_threaded_roi_align_is_bit_identical(four_threads):
+    x = torch.randn(2, 8, 20, 24)
+    rois = _rois(300)
+    plain = ROIAlign((14, 14), 0.25, 0, aligned=True)
+    threaded = ThreadedROIAlign((14, 14), 0.25, 0, aligned=True, min_rois_per_thread=32)
+    assert threaded.num_chunks(x, len(rois)) == 4  # the threaded path is really taken
+    assert torch.equal(threaded(x, rois), plain(x, rois))
+    # fewer RoIs than two chunks' worth: one plain call
+    assert threaded.num_chunks(x, 40) == 1
+    assert torch.equal(threaded(x, rois[:40]), plain(x, rois[:40]))
+
+
+def test_threaded_roi_align_with_autograd_is_the_plain_call(four_threads):
+    torch.manual_seed(0)
+    rois = _rois(200)
+    x1 = torch.randn(2, 4, 16, 16, requires_grad=True)
+    x2 = x1.detach().clone().requires_grad_(True)
+    w = torch.randn(200, 4, 7, 7)
+    (ROIAlign((7, 7), 0.25, 2)(x1, rois) * w).sum().backward()
+    threaded = ThreadedROIAlign((7, 7), 0.25, 2, min_rois_per_thread=16)
+    assert threaded.num_chunks(x2, 200) == 1  # training: one call, Detectron2's backward
+    (threaded(x2, rois) * w).sum().backward()
+    assert torch.equal(x2.grad, x1.grad)
+    with torch.no_grad():
+        assert threaded.num_chunks(x2, 200) == 4
+
+
+def test_threaded_roi_align_keeps_the_callers_mode(four_threads):
+    x = torch.randn(1, 4, 16, 16)
+    rois = _rois(256, images=1)
+    threaded = ThreadedROIAlign((7, 7), 0.5, 0, min_rois_per_thread=16)
+    assert threaded.num_chunks(x, len(rois)) == 4
+    out = threaded(x, rois)
+    assert not out.requires_grad and not out.is_inference()
+    with torch.inference_mode():
+        out = threaded(x, rois)
+    assert out.is_inference() and torch.equal(out, ROIAlign((7, 7), 0.5, 0)(x, rois))
+
+
+def test_threaded_roi_align_is_plain_while_tracing(four_threads):
+    threaded = ThreadedROIAlign((7, 7), 0.25, 0, min_rois_per_thread=1)
+    seen = []
+
+    def fn(x, rois):
+        seen.append(threaded.num_chunks(x, rois.shape[0]))
+        return threaded(x, rois)
+
+    x, rois = torch.randn(2, 4, 16, 16), _rois(100)
+    traced = torch.jit.trace(fn, (x, rois), check_trace=False)
+    assert seen == [1]
+    assert torch.equal(traced(x, rois), ROIAlign((7, 7), 0.25, 0)(x, rois))
+
+
+def test_threaded_roi_align_rejects_bad_chunk_size():
+    with pytest.raises(ValueError, match="min_rois_per_thread"):
+        ThreadedROIAlign((7, 7), 0.25, 0, min_rois_per_thread=0)
+
+
+def test_threaded_pooler_matches_detectron2_pooler(four_threads):
+    scales = (1 / 4, 1 / 8, 1 / 16)
+    feats = [torch.randn(2, 8, 128 // int(1 / s), 128 // int(1 / s)) for s in scales]
+    g = torch.Generator().manual_seed(1)
+    boxes = []
+    for _ in range(2):  # small to large boxes: every level gets RoIs
+        xy = torch.rand(150, 2, generator=g) * 64
+        wh = torch.rand(150, 2, generator=g) * 120 + 2
+        boxes.append(Boxes(torch.cat([xy, xy + wh], dim=1)))
+    plain = ROIPooler(14, scales, 0, "ROIAlignV2")
+    threaded = ThreadedROIPooler(14, scales, 0, "ROIAlignV2", min_rois_per_thread=8)
+    assert all(isinstance(m, ThreadedROIAlign) and m.aligned for m in threaded.level_poolers)
+    assert torch.equal(threaded(feats, boxes), plain(feats, boxes))
+    # only plain ROIAlign levels are swapped
+    pool = use_threaded_roi_align(ROIPooler(7, scales, 0, "ROIPool"))
+    assert not any(isinstance(m, ThreadedROIAlign) for m in pool.level_poolers)
+    legacy = use_threaded_roi_align(ROIPooler(7, scales, 0, "ROIAlign"))
+    assert all(isinstance(m, ThreadedROIAlign) and not m.aligned for m in legacy.level_poolers)

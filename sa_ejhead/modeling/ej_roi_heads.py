@@ -371,8 +371,8 @@ class EJROIHeads(_EJHeadMixin, StandardROIHeads):
             interleave_append_gt (bool): re-append the GT boxes to the interleaved positives.
             interleave_iou_threshold (float): IoU for a regressed box to be a positive.
             interleave_max_positives (int): at most this many mask positives per image.
-            threaded_pooling (bool): split the RoIAlign of the box/mask poolers over the CPU
-                threads (:class:`ThreadedROIAlign`; same output, faster on a many-core CPU).
+            threaded_pooling (bool): in inference on the CPU, split the RoIAlign of the box/mask
+                poolers over the torch threads (:class:`ThreadedROIAlign`; same output).
             kwargs: the arguments of :class:`StandardROIHeads`.
         """
         super().__init__(**kwargs)

@@ -10,7 +10,6 @@ tools/benchmark.py (800x1216, 1000 proposals, 100 detections, random weights).
 import argparse
 import contextlib
 import io
-import time
 
 import torch
 
@@ -19,6 +18,7 @@ from sa_ejhead.analysis.benchmark import (
     fix_roi_counts,
     parse_spec,
     random_inputs,
+    time_inference,
 )
 
 DEFAULT_CONFIGS = [
@@ -26,17 +26,6 @@ DEFAULT_CONFIGS = [
     "efficient_plain=common/models/mask_rcnn_safpn_ejhead_efficient.py,"
     "model.roi_heads.threaded_pooling=False",
 ]
-
-
-def median_latency(model, inputs, runs):
-    with torch.no_grad():
-        model(inputs)  # warm-up
-        times = []
-        for _ in range(runs):
-            start = time.perf_counter()
-            model(inputs)
-            times.append(time.perf_counter() - start)
-    return sorted(times)[len(times) // 2]
 
 
 def main():
@@ -57,7 +46,7 @@ def main():
         model.eval()
         for threads in args.threads:
             torch.set_num_threads(threads)
-            latency = median_latency(model, inputs, args.runs)
+            latency = time_inference(model, inputs, args.runs, warmup=1)["median"]
             print(f"SCALING {spec.label} threads={threads} median={latency:.3f}s", flush=True)
         for threads in args.profile_threads:
             torch.set_num_threads(threads)

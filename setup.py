@@ -1,4 +1,33 @@
+import glob
+import os
+import shutil
+
 from setuptools import find_packages, setup
+
+HERE = os.path.dirname(os.path.realpath(__file__))
+
+
+def get_model_zoo_configs():
+    """Put ``configs/`` inside the package as ``sa_ejhead/configs``, as Detectron2's setup.py does
+    for its model zoo: a link in a source checkout (an editable install sees edits at once), a
+    copy where links fail. Returns the files, relative to the package, for ``package_data``."""
+    source = os.path.join(HERE, "configs")
+    destination = os.path.join(HERE, "sa_ejhead", "configs")
+    if os.path.isdir(source):  # a source checkout; an sdist carries the package's copy instead
+        if os.path.islink(destination):
+            os.unlink(destination)
+        elif os.path.isdir(destination):
+            shutil.rmtree(destination)
+        try:
+            os.symlink(os.path.join("..", "configs"), destination)
+        except OSError:
+            shutil.copytree(source, destination)
+    return [
+        os.path.relpath(p, os.path.join(HERE, "sa_ejhead"))
+        for ext in ("py", "yaml")
+        for p in glob.glob(os.path.join(destination, "**", f"*.{ext}"), recursive=True)
+    ]
+
 
 setup(
     name="sa-ejhead",
@@ -6,7 +35,9 @@ setup(
     license="Apache-2.0",
     description="SA-FPN and EJ-Head for Detectron2 (Ni & Yao, multi-task learning via scale aware "
     "feature pyramid networks and effective joint head)",
-    packages=find_packages(include=["sa_ejhead", "sa_ejhead.*"]),
+    packages=find_packages(include=["sa_ejhead", "sa_ejhead.*"], exclude=["sa_ejhead.configs*"]),
+    # the model-zoo configs, and the pre-trained demo backbone (sa_ejhead://pretrained/...)
+    package_data={"sa_ejhead": get_model_zoo_configs() + ["pretrained_weights/*.pth"]},
     python_requires=">=3.10",
     install_requires=[
         # a range, so that `pip install -e .` keeps a user's own (e.g. CUDA) build; `make setup`
@@ -35,7 +66,11 @@ setup(
         "faster-coco-eval>=1.6",
     ],
     extras_require={
-        # black is pinned: tests/test_env.py checks the formatting, and black changes its style
-        "dev": ["pytest", "pytest-timeout", "black==26.10.1"]
+        # black is pinned: `make lint` (run by .ci/run) checks the formatting, and black changes
+        # its style
+        "dev": ["pytest", "pytest-timeout", "black==26.10.1"],
+        # export to ONNX and run it (sa_ejhead.export, tools/deploy/export_model.py); tested with
+        # onnx 1.23.2 and onnxruntime 1.32.0 (CPU); RoiAlign's half-pixel mode needs opset 16
+        "deploy": ["onnx>=1.16", "onnxruntime>=1.16"],
     },
 )

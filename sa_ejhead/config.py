@@ -19,7 +19,7 @@ def add_sa_ejhead_config(cfg):
     Returns:
         CfgNode: the same ``cfg``.
     """
-    # SA-FPN (DESIGN.md section 2). IN_FEATURES / OUT_CHANNELS / NORM / FUSE_TYPE are read from
+    # SA-FPN (docs/design.md, SA-FPN). IN_FEATURES / OUT_CHANNELS / NORM / FUSE_TYPE are read from
     # MODEL.FPN, exactly as Detectron2's build_resnet_fpn_backbone does.
     cfg.MODEL.SAFPN = CN()
     # "td" | "bu" | "buf" | "td+buf" | "sa" | "pa"
@@ -35,7 +35,7 @@ def add_sa_ejhead_config(cfg):
     # finest levels that output TD alone, a prefix such as ["p2"]; [] = every level fused
     cfg.MODEL.SAFPN.TD_ONLY_LEVELS = []
 
-    # EJ-Head (DESIGN.md section 3). The "Enriched Feature" switch is the box pooler resolution:
+    # EJ-Head (docs/design.md, EJ-Head). The "Enriched Feature" switch is the box pooler resolution:
     # MODEL.ROI_BOX_HEAD.POOLER_RESOLUTION = 14.
     cfg.MODEL.EJ_HEAD = CN()
     cfg.MODEL.EJ_HEAD.INTERLEAVE = True
@@ -58,4 +58,9 @@ def add_sa_ejhead_config(cfg):
     # Speed only, same output: split the CPU RoIAlign of the box/mask poolers over the torch
     # threads (torchvision's CPU kernel uses one; sa_ejhead/modeling/poolers.py).
     cfg.MODEL.EJ_HEAD.THREADED_POOLING = True
+
+    # Learning-rate factor of the box head's first fc (each stage's in a cascade), as Detectron2's
+    # SOLVER.BIAS_LR_FACTOR: (7/14)^2 = 0.25 when 14x14 RoIs are flattened into it (the EJ-Head
+    # YAMLs), 1.0 otherwise (docs/design.md, "The Enriched Feature's first fc").
+    cfg.SOLVER.ENRICHED_FC1_LR_FACTOR = 1.0
     return cfg

@@ -11,7 +11,7 @@ it (COCO box and mask AP with AP_S / AP_M / AP_L) and writes to the output folde
 * ``vis/*.png``: validation images, ground truth (left) beside the predictions (right);
 * ``config.yaml`` and ``log.txt``.
 
-``tools/run_demo.py`` is the command-line entry point.
+``tools/train_demo.py`` is the command-line entry point.
 """
 
 import copy
@@ -21,15 +21,20 @@ import os
 import shutil
 import time
 
+import cv2
 import numpy as np
 import torch
 from detectron2.config import LazyConfig, instantiate
 from detectron2.data import DatasetCatalog, MetadataCatalog
+from detectron2.engine import hooks
 from detectron2.utils.logger import setup_logger
 from detectron2.utils.visualizer import ColorMode, Visualizer
 
+from .analysis.measure import time_training_step
 from .data import prepare_sa_shapes
 from .engine import do_train, load_lazy_config
+from .model_zoo import get_config_file
+from .visualize import draw_predictions, read_image
 
 __all__ = [
     "DEFAULT_CONFIG",
@@ -43,8 +48,8 @@ __all__ = [
 
 logger = logging.getLogger("sa_ejhead.demo")
 
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-DEFAULT_CONFIG = os.path.join(REPO_ROOT, "configs", "demo", "sa_shapes.py")
+# relative to sa-ejhead's configs (sa_ejhead.model_zoo), or a file path
+DEFAULT_CONFIG = "demo/sa_shapes.py"
 
 # Files that a previous demo run left in its output folder (JSONWriter and log.txt append).
 _RUN_FILES = (
@@ -96,16 +101,6 @@ def format_ap_table(results, title=None):
     return "\n".join(lines) + "\n"
 
 
-def _read_metrics(metrics_file):
-    rows = []
-    with open(metrics_file) as f:
-        for line in f:
-            line = line.strip()
-            if line:
-                rows.append(json.loads(line))
-    return rows
-
-
 def plot_losses(metrics_file, out_file):
     """Plot the training losses of a Detectron2 ``metrics.json`` into a PNG.
 
@@ -121,7 +116,9 @@ def plot_losses(metrics_file, out_file):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rows = [r for r in _read_metrics(metrics_file) if "total_loss" in r]
+    with open(metrics_file) as f:
+        rows = [json.loads(line) for line in f if line.strip()]
+    rows = [r for r in rows if "total_loss" in r]
     names = ["total_loss"] + sorted({k for r in rows for k in r if k.startswith("loss_")})
     fig, ax = plt.subplots(figsize=(8, 4.5), dpi=100)
     for name in names:
@@ -170,55 +167,28 @@ def visualize_predictions(model, cfg, out_dir, num_images=8, score_thresh=VIS_SC
     """
     dataset_name = _test_name(cfg)
     meta = MetadataCatalog.get(dataset_name)
-    dicts = DatasetCatalog.get(dataset_name)[:num_images]
     mapper = instantiate(cfg.dataloader.test.mapper)
     os.makedirs(out_dir, exist_ok=True)
     was_training = model.training
     model.eval()
     written = []
     try:
-        for d in dicts:
-            inputs = mapper(dict(d))
-            out = model([inputs])[0]["instances"].to("cpu")
-            out = out[out.scores >= score_thresh]
-            # the mapper may have resized the image: draw on the original one
-            img = inputs["image"].permute(1, 2, 0).numpy()
-            if cfg.dataloader.test.mapper.image_format == "BGR":
-                img = img[:, :, ::-1]
-            img = np.ascontiguousarray(img)
-            if img.shape[:2] != (d["height"], d["width"]):
-                import cv2
-
-                img = cv2.resize(img, (d["width"], d["height"]), interpolation=cv2.INTER_LINEAR)
-            gt = Visualizer(img, meta, scale=2.0).draw_dataset_dict(d).get_image()
-            vis = Visualizer(img, meta, scale=2.0, instance_mode=ColorMode.SEGMENTATION)
-            pred = vis.draw_instance_predictions(out).get_image()
-            gap = np.full((gt.shape[0], 8, 3), 255, np.uint8)
-            path = os.path.join(
-                out_dir, f"{os.path.splitext(os.path.basename(d['file_name']))[0]}.png"
+        for d in DatasetCatalog.get(dataset_name)[:num_images]:
+            # predictions come back in the original image's coordinates: draw on that image
+            instances = model([mapper(dict(d))])[0]["instances"]
+            image = read_image(d["file_name"], format="BGR")
+            gt = Visualizer(image[:, :, ::-1], meta, scale=2.0).draw_dataset_dict(d).get_image()
+            pred, _ = draw_predictions(
+                image, instances, meta, score_thresh, scale=2.0, mode=ColorMode.SEGMENTATION
             )
-            import cv2
-
-            cv2.imwrite(path, np.concatenate([gt, gap, pred], axis=1)[:, :, ::-1])
+            gap = np.full((gt.shape[0], 8, 3), 255, np.uint8)
+            name = os.path.splitext(os.path.basename(d["file_name"]))[0]
+            path = os.path.join(out_dir, f"{name}.png")
+            cv2.imwrite(path, np.concatenate([gt[:, :, ::-1], gap, pred], axis=1))
             written.append(path)
     finally:
         model.train(was_training)
     return written
-
-
-class _KeepModel:
-    """A training hook that remembers the trained model (to draw predictions afterwards)."""
-
-    def __init__(self):
-        from detectron2.engine import HookBase
-
-        self.model = None
-
-        class _Hook(HookBase):
-            def after_train(hook):
-                self.model = hook.trainer.model
-
-        self.hook = _Hook()
 
 
 def _auto_threads():
@@ -248,24 +218,14 @@ def measure_train_step(cfg, steps=3):
     Returns:
         float: median seconds per training step.
     """
-    from detectron2.utils.events import EventStorage
-
     model = instantiate(cfg.model).to(cfg.train.device)
-    model.train()
     opt_cfg = copy.deepcopy(cfg.optimizer)
     opt_cfg.params.model = model
-    optim = instantiate(opt_cfg)
     batch = next(iter(instantiate(cfg.dataloader.train)))
-    times = []
-    with EventStorage():
-        for _ in range(steps + 1):
-            t = time.perf_counter()
-            losses = model(batch)
-            optim.zero_grad()
-            sum(losses.values()).backward()
-            optim.step()
-            times.append(time.perf_counter() - t)
-    return float(np.median(times[1:]))
+    timing = time_training_step(
+        model, batch, steps, warmup=1, device=cfg.train.device, optimizer=instantiate(opt_cfg)
+    )
+    return timing["median"]
 
 
 def fit_iterations(cfg, budget_s, num_eval_images, steps=3):
@@ -305,7 +265,8 @@ def run_demo(
     """Train and evaluate a LazyConfig on SA-Shapes; write checkpoint, metrics and pictures.
 
     Args:
-        config_file (str): LazyConfig file (default ``configs/demo/sa_shapes.py``).
+        config_file (str): LazyConfig file, or a path under sa-ejhead's configs (default
+            ``demo/sa_shapes.py``).
         iters (int or None): number of training iterations (``train.max_iter``); None keeps the
             config's.
         output_dir (str or None): output folder; None keeps ``train.output_dir``.
@@ -321,6 +282,8 @@ def run_demo(
         dict: ``results`` (COCO metrics), ``output_dir``, ``wall_s`` and the written ``files``.
     """
     start = time.perf_counter()
+    if not os.path.isfile(config_file):
+        config_file = get_config_file(config_file)
     cfg = load_lazy_config(config_file, list(opts))
     if iters is not None:
         if iters < 1:
@@ -356,8 +319,9 @@ def run_demo(
         )
         cfg.train.max_iter = fit
     logger.info(f"Training {os.path.relpath(config_file)} for {cfg.train.max_iter} iterations")
-    keep = _KeepModel()
-    results = do_train(cfg, resume=False, extra_hooks=[keep.hook])
+    trained = {}  # the model, to draw its predictions afterwards
+    keep = hooks.CallbackHook(after_train=lambda trainer: trained.update(model=trainer.model))
+    results = do_train(cfg, resume=False, extra_hooks=[keep])
 
     files = {"checkpoint": os.path.join(output_dir, "model_final.pth")}
     files["results"] = os.path.join(output_dir, "results.json")
@@ -370,7 +334,7 @@ def run_demo(
     files["metrics"] = os.path.join(output_dir, "metrics.json")
     files["loss_plot"] = os.path.join(output_dir, "loss.png")
     plot_losses(files["metrics"], files["loss_plot"])
-    vis = visualize_predictions(keep.model, cfg, os.path.join(output_dir, "vis"), num_vis)
+    vis = visualize_predictions(trained["model"], cfg, os.path.join(output_dir, "vis"), num_vis)
     files["vis"] = os.path.join(output_dir, "vis")
     wall = time.perf_counter() - start
 

@@ -1,7 +1,8 @@
 """The configs of sa-ejhead: one per row of the paper's tables, and a loader for them.
 
-Like :mod:`detectron2.model_zoo`, but for the files under this repository's ``configs/``
-directory (the package is installed editable, so they sit next to it)::
+Like :mod:`detectron2.model_zoo`, for the files of the repository's ``configs/`` folder, which
+the package carries as ``sa_ejhead/configs`` (setup.py links or copies it there, so a wheel has
+them too)::
 
     from sa_ejhead import model_zoo
 
@@ -56,119 +57,54 @@ class PaperRow:
 
 
 _D = "COCO-InstanceSegmentation/"
-_R50 = "ResNet50-FPN"
-_R101 = "ResNet101-FPN"
 
-PAPER_ROWS: Tuple[PaperRow, ...] = (
-    # Table 1: comparison with the state of the art, COCO test-dev, 20 epochs.
-    PaperRow(
-        "Table 1",
-        f"Ours, {_R101}",
-        _D + "mask_rcnn_R_101_SAFPN_EJHead_20ep.py",
-        42.5,
-        38.4,
-        "yacs/mask_rcnn_R_101_SAFPN_EJHead_20ep.yaml",
-    ),
-    # Table 2: effects of each component, COCO val2017, 12 epochs.
-    PaperRow(
-        "Table 2",
-        f"Mask R-CNN (Baseline), {_R50}",
-        _D + "mask_rcnn_R_50_FPN_1x.py",
-        37.2,
-        34.1,
-        "yacs/mask_rcnn_R_50_FPN_1x.yaml",
-    ),
-    PaperRow(
-        "Table 2",
-        f"Mask R-CNN + SA-FPN, {_R50}",
-        _D + "mask_rcnn_R_50_SAFPN_1x.py",
-        37.8,
-        34.6,
-        "yacs/mask_rcnn_R_50_SAFPN_1x.yaml",
-    ),
-    PaperRow(
-        "Table 2",
-        f"Mask R-CNN + EJ-Head, {_R50}",
-        _D + "mask_rcnn_R_50_FPN_EJHead_1x.py",
-        38.2,
-        34.8,
-        "yacs/mask_rcnn_R_50_FPN_EJHead_1x.yaml",
-    ),
-    PaperRow(
-        "Table 2",
-        f"Mask R-CNN + SA-FPN + EJ-Head (Ours), {_R50}",
-        _D + "mask_rcnn_R_50_SAFPN_EJHead_1x.py",
-        38.9,
-        35.5,
-        "yacs/mask_rcnn_R_50_SAFPN_EJHead_1x.yaml",
-    ),
-    PaperRow("Table 2", f"Mask R-CNN, {_R101}", _D + "mask_rcnn_R_101_FPN_1x.py", 39.4, 35.9),
-    PaperRow(
-        "Table 2",
-        f"Mask R-CNN + SA-FPN + EJ-Head (Ours), {_R101}",
-        _D + "mask_rcnn_R_101_SAFPN_EJHead_1x.py",
-        41.0,
-        37.3,
-    ),
-    PaperRow(
-        "Table 2",
-        f"Cascade Mask R-CNN, {_R50}",
-        _D + "cascade_mask_rcnn_R_50_FPN_1x.py",
-        41.3,
-        35.7,
-    ),
-    PaperRow(
-        "Table 2",
-        f"Cascade Mask R-CNN + SA-FPN + EJ-Head, {_R50}",
-        _D + "cascade_mask_rcnn_R_50_SAFPN_EJHead_1x.py",
-        42.8,
-        36.9,
-    ),
-    # Table 3: FPN designs, ResNet-50, standard Mask R-CNN heads.
-    PaperRow("Table 3", "TD-FPN", _D + "mask_rcnn_R_50_FPN_1x.py", 37.2, 34.1),
-    PaperRow("Table 3", "BU-FPN", _D + "mask_rcnn_R_50_BUFPN_1x.py", 34.6, 31.8),
-    PaperRow("Table 3", "BUF-FPN", _D + "mask_rcnn_R_50_BUFFPN_1x.py", 36.8, 33.7),
-    PaperRow("Table 3", "TD-FPN add BUF-FPN", _D + "mask_rcnn_R_50_TDaddBUF_1x.py", 37.0, 33.9),
-    PaperRow(
-        "Table 3", "SA-FPN (TD-FPN concat BUF-FPN)", _D + "mask_rcnn_R_50_SAFPN_1x.py", 37.9, 34.8
-    ),
-    # Table 4: EJ-Head ingredients (interleaving, enriched feature, boundary refinement), R-50 FPN.
-    PaperRow("Table 4", "Mask R-CNN (Baseline)", _D + "mask_rcnn_R_50_FPN_1x.py", 37.2, 34.1),
-    PaperRow("Table 4", "Interleaving", _D + "mask_rcnn_R_50_FPN_EJ_interleave_1x.py", 37.2, 34.5),
-    PaperRow(
-        "Table 4", "Enriched Feature", _D + "mask_rcnn_R_50_FPN_EJ_enriched_1x.py", 37.6, 34.4
-    ),
-    PaperRow(
-        "Table 4", "Boundary Refinement", _D + "mask_rcnn_R_50_FPN_EJ_refine_1x.py", 37.8, 34.2
-    ),
-    PaperRow(
-        "Table 4",
-        "Interleaving + Enriched Feature",
-        _D + "mask_rcnn_R_50_FPN_EJ_interleave_enriched_1x.py",
-        37.7,
-        34.7,
-    ),
-    PaperRow(
-        "Table 4",
-        "Mask R-CNN + EJ-Head (all three)",
-        _D + "mask_rcnn_R_50_FPN_EJHead_1x.py",
-        38.3,
-        34.8,
-    ),
-    # Table 5: Boundary Refinement designs (refinement alone: 7x7 box RoIs, no interleaving).
-    PaperRow("Table 5", "None", _D + "mask_rcnn_R_50_FPN_1x.py", 37.2, 34.1),
-    PaperRow("Table 5", "Simple Conv x 1", _D + "mask_rcnn_R_50_FPN_EJ_BR_conv1_1x.py", 37.4, 34.1),
-    PaperRow("Table 5", "Simple Conv x 2", _D + "mask_rcnn_R_50_FPN_EJ_BR_conv2_1x.py", 37.6, 34.1),
-    PaperRow("Table 5", "Simple Conv x 3", _D + "mask_rcnn_R_50_FPN_EJ_BR_conv3_1x.py", 37.6, 34.0),
-    PaperRow(
-        "Table 5",
-        "Simple Conv x 2 + Shortcut (Boundary Refinement)",
-        _D + "mask_rcnn_R_50_FPN_EJ_refine_1x.py",
-        37.8,
-        34.2,
-    ),
+# The paper's tables: table | row | config, in configs/COCO-InstanceSegmentation/ (with "+yacs":
+# and its twin in configs/yacs/) | paper box AP | paper mask AP. Table 1: COCO test-dev, 20
+# epochs; Table 2: the components, val2017, 12 epochs; Table 3: FPN designs with Mask R-CNN's
+# heads; Table 4: the EJ-Head ingredients on R-50 FPN; Table 5: Boundary Refinement designs
+# (alone: 7x7 box RoIs, no interleaving).
+_PAPER_TABLES = """
+1 | Ours, ResNet101-FPN | mask_rcnn_R_101_SAFPN_EJHead_20ep +yacs | 42.5 | 38.4
+2 | Mask R-CNN (Baseline), ResNet50-FPN | mask_rcnn_R_50_FPN_1x +yacs | 37.2 | 34.1
+2 | Mask R-CNN + SA-FPN, ResNet50-FPN | mask_rcnn_R_50_SAFPN_1x +yacs | 37.8 | 34.6
+2 | Mask R-CNN + EJ-Head, ResNet50-FPN | mask_rcnn_R_50_FPN_EJHead_1x +yacs | 38.2 | 34.8
+2 | Mask R-CNN + SA-FPN + EJ-Head (Ours), ResNet50-FPN | mask_rcnn_R_50_SAFPN_EJHead_1x +yacs
+  | 38.9 | 35.5
+2 | Mask R-CNN, ResNet101-FPN | mask_rcnn_R_101_FPN_1x | 39.4 | 35.9
+2 | Mask R-CNN + SA-FPN + EJ-Head (Ours), ResNet101-FPN | mask_rcnn_R_101_SAFPN_EJHead_1x
+  | 41.0 | 37.3
+2 | Cascade Mask R-CNN, ResNet50-FPN | cascade_mask_rcnn_R_50_FPN_1x | 41.3 | 35.7
+2 | Cascade Mask R-CNN + SA-FPN + EJ-Head, ResNet50-FPN | cascade_mask_rcnn_R_50_SAFPN_EJHead_1x
+  | 42.8 | 36.9
+3 | TD-FPN | mask_rcnn_R_50_FPN_1x | 37.2 | 34.1
+3 | BU-FPN | mask_rcnn_R_50_BUFPN_1x | 34.6 | 31.8
+3 | BUF-FPN | mask_rcnn_R_50_BUFFPN_1x | 36.8 | 33.7
+3 | TD-FPN add BUF-FPN | mask_rcnn_R_50_TDaddBUF_1x | 37.0 | 33.9
+3 | SA-FPN (TD-FPN concat BUF-FPN) | mask_rcnn_R_50_SAFPN_1x | 37.9 | 34.8
+4 | Mask R-CNN (Baseline) | mask_rcnn_R_50_FPN_1x | 37.2 | 34.1
+4 | Interleaving | mask_rcnn_R_50_FPN_EJ_interleave_1x | 37.2 | 34.5
+4 | Enriched Feature | mask_rcnn_R_50_FPN_EJ_enriched_1x | 37.6 | 34.4
+4 | Boundary Refinement | mask_rcnn_R_50_FPN_EJ_refine_1x | 37.8 | 34.2
+4 | Interleaving + Enriched Feature | mask_rcnn_R_50_FPN_EJ_interleave_enriched_1x | 37.7 | 34.7
+4 | Mask R-CNN + EJ-Head (all three) | mask_rcnn_R_50_FPN_EJHead_1x | 38.3 | 34.8
+5 | None | mask_rcnn_R_50_FPN_1x | 37.2 | 34.1
+5 | Simple Conv x 1 | mask_rcnn_R_50_FPN_EJ_BR_conv1_1x | 37.4 | 34.1
+5 | Simple Conv x 2 | mask_rcnn_R_50_FPN_EJ_BR_conv2_1x | 37.6 | 34.1
+5 | Simple Conv x 3 | mask_rcnn_R_50_FPN_EJ_BR_conv3_1x | 37.6 | 34.0
+5 | Simple Conv x 2 + Shortcut (Boundary Refinement) | mask_rcnn_R_50_FPN_EJ_refine_1x | 37.8 | 34.2
+"""
+
+
+def _paper_row(line):
+    table, row, config, box_ap, mask_ap = (c.strip() for c in line.split("|"))
+    stem = config.split()[0]
+    yacs = f"yacs/{stem}.yaml" if config.endswith("+yacs") else None
+    return PaperRow(f"Table {table}", row, f"{_D}{stem}.py", float(box_ap), float(mask_ap), yacs)
+
+
+PAPER_ROWS: Tuple[PaperRow, ...] = tuple(
+    _paper_row(line) for line in _PAPER_TABLES.replace("\n  |", " |").strip().splitlines()
 )
-
 # Every LazyConfig experiment file, once, in the order of first appearance in PAPER_ROWS.
 LAZY_CONFIGS: Tuple[str, ...] = tuple(dict.fromkeys(r.config for r in PAPER_ROWS))
 # Experiment configs that are no row of the paper (the tests build and train them too).
@@ -182,19 +118,22 @@ YACS_CONFIGS: Tuple[str, ...] = tuple(r.yacs_config for r in PAPER_ROWS if r.yac
 
 
 def get_config_root() -> str:
-    """Return the repository's ``configs/`` directory.
+    """Return the folder of sa-ejhead's configs.
 
     Returns:
-        str: absolute path of ``configs/`` (next to the ``sa_ejhead`` package of an editable
-        install, or ``$SA_EJHEAD_CONFIGS`` if that environment variable is set).
+        str: ``$SA_EJHEAD_CONFIGS`` if set; else the package's ``configs/`` (an installed wheel,
+        or the link that setup.py makes in a source checkout); else the repository's
+        ``configs/`` next to the package (a checkout that was never installed).
     """
     root = os.environ.get("SA_EJHEAD_CONFIGS")
     if root is None:
-        root = str(Path(__file__).resolve().parent.parent / "configs")
+        here = Path(__file__).resolve().parent
+        candidates = [here / "configs", here.parent / "configs"]
+        root = str(next((c for c in candidates if c.is_dir()), candidates[0]))
     if not os.path.isdir(root):
         raise RuntimeError(
-            f"sa-ejhead's configs/ directory was not found at {root}: install the repository with "
-            "`pip install -e .` or set $SA_EJHEAD_CONFIGS to its configs/ directory."
+            f"sa-ejhead's configs were not found at {root}: reinstall the package (`pip install "
+            ".` carries them) or set $SA_EJHEAD_CONFIGS to the repository's configs/ folder."
         )
     return root
 

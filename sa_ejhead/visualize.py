@@ -3,7 +3,8 @@
 Images in (a file, a folder, a glob), Detectron2 ``Visualizer`` pictures out (boxes, masks,
 class names, scores). Works with LazyConfig (``.py`` or saved ``.yaml``) and yacs (``.yaml``)
 configs. An image that cannot be read or predicted on is reported with its path and skipped; the
-run goes on with the other images (see :func:`run_demo`). A checkpoint that lacks weights of the
+run goes on with the other images (see :func:`draw_images`). :func:`draw_predictions` is the one
+drawing function; ``make demo``'s pictures (:mod:`sa_ejhead.demo`) use it too. A checkpoint that lacks weights of the
 model (no checkpoint, or ImageNet weights of the backbone only) gets a warning naming the untrained
 parts, since the pictures would show the predictions of random heads.
 """
@@ -25,24 +26,28 @@ from detectron2.data.detection_utils import read_image as _d2_read_image
 from detectron2.engine import DefaultPredictor
 from detectron2.utils.visualizer import ColorMode, Visualizer
 
-from sa_ejhead.engine.args import add_coco_dataset_argument, register_datasets_from_args
+from sa_ejhead.engine.args import (
+    add_coco_dataset_argument,
+    add_debug_argument,
+    register_datasets_from_args,
+)
 from sa_ejhead.engine.lazy import check_device, load_lazy_config
 from sa_ejhead.engine.trainer import load_yacs_config
+from sa_ejhead.errors import SAEJHeadError
 
 __all__ = [
     "IMAGE_EXTENSIONS",
     "ImageReadError",
     "LazyPredictor",
-    "YacsPredictor",
     "build_predictor",
     "demo_main",
+    "draw_images",
     "draw_predictions",
     "expand_inputs",
     "get_demo_parser",
     "is_lazy_config",
     "load_weights",
     "read_image",
-    "run_demo",
 ]
 
 logger = logging.getLogger(__name__)
@@ -51,7 +56,7 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 _GLOB_CHARS = "*?["
 
 
-class ImageReadError(IOError):
+class ImageReadError(SAEJHeadError, IOError):
     """An input image that cannot be opened or decoded; the message names the file."""
 
 
@@ -274,26 +279,6 @@ class LazyPredictor:
             return self.model([{"image": image, "height": height, "width": width}])[0]
 
 
-class YacsPredictor(DefaultPredictor):
-    """Detectron2's :class:`DefaultPredictor` that records the weights its checkpoint lacked.
-
-    ``missing_weights`` lists the ``state_dict`` keys that ``MODEL.WEIGHTS`` did not have, as
-    :class:`LazyPredictor`'s.
-    """
-
-    def __init__(self, cfg):
-        """
-        Args:
-            cfg (CfgNode): a full yacs config.
-        """
-        no_weights = cfg.clone()
-        no_weights.defrost()
-        no_weights.MODEL.WEIGHTS = ""  # DefaultPredictor loads nothing; load_weights does
-        super().__init__(no_weights)
-        self.cfg = cfg.clone()
-        self.missing_weights = load_weights(self.model, cfg.MODEL.WEIGHTS)
-
-
 def build_predictor(config_file, opts=None):
     """Build a predictor for a LazyConfig or yacs config file.
 
@@ -303,9 +288,10 @@ def build_predictor(config_file, opts=None):
             for yacs); the weights come from ``train.init_checkpoint`` / ``MODEL.WEIGHTS``.
 
     Returns:
-        callable: BGR image -> ``{"instances": ...}``, with ``metadata`` and ``missing_weights``
-        attributes. A warning names the untrained parts of the model when the checkpoint does
-        not have all its weights (e.g. none given, or ImageNet weights of the backbone only).
+        callable: BGR image -> ``{"instances": ...}`` (a :class:`LazyPredictor`, or Detectron2's
+        ``DefaultPredictor`` for yacs), with ``metadata`` and ``missing_weights`` attributes. A
+        warning names the untrained parts of the model when the checkpoint does not have all its
+        weights (e.g. none given, or ImageNet weights of the backbone only).
     """
     if is_lazy_config(config_file):
         cfg = load_lazy_config(config_file, opts)
@@ -314,15 +300,19 @@ def build_predictor(config_file, opts=None):
     else:
         cfg = load_yacs_config(config_file, opts)
         check_device(cfg.MODEL.DEVICE)
-        cfg.freeze()
-        predictor = YacsPredictor(cfg)
-        predictor.metadata = _metadata(cfg.DATASETS.TEST[0] if len(cfg.DATASETS.TEST) else None)
         option, path = "MODEL.WEIGHTS", cfg.MODEL.WEIGHTS
+        cfg.MODEL.WEIGHTS = ""  # DefaultPredictor loads nothing; load_weights does
+        cfg.freeze()
+        predictor = DefaultPredictor(cfg)
+        predictor.missing_weights = load_weights(predictor.model, path)
+        predictor.metadata = _metadata(cfg.DATASETS.TEST[0] if len(cfg.DATASETS.TEST) else None)
     _warn_if_untrained(predictor.model, predictor.missing_weights, option, path)
     return predictor
 
 
-def draw_predictions(image, instances, metadata, confidence_threshold=0.5):
+def draw_predictions(
+    image, instances, metadata, confidence_threshold=0.5, *, scale=1.0, mode=ColorMode.IMAGE
+):
     """Draw the instances scoring at least ``confidence_threshold`` on an image.
 
     Args:
@@ -331,13 +321,15 @@ def draw_predictions(image, instances, metadata, confidence_threshold=0.5):
             ``scores``, ``pred_classes``, optionally ``pred_masks``).
         metadata (Metadata): gives the class names (``thing_classes``).
         confidence_threshold (float): lowest score drawn.
+        scale (float): size of the picture relative to the image.
+        mode (ColorMode): Detectron2's ``Visualizer`` colouring.
 
     Returns:
         tuple[np.ndarray, Instances]: the BGR picture and the instances drawn.
     """
     instances = instances.to("cpu")
     instances = instances[instances.scores >= confidence_threshold]
-    visualizer = Visualizer(image[:, :, ::-1], metadata, instance_mode=ColorMode.IMAGE)
+    visualizer = Visualizer(image[:, :, ::-1], metadata, scale=scale, instance_mode=mode)
     picture = visualizer.draw_instance_predictions(predictions=instances).get_image()
     return picture[:, :, ::-1], instances
 
@@ -361,7 +353,7 @@ def _output_paths(paths, output):
     return ret
 
 
-def run_demo(predictor, inputs, output, confidence_threshold=0.5):
+def draw_images(predictor, inputs, output, confidence_threshold=0.5):
     """Predict on every input image and write the pictures.
 
     An image that cannot be read, or on which the predictor raises an exception, is logged with
@@ -439,6 +431,7 @@ def get_demo_parser():
         "--confidence-threshold", type=float, default=0.5, help="lowest score drawn (0.5)"
     )
     add_coco_dataset_argument(parser)
+    add_debug_argument(parser)
     parser.add_argument(
         "--opts",
         default=[],
@@ -457,11 +450,11 @@ def demo_main(args):
 
     Returns:
         int: exit status; 0 when every image was drawn, 1 when some could not be read or
-        predicted on (when none could, :func:`run_demo` raises).
+        predicted on (when none could, :func:`draw_images` raises).
     """
     register_datasets_from_args(args)
     predictor = build_predictor(args.config_file, args.opts)
-    written, failures = run_demo(predictor, args.input, args.output, args.confidence_threshold)
+    written, failures = draw_images(predictor, args.input, args.output, args.confidence_threshold)
     logger.info(f"{len(written)} pictures written to {args.output}")
     if failures:
         logger.error(

@@ -164,7 +164,9 @@ def test_every_experiment_config_is_listed():
 
 def test_readme_table_maps_every_row():
     """docs/configs.md holds the table that model_zoo formats (paper rows -> configs)."""
-    path = os.path.join(model_zoo.get_config_root(), os.pardir, "docs", "configs.md")
+    path = os.path.join(
+        os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "docs", "configs.md"
+    )
     with open(path) as f:
         text = f.read()
     for line in model_zoo.format_paper_table().splitlines()[2:]:

@@ -38,7 +38,7 @@ from sa_ejhead.data import (
 )
 from sa_ejhead.data import synthetic
 from sa_ejhead.engine import apply_lazy_overrides
-from sa_ejhead.engine.testing import tiny_yacs_config
+from _helpers import tiny_yacs_config
 from sa_ejhead.evaluation import COCOEvaluator
 
 SMALL = dict(num_train=6, num_val=4, height=160, width=192, seed=3)

@@ -15,9 +15,10 @@ import torch
 from detectron2.engine import HookBase, launch
 from detectron2.utils import comm
 
-from sa_ejhead.engine.testing import CONFIGS_DIR, write_tiny_coco
+from _helpers import write_tiny_coco
+from sa_ejhead.model_zoo import get_config_file
 
-MODEL = os.path.join(CONFIGS_DIR, "common", "models", "mask_rcnn_safpn_ejhead.py")
+MODEL = get_config_file("common/models/mask_rcnn_safpn_ejhead.py")
 
 
 def _free_port():
@@ -44,7 +45,7 @@ def _worker(json_file, image_root, output_dir):
     torch.set_num_threads(1)
     from sa_ejhead.data import register_coco_instances_checked
     from sa_ejhead.engine import do_train
-    from sa_ejhead.engine.testing import tiny_lazy_config
+    from _helpers import tiny_lazy_config
 
     register_coco_instances_checked("test_distributed_tiny", json_file, image_root)
     cfg = tiny_lazy_config(

@@ -253,6 +253,13 @@ def test_invalid_arguments():
         _heads(box_refinement_downsample=0)
 
 
+def test_wrong_types_fail_at_construction():
+    """A string where a module belongs fails when the heads are built, naming the expected
+    type, not at the first forward."""
+    with pytest.raises(TypeError, match=r"refinement must be an nn.Module .* or None, got str"):
+        _heads(refinement="none")
+
+
 # ---------------------------------------------------------------------------------------------
 # 3. interleaving with a controlled box predictor
 

@@ -31,7 +31,7 @@ from sa_ejhead.engine import (
     parse_coco_dataset_spec,
     register_datasets_from_args,
 )
-from sa_ejhead.engine.testing import tiny_yacs_config, write_tiny_coco
+from _helpers import tiny_yacs_config, write_tiny_coco
 from sa_ejhead.evaluation import COCOEvaluator
 
 
@@ -367,9 +367,9 @@ def test_lazy_override_valid_keys(overrides_config):
 
 def test_lazy_overrides_of_the_repository_callers():
     """The overrides the ablation runner, the demo test and the tools pass still apply."""
-    from sa_ejhead.engine.testing import CONFIGS_DIR
+    from sa_ejhead.model_zoo import get_config_file, get_config_root
 
-    repo = os.path.dirname(CONFIGS_DIR)
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     ablation = [
         "train.max_iter=5",
         "train.seed=1",
@@ -380,13 +380,13 @@ def test_lazy_overrides_of_the_repository_callers():
     ]
     configs = sorted(glob.glob(os.path.join(repo, "projects", "cpu_ablation", "configs", "*.py")))
     configs = [c for c in configs if not os.path.basename(c).startswith("_")]
-    configs += sorted(glob.glob(os.path.join(CONFIGS_DIR, "demo", "*.py")))
+    configs += sorted(glob.glob(os.path.join(get_config_root(), "demo", "*.py")))
     assert len(configs) > 2
     for config in configs:
         cfg = load_lazy_config(config, ablation)
         assert (cfg.train.max_iter, cfg.train.seed, cfg.train.checkpointer.period) == (5, 1, 100)
     demo = load_lazy_config(
-        os.path.join(CONFIGS_DIR, "demo", "sa_shapes.py"),
+        get_config_file("demo/sa_shapes.py"),
         [
             "dataloader.train.dataset.names=a",
             "dataloader.evaluator.dataset_name=b",
@@ -398,7 +398,7 @@ def test_lazy_overrides_of_the_repository_callers():
     )
     assert demo.dataloader.train.mapper.augmentations[0].short_edge_length == [80]
     coco = load_lazy_config(
-        os.path.join(CONFIGS_DIR, "COCO-InstanceSegmentation", "mask_rcnn_R_50_SAFPN_EJHead_1x.py"),
+        get_config_file("COCO-InstanceSegmentation/mask_rcnn_R_50_SAFPN_EJHead_1x.py"),
         ["train.seed=0", "dataloader.train.mapper.instance_mask_format=bitmask"],  # docs/configs.md
     )
     assert coco.train.seed == 0

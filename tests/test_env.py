@@ -1,8 +1,11 @@
-"""The environment itself: Detectron2's install route, the imports we rely on, our registrations."""
+"""The environment: the imports we rely on, our registrations, and the bootstrap's logic.
 
-import hashlib
+The bootstrap's exact versions are not asserted here (the suite must pass on any correct install,
+e.g. the official Detectron2 source build or your own torch): tools/check_setup.py checks them
+when `make setup` builds .venv.
+"""
+
 import importlib.util
-import subprocess
 import sys
 import zipfile
 from pathlib import Path
@@ -22,31 +25,16 @@ def _load_bootstrap():
 bootstrap = _load_bootstrap()
 
 
-def test_detectron2_version_and_imports():
-    import detectron2
+def test_detectron2_imports_and_model_zoo():
+    # Behaviour only: any correct install passes (the bootstrap's exact versions are checked by
+    # tools/check_setup.py when `make setup` builds .venv).
     from detectron2 import model_zoo
     from detectron2.config import LazyConfig, instantiate  # noqa: F401
     from detectron2.evaluation import COCOEvaluator  # noqa: F401
     from detectron2.utils.visualizer import Visualizer  # noqa: F401
 
-    assert detectron2.__version__ == "0.7.2"
     cfg = model_zoo.get_config("common/models/mask_rcnn_fpn.py")
     assert cfg.model.roi_heads.mask_in_features == ["p2", "p3", "p4", "p5"]
-    # The compiled ops are absent (pure-Python repack); nothing we use needs them.
-    assert importlib.util.find_spec("detectron2._C") is None
-
-
-def test_pinned_versions():
-    import numpy
-    import setuptools
-    import torch
-    import torchvision
-
-    assert torch.__version__.split("+")[0] == "2.14.1"
-    assert torchvision.__version__.split("+")[0] == "0.29.1"
-    assert int(setuptools.__version__.split(".")[0]) < 81  # model_zoo imports pkg_resources
-    assert int(numpy.__version__.split(".")[0]) < 2
-    import pkg_resources  # noqa: F401
 
 
 def test_sa_ejhead_registers_its_modules():
@@ -106,7 +94,6 @@ def test_hash_mismatch_deletes_the_file_and_installs_nothing(tmp_path, monkeypat
     with pytest.raises(bootstrap.SetupError, match="sha256 mismatch"):
         bootstrap.fetch_detectron2_wheel(sys.executable, cache)
     assert not bad.exists()
-    assert bootstrap.D2_SHA256 != hashlib.sha256(b"tampered").hexdigest()
 
 
 def test_wrong_python_is_refused_with_advice(monkeypatch):
@@ -127,32 +114,36 @@ def test_failed_setup_leaves_no_venv(tmp_path, monkeypatch):
     assert not venv.exists()
 
 
-def test_second_make_test_installs_nothing():
-    # `make -q setup` exits 0 only if the stamp is up to date, i.e. a second `make test` reruns no
-    # set-up step.
-    proc = subprocess.run(["make", "-q", "setup"], cwd=ROOT)
-    assert proc.returncode == 0
+def _load_check_setup():
+    sys.path.insert(0, str(ROOT / "tools"))
+    try:
+        spec = importlib.util.spec_from_file_location(
+            "check_setup", ROOT / "tools" / "check_setup.py"
+        )
+        mod = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(mod)
+    finally:
+        sys.path.remove(str(ROOT / "tools"))
+    return mod
 
 
-def test_code_is_black_formatted():
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "black",
-            "--check",
-            "--quiet",
-            "-l",
-            "100",
-            "sa_ejhead",
-            "tools",
-            "tests",
-            "configs",
-            "projects",
-            "setup.py",
-        ],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-    )
-    assert proc.returncode == 0, "run `make format`:\n" + proc.stderr
+def test_setup_check_names_each_mismatch():
+    check = _load_check_setup()
+    good = {
+        "torch": check.PINS["torch"] + "+cpu",
+        "torchvision": check.PINS["torchvision"],
+        "detectron2": check.DETECTRON2,
+        "setuptools": "80.1",
+        "numpy": "1.26.4",
+    }
+    assert check.find_problems("pypi", good, has_compiled_ops=False) == []
+    bad = dict(good, torch="2.0.0", numpy="2.1.0")
+    problems = check.find_problems("pypi", bad, has_compiled_ops=True)
+    assert len(problems) == 3
+    assert any(p.startswith("torch 2.0.0 is installed") for p in problems)
+    assert any("numpy<2" in p for p in problems) and any("_C is present" in p for p in problems)
+    # the source build has its compiled ops and any Detectron2 version
+    assert check.find_problems("git", dict(good, detectron2="0.8"), has_compiled_ops=True) == []
+    assert check.find_problems("git", good, has_compiled_ops=False) == [
+        "detectron2._C is missing: the source build compiles it"
+    ]

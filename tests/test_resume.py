@@ -14,9 +14,10 @@ from detectron2.engine import HookBase
 
 from sa_ejhead.data import register_coco_instances_checked
 from sa_ejhead.engine import AtomicDetectionCheckpointer, do_train
-from sa_ejhead.engine.testing import CONFIGS_DIR, tiny_lazy_config, write_tiny_coco
+from _helpers import tiny_lazy_config, write_tiny_coco
+from sa_ejhead.model_zoo import get_config_file
 
-MODEL = os.path.join(CONFIGS_DIR, "common", "models", "mask_rcnn_safpn_ejhead.py")
+MODEL = get_config_file("common/models/mask_rcnn_safpn_ejhead.py")
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,4 @@
-"""SA-FPN (DESIGN.md section 2): modes, odd sizes, Detectron2 FPN equivalence and checkpoints,
+"""SA-FPN (docs/design.md, SA-FPN): modes, odd sizes, Detectron2 FPN equivalence and checkpoints,
 gradients, efficiency levers, and both config systems. Tiny and CPU-only."""
 
 import itertools
@@ -159,7 +159,7 @@ def test_invalid_arguments_raise():
         SAFPN(_tiny_resnet(), ["res2", "res4"], 16)
 
 
-# --- 2. td == Detectron2's FPN; the modes compose as DESIGN.md says ---------------------------
+# --- 2. td == Detectron2's FPN; the modes compose as docs/design.md says -----------------------
 
 
 @pytest.mark.parametrize("norm,fuse_type", [("", "sum"), ("GN", "avg")])
@@ -187,7 +187,7 @@ def _copy_by_name(src, dst):
 
 
 def _ref_bottom_up(neck, feats, fuse_upper):
-    """B_i from DESIGN.md's formulas, with the neck's own convolutions."""
+    """B_i from the formulas of docs/design.md, with the neck's own convolutions."""
     lat = [getattr(neck, f"buf_lateral{s}")(f) for s, f in zip([2, 3, 4, 5], feats)]
     sums = []
     for k, s in enumerate([2, 3, 4, 5]):
@@ -513,47 +513,89 @@ def test_suffix_matching_loader_does_not_confuse_td_and_buf_names(tmp_path):
     assert not any(k.startswith(("backbone.buf_", "backbone.sa_fuse")) for k in changed)
 
 
+def test_wrong_top_block_type_fails_at_construction():
+    with pytest.raises(TypeError, match=r"top_block must be an nn.Module .* or None, got str"):
+        SAFPN(_tiny_resnet(), IN_FEATURES, 8, top_block="p6")
+
+
 # --- 6. the cost analysis behind docs/safpn.md ----------------------------------------------
 
 
+class _NeckOnly(nn.Module):
+    """A model whose only part is a backbone (bottom-up + neck), for the cost tool's counters."""
+
+    def __init__(self, backbone):
+        super().__init__()
+        self.backbone = backbone
+
+    def forward(self, inputs):
+        return self.backbone(torch.stack([x["image"] for x in inputs]))
+
+
+def _neck_row(label, c, **kwargs):
+    from sa_ejhead.analysis.measure import count_flops, count_params
+
+    neck = SAFPN(_tiny_resnet(), IN_FEATURES, c, top_block=LastLevelMaxPool(), **kwargs).eval()
+    model = _NeckOnly(neck)
+    flops = count_flops(model, [{"image": torch.randn(3, 64, 96)}])
+    return {
+        "label": label,
+        "overrides": [],
+        "flops": flops,
+        "param_parts": count_params(model)["parts"],
+    }
+
+
 def test_neck_cost_counts_the_convolutions():
-    from sa_ejhead.analysis.neck import NECK_VARIANTS, NeckVariant, neck_cost
+    from sa_ejhead.analysis.report import format_variant_table
 
     bottom_up = _tiny_resnet().eval()
     with torch.no_grad():
         feats = bottom_up(torch.randn(1, 3, 64, 96))
     shapes = bottom_up.output_shape()
     c = 16
-    td = neck_cost(NeckVariant("td", dict(mode="td")), feats, shapes, out_channels=c)
+    td = _neck_row("td", c, mode="td")
     hw = {f: feats[f].shape[-2] * feats[f].shape[-1] for f in IN_FEATURES}
     convs = sum((shapes[f].channels * c + 9 * c * c) * hw[f] for f in IN_FEATURES)
     upsample = sum(c * hw[f] for f in IN_FEATURES[:-1])  # nearest resize: 1 per output element
-    assert td.flops == convs + upsample
-    assert td.params == sum((shapes[f].channels + 1) * c + (9 * c + 1) * c for f in IN_FEATURES)
-    assert td.flops_per_level["p2"] == (shapes["res2"].channels * c + 9 * c * c) * hw["res2"]
-    by_name = {v.name: v for v in NECK_VARIANTS}
-    cost = {
-        name: neck_cost(by_name[name], feats, shapes, out_channels=c)
-        for name in ["sa (paper, default)", "td+buf, share + before + maxpool"]
-    }
-    sa = cost["sa (paper, default)"]
+    assert td["flops"]["parts"]["neck"] == convs + upsample
+    params = sum((shapes[f].channels + 1) * c + (9 * c + 1) * c for f in IN_FEATURES)
+    assert td["param_parts"]["neck"] == params
+    p2 = sum(v for k, v in td["flops"]["by_module"].items() if k[-1] == "2")
+    assert p2 == (shapes["res2"].channels * c + 9 * c * c) * hw["res2"]
+    sa = _neck_row("sa", c, mode="sa")
     buf_and_fuse = sum((shapes[f].channels * c + 9 * c * c + 2 * c * c) * hw[f] for f in hw)
     downs = sum(9 * c * c * hw[f] for f in IN_FEATURES[1:])
-    assert sa.flops == td.flops + buf_and_fuse + downs + upsample
-    assert cost["td+buf, share + before + maxpool"].params == td.params
+    assert (
+        sa["flops"]["parts"]["neck"]
+        == td["flops"]["parts"]["neck"] + buf_and_fuse + downs + upsample
+    )
+    cheap = dict(share_laterals=True, fuse_position="before", downsample="maxpool")
+    assert _neck_row("cheap", c, mode="td+buf", **cheap)["param_parts"]["neck"] == params
+    table = format_variant_table("necks", [td, sa]).splitlines()
+    cells = [[c.strip() for c in line.split("|")[1:-1]] for line in table]
+    assert cells[0][:3] == ["neck", "overrides", "params (M)"]
+    assert cells[2][2] == f"{params / 1e6:.2f}" and cells[2][4] == "1.00"
+    ratio = sa["flops"]["parts"]["neck"] / td["flops"]["parts"]["neck"]
+    assert cells[3][4] == f"{ratio:.2f}"
+    assert table[-1].startswith("| bottom-up (not in the rows above)")
 
 
-def test_analyze_safpn_tool_prints_the_table(capsys):
+def test_benchmark_tool_prints_the_neck_table(capsys, monkeypatch):
     import importlib.util
     from pathlib import Path
 
-    path = Path(__file__).resolve().parents[1] / "tools" / "analyze_safpn.py"
-    spec = importlib.util.spec_from_file_location("analyze_safpn", path)
+    from sa_ejhead.analysis import specs
+
+    path = Path(__file__).resolve().parents[1] / "tools" / "benchmark.py"
+    spec = importlib.util.spec_from_file_location("benchmark_tool", path)
     tool = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(tool)
+    monkeypatch.setitem(specs.VARIANTS, "necks", specs.VARIANTS["necks"][:1])
     tool.main(
-        ["--height", "64", "--width", "64", "--depth", "18", "--variants", "td (Detectron2 FPN)"]
+        ["--variants", "necks", "--input-size", "64", "--proposals", "10", "--detections", "5"]
     )
     out = capsys.readouterr().out
-    assert "| td (Detectron2 FPN) | `mode='td'` | 2.61 |" in out  # R-18: 2,607,104
-    assert "| bottom-up (not in the rows above) | | 11.17 |" in out
+    row = next(l for l in out.splitlines() if l.startswith("| td (Detectron2 FPN)"))
+    assert [c.strip() for c in row.split("|")[2:4]] == ["`model.backbone.mode=td`", "3.34"]
+    assert "| bottom-up (not in the rows above)" in out and "23.45" in out  # R-50

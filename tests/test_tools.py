@@ -15,33 +15,41 @@ from detectron2.structures import Boxes, Instances
 
 from sa_ejhead.engine import default_argument_parser
 from sa_ejhead.engine import lazy as lazy_engine
-from sa_ejhead.engine.testing import (
-    CONFIGS_DIR,
+from _helpers import (
     tiny_yacs_config,
     write_tiny_coco,
     write_tiny_lazy_config_file,
 )
 from sa_ejhead import visualize
+from sa_ejhead.model_zoo import get_config_file
 from sa_ejhead.visualize import (
     ImageReadError,
     build_predictor,
     demo_main,
+    draw_images,
     draw_predictions,
     expand_inputs,
     get_demo_parser,
     is_lazy_config,
     read_image,
-    run_demo,
 )
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-MODEL = os.path.join(CONFIGS_DIR, "common", "models", "mask_rcnn_safpn_ejhead.py")
+MODEL = get_config_file("common/models/mask_rcnn_safpn_ejhead.py")
 
 
 def _run_tool(script, argv, monkeypatch):
-    """Run tools/<script> in this process, as ``python tools/<script> argv...``."""
+    """Run tools/<script> in this process, as ``python tools/<script> argv...``.
+
+    Returns:
+        int: the exit status.
+    """
     monkeypatch.setattr(sys, "argv", [script] + list(argv))
-    runpy.run_path(os.path.join(REPO, "tools", script), run_name="__main__")
+    try:
+        runpy.run_path(os.path.join(REPO, "tools", script), run_name="__main__")
+    except SystemExit as e:
+        return e.code or 0
+    return 0
 
 
 @pytest.fixture(scope="module")
@@ -138,7 +146,7 @@ def test_lazyconfig_bad_coco_dataset_spec(lazy_run):
         lazy_engine.main(args)
 
 
-def test_train_net_yacs_cli(tmp_path, monkeypatch):
+def test_train_net_yacs_cli(tmp_path, monkeypatch, capsys):
     json_file, image_root = write_tiny_coco(str(tmp_path / "data"), num_images=2, seed=7)
     cfg = tiny_yacs_config("yacs_cli", "yacs_cli", str(tmp_path / "out"), max_iter=1)
     yaml_file = tmp_path / "tiny.yaml"
@@ -160,9 +168,17 @@ def test_train_net_yacs_cli(tmp_path, monkeypatch):
 
     bad = tmp_path / "bad.yaml"
     bad.write_text(cfg.dump().replace("INTERLEAVE:", "INTERLEAVES:", 1))
-    with pytest.raises(KeyError, match="MODEL.EJ_HEAD.INTERLEAVES") as e:
-        _run_tool("train_net.py", ["--config-file", str(bad)], monkeypatch)
-    assert str(bad) in str(e.value)
+    # an input error: one line naming the file and the key, the traceback in a file, exit 1
+    capsys.readouterr()
+    assert _run_tool("train_net.py", ["--config-file", str(bad)], monkeypatch) == 1
+    err = capsys.readouterr().err.splitlines()
+    i = next(i for i, l in enumerate(err) if l.startswith("train_net: error: "))
+    assert "MODEL.EJ_HEAD.INTERLEAVES" in err[i] and str(bad) in err[i]
+    assert "Traceback" not in "".join(err)
+    log_file = err[i + 1].split("traceback in ")[1].split(";")[0]
+    assert "Traceback" in open(log_file).read() and "--debug" in err[i + 1]
+    with pytest.raises(KeyError, match="MODEL.EJ_HEAD.INTERLEAVES"):
+        _run_tool("train_net.py", ["--config-file", str(bad), "--debug"], monkeypatch)
 
 
 # --- demo ---------------------------------------------------------------------------------
@@ -179,7 +195,7 @@ def _demo_inputs(folder, json_file_dir):
     return sorted(os.path.join(folder, "good_" + n) for n in images)
 
 
-def test_demo_folder_with_a_broken_image(lazy_run, tmp_path, monkeypatch, caplog):
+def test_demo_folder_with_a_broken_image(lazy_run, tmp_path, monkeypatch, caplog, capsys):
     inputs = str(tmp_path / "in")
     good = _demo_inputs(inputs, lazy_run["image_root"])
     out = tmp_path / "vis"
@@ -191,11 +207,10 @@ def test_demo_folder_with_a_broken_image(lazy_run, tmp_path, monkeypatch, caplog
     vis_logger = logging.getLogger("sa_ejhead.visualize")
     vis_logger.addHandler(caplog.handler)
     try:
-        with pytest.raises(SystemExit) as e:
-            _run_tool("demo.py", argv, monkeypatch)
+        code = _run_tool("demo.py", argv, monkeypatch)
     finally:
         vis_logger.removeHandler(caplog.handler)
-    assert e.value.code == 1  # one image could not be read; the others were drawn
+    assert code == 1  # one image could not be read; the others were drawn
     assert sorted(os.listdir(out)) == sorted(os.path.basename(p) for p in good)
     for p in good:
         assert cv2.imread(str(out / os.path.basename(p))).shape == cv2.imread(p).shape
@@ -205,20 +220,21 @@ def test_demo_folder_with_a_broken_image(lazy_run, tmp_path, monkeypatch, caplog
     single = tmp_path / "one.jpg"
     argv[argv.index("--input") + 1] = os.path.join(inputs, "good_*.png")
     argv[argv.index("--output") + 1] = str(tmp_path / "glob")
-    with pytest.raises(SystemExit) as e:
-        _run_tool("demo.py", argv, monkeypatch)
-    assert e.value.code == 0 and len(os.listdir(tmp_path / "glob")) == 2
+    code = _run_tool("demo.py", argv, monkeypatch)
+    assert code == 0 and len(os.listdir(tmp_path / "glob")) == 2
     argv[argv.index("--input") + 1] = good[0]
     argv[argv.index("--output") + 1] = str(single)
-    with pytest.raises(SystemExit) as e:
-        _run_tool("demo.py", argv, monkeypatch)
-    assert e.value.code == 0 and single.is_file()
+    code = _run_tool("demo.py", argv, monkeypatch)
+    assert code == 0 and single.is_file()
 
     # Only broken images: the run fails, naming the file.
     argv[argv.index("--input") + 1] = os.path.join(inputs, "broken.png")
     argv[argv.index("--output") + 1] = str(tmp_path / "none")
-    with pytest.raises(ImageReadError, match="broken.png"):
-        _run_tool("demo.py", argv, monkeypatch)
+    capsys.readouterr()
+    assert _run_tool("demo.py", argv, monkeypatch) == 1
+    # (log records may precede it on stderr)
+    (line,) = [l for l in capsys.readouterr().err.splitlines() if l.startswith("demo: error: ")]
+    assert "none of the 1 input images could be read" in line and "broken.png" in line
 
 
 def test_read_image_and_inputs_errors(tmp_path):
@@ -376,7 +392,7 @@ def test_demo_goes_on_when_the_predictor_raises(tmp_path, caplog, monkeypatch):
     paths = _images(str(tmp_path / "in"), [32, 48, 40])
     predictor = _FailingPredictor(lambda image: image.shape[1] == 48)
     with _listen(caplog):
-        written, failures = run_demo(predictor, str(tmp_path / "in"), str(tmp_path / "out"))
+        written, failures = draw_images(predictor, str(tmp_path / "in"), str(tmp_path / "out"))
     assert predictor.calls == 3  # the image after the failing one too
     assert sorted(os.listdir(tmp_path / "out")) == ["im0.png", "im2.png"] and len(written) == 2
     ((path, message),) = failures
@@ -400,9 +416,52 @@ def test_demo_goes_on_when_the_predictor_raises(tmp_path, caplog, monkeypatch):
 def test_demo_ap_table_title_names_the_configured_test_set():
     from sa_ejhead.demo import DEFAULT_CONFIG, _ap_table_title
 
+    config_file = get_config_file(DEFAULT_CONFIG)
+
     cfg = lazy_engine.load_lazy_config(
-        DEFAULT_CONFIG, ["dataloader.test.dataset.names=my_val", "train.max_iter=7"]
+        config_file, ["dataloader.test.dataset.names=my_val", "train.max_iter=7"]
     )
-    assert (
-        _ap_table_title(cfg, DEFAULT_CONFIG) == "COCO AP (%) on my_val, sa_shapes.py, 7 iterations"
-    )
+    assert _ap_table_title(cfg, config_file) == "COCO AP (%) on my_val, sa_shapes.py, 7 iterations"
+
+
+# --- errors a person can read ------------------------------------------------------------------
+
+
+def test_run_tool_prints_input_errors_as_one_line(capsys):
+    from sa_ejhead.data import DatasetFormatError
+    from sa_ejhead.errors import run_tool
+
+    def bad_input():
+        raise DatasetFormatError("ann.json: annotations[3].bbox: bad", file="ann.json")
+
+    assert run_tool(bad_input, tool="x") == 1
+    first, second = capsys.readouterr().err.splitlines()
+    assert first == "x: error: ann.json: annotations[3].bbox: bad"
+    assert second.startswith("(traceback in ") and "--debug" in second
+    with pytest.raises(DatasetFormatError):
+        run_tool(bad_input, debug=True)
+    assert run_tool(lambda: 3) == 3 and run_tool(lambda: {"AP": 1}) == 0
+    with pytest.raises(ZeroDivisionError):  # a bug keeps its traceback
+        run_tool(lambda: 1 / 0)
+
+
+@pytest.mark.parametrize(
+    "content, field",
+    [
+        ('{"images": [', "malformed JSON at line 1"),
+        (
+            '{"images": [], "annotations": [], "categories": [{"id": 1}]}',
+            "categories[0].name: is missing",
+        ),
+    ],
+)
+def test_training_tool_reports_a_bad_annotation_file(tmp_path, monkeypatch, capsys, content, field):
+    ann = tmp_path / "ann.json"
+    ann.write_text(content)
+    (tmp_path / "images").mkdir()
+    argv = ["--config-file", MODEL, "--coco-dataset", f"bad={ann},{tmp_path / 'images'}"]
+    assert _run_tool("lazyconfig_train_net.py", argv, monkeypatch) == 1
+    err = capsys.readouterr().err.splitlines()
+    i = next(i for i, l in enumerate(err) if l.startswith("lazyconfig_train_net: error: "))
+    assert err[i].startswith(f"lazyconfig_train_net: error: {ann}: ") and field in err[i]
+    assert "traceback in" in err[i + 1] and "Traceback" not in "".join(err)

@@ -12,8 +12,9 @@ only the standard library, because nothing else is installed yet. Steps:
    the exact cp310 wheel, check its sha256 *before* anything is installed, repack it as a pure
    Python ``py3-none-any`` wheel without the compiled ``_C`` library and install that; or, with
    ``--detectron2 git`` (``make setup D2=git``), build Detectron2 from its official repository;
-5. install this package in editable mode with its test extras;
-6. check that the parts we rely on import, then write the stamp file ``.venv/.sa_ejhead-ready``.
+5. install this package in editable mode with its test and deploy (onnx, onnxruntime) extras;
+6. check the environment (``tools/check_setup.py``: the parts we rely on import, and the versions
+   are this route's), then write the stamp file ``.venv/.sa_ejhead-ready``.
 
 The Makefile treats ``.venv`` as good only if the stamp exists, and this script deletes any
 ``.venv`` without a stamp before it starts, so a failed or interrupted set-up is never mistaken
@@ -43,20 +44,8 @@ D2_SHA256 = "491af0c7f79bdb2d178e46f6cb16a97c4ac968d45c41ea3f6b6435d59bbee561"
 D2_GIT = "git+https://github.com/facebookresearch/detectron2.git"
 SUPPORTED_PYTHON = (3, 11)
 CONSTRAINTS = ROOT / "tools" / "constraints.txt"
-
-# What `import detectron2` must give us once installed (checked before the stamp is written).
-IMPORT_CHECK = """
-import detectron2, torch, torchvision
-from detectron2 import model_zoo
-from detectron2.config import LazyConfig, get_cfg, instantiate
-from detectron2.evaluation import COCOEvaluator
-from detectron2.utils.visualizer import Visualizer
-from detectron2.modeling import build_model
-model_zoo.get_config("common/models/mask_rcnn_fpn.py")
-import sa_ejhead
-print("detectron2", detectron2.__version__, "torch", torch.__version__,
-      "torchvision", torchvision.__version__)
-"""
+# Imports and this route's exact versions, checked before the stamp is written.
+CHECK_SETUP = ROOT / "tools" / "check_setup.py"
 
 
 class SetupError(RuntimeError):
@@ -212,11 +201,11 @@ def main(argv=None):
                 "building Detectron2 from source",
                 "The source build needs https://github.com to be reachable and a C++ compiler.",
             )
-        run(pip + ["-e", f"{ROOT}[dev]"], "installing sa_ejhead (editable)", net_hint)
+        run(pip + ["-e", f"{ROOT}[dev,deploy]"], "installing sa_ejhead (editable)", net_hint)
         run(
-            [py, "-c", IMPORT_CHECK],
+            [py, CHECK_SETUP, "--detectron2", args.detectron2],
             "checking the installed packages",
-            "An import failed: see the traceback above.",
+            "An import failed or a version differs: see the messages above.",
         )
         (venv / STAMP_NAME).write_text(" ".join(TORCH_PAIR + [args.detectron2]) + "\n")
         log(f"ready: {venv}")

@@ -9,7 +9,8 @@ Examples::
         --confidence-threshold 0.7 --opts MODEL.WEIGHTS output/model_final.pth MODEL.DEVICE cpu
 
 Images that cannot be read or predicted on are reported (with their path) and skipped; the exit
-status is 1 when any image failed, and the run fails outright only when all did. Without a
+status is 1 when any image failed, and the run fails outright only when all did (one line names
+the files; ``--debug`` shows the traceback). Without a
 trained Mask R-CNN checkpoint (none, or ImageNet weights of the backbone only) a warning names
 the untrained parts of the model.
 """
@@ -18,10 +19,12 @@ import sys
 
 from detectron2.utils.logger import setup_logger
 
+from sa_ejhead.errors import run_tool
 from sa_ejhead.visualize import demo_main, get_demo_parser
 
 if __name__ == "__main__":
     setup_logger()
     setup_logger(name="sa_ejhead")
     setup_logger(name="fvcore")
-    sys.exit(demo_main(get_demo_parser().parse_args()))
+    args = get_demo_parser().parse_args()
+    sys.exit(run_tool(demo_main, args, debug=args.debug))

@@ -13,24 +13,29 @@ Examples::
     tools/train_net.py --config-file configs/yacs/X.yaml --eval-only MODEL.WEIGHTS model.pth
 """
 
+import sys
+
 from detectron2.engine import launch
 
 from sa_ejhead.engine import default_argument_parser
+from sa_ejhead.errors import run_tool
 from sa_ejhead.engine.trainer import main
 
 
 def invoke_main():
     """Parse the command line and run :func:`sa_ejhead.engine.trainer.main` in every process."""
     args = default_argument_parser().parse_args()
-    launch(
+    return run_tool(
+        launch,
         main,
         args.num_gpus,
-        num_machines=args.num_machines,
-        machine_rank=args.machine_rank,
-        dist_url=args.dist_url,
-        args=(args,),
+        args.num_machines,
+        args.machine_rank,
+        args.dist_url,
+        (args,),
+        debug=args.debug,
     )
 
 
 if __name__ == "__main__":
-    invoke_main()
+    sys.exit(invoke_main())

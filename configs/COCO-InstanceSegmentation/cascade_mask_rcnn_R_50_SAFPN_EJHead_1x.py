@@ -1,7 +1,8 @@
 # Paper Table 2 "Cascade Mask R-CNN + SA-FPN + EJ-Head, ResNet50-FPN" (42.8 / 36.9), 12 epochs:
 # 2000 RPN proposals per image in training, as cascade_mask_rcnn_R_50_FPN_1x.py.
 from ..common.coco_sa import dataloader
-from ..common.coco_schedule_sa import lr_multiplier_12ep as lr_multiplier, optimizer
+from ..common.coco_schedule_sa import lr_multiplier_12ep as lr_multiplier
+from ..common.coco_schedule_sa import optimizer_enriched_cascade as optimizer
 from ..common.coco_schedule_sa import train_12ep as train
 from ..common.models.cascade_mask_rcnn_safpn_ejhead import model
 

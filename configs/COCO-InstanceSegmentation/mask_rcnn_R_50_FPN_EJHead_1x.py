@@ -2,7 +2,8 @@
 # Detectron2's FPN with the EJ-Head: 14x14 box RoIs flattened into fc1 ("Enriched Feature"), the
 # shared residual Boundary Refinement, Interleaving. 12 epochs.
 from ..common.coco_sa import dataloader
-from ..common.coco_schedule_sa import lr_multiplier_12ep as lr_multiplier, optimizer
+from ..common.coco_schedule_sa import lr_multiplier_12ep as lr_multiplier
+from ..common.coco_schedule_sa import optimizer_enriched as optimizer
 from ..common.coco_schedule_sa import train_12ep as train
 from ..common.models.mask_rcnn_ejhead import model
 

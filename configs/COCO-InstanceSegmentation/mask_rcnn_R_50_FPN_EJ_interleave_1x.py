@@ -7,3 +7,4 @@ model.roi_heads.interleave = True
 model.roi_heads.refinement = None
 model.roi_heads.box_pooler.output_size = 7
 model.roi_heads.box_head.input_shape = ShapeSpec(channels=256, height=7, width=7)
+optimizer.params.lr_factor_func = None  # 7x7 box RoIs: fc1 at the base lr

@@ -16,9 +16,20 @@ from detectron2 import model_zoo
 from detectron2.config import LazyCall as L
 from detectron2.solver import WarmupParamScheduler
 
+from sa_ejhead.solver import enriched_fc1_lr_factor
+
 # lr 0.02, momentum 0.9, weight decay 1e-4 (no decay on norm layers), as Detectron2's SGD
 optimizer = model_zoo.get_config("common/optim.py").SGD
 optimizer.lr = 0.02
+
+# For the Enriched Feature (14x14 RoIs flattened into the box head's first fc): fc1 learns at
+# (7/14)^2 of the lr, the step that the 7x7 head's fc1 takes (4x the inputs take about 4x the
+# step at one lr; docs/design.md, "The Enriched Feature's first fc"). Cascade: each stage's fc1.
+optimizer_enriched = copy.deepcopy(optimizer)
+optimizer_enriched.params.base_lr = "${..lr}"
+optimizer_enriched.params.lr_factor_func = enriched_fc1_lr_factor(14, 7)
+optimizer_enriched_cascade = copy.deepcopy(optimizer_enriched)
+optimizer_enriched_cascade.params.lr_factor_func = enriched_fc1_lr_factor(14, 7, num_stages=3)
 
 # 12 ep = 87950 iters * 16 images / 117266 images; x0.1 after 9 ep (65962 iters) and 11 ep (80620)
 lr_multiplier_12ep = L(WarmupParamScheduler)(

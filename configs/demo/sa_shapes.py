@@ -13,13 +13,7 @@
 #   anchors 8..128 px (32..512, i.e. /4) and RoI level assignment at canonical size 36 (224 on
 #   COCO, scaled by our 128-px test shorter side over COCO's 800 px).
 # Measured on the 2-core CPU: see docs/demo.md. Baseline twin: sa_shapes_baseline.py.
-import detectron2.data.transforms as T
 from detectron2.config import LazyCall as L
-from detectron2.data import (
-    build_detection_test_loader,
-    build_detection_train_loader,
-    get_detection_dataset_dicts,
-)
 from detectron2.layers import ShapeSpec
 from detectron2.model_zoo import get_config
 from detectron2.modeling.backbone import ResNet
@@ -27,9 +21,8 @@ from detectron2.modeling.backbone.resnet import BasicBlock
 from detectron2.solver import WarmupParamScheduler
 from fvcore.common.param_scheduler import CosineParamScheduler
 
-from sa_ejhead.data import CheckedDatasetMapper
-from sa_ejhead.evaluation import COCOEvaluator
 
+from ..common.data.sa_shapes import dataloader
 from ..common.models.mask_rcnn_safpn_ejhead import model
 
 CHANNELS = 64  # FPN / RoI feature width
@@ -76,37 +69,7 @@ roi.box_predictor.input_shape = ShapeSpec(channels=FC_DIM)
 roi.mask_head.input_shape = ShapeSpec(channels=CHANNELS, height=14, width=14)
 roi.mask_head.conv_dims = [CHANNELS, CHANNELS, CHANNELS]  # 2 convs + the deconv's width
 
-# --- data -------------------------------------------------------------------------------------
-dataloader = dict(
-    train=L(build_detection_train_loader)(
-        dataset=L(get_detection_dataset_dicts)(names="sa_shapes_train"),
-        mapper=L(CheckedDatasetMapper)(
-            is_train=True,
-            augmentations=[
-                L(T.ResizeShortestEdge)(
-                    short_edge_length=(112, 128, 144), max_size=192, sample_style="choice"
-                ),
-                L(T.RandomFlip)(horizontal=True),
-            ],
-            image_format="BGR",
-            use_instance_mask=True,
-            instance_mask_format="bitmask",  # SA-Shapes has polygons and RLE masks
-        ),
-        total_batch_size=4,
-        num_workers=1,
-    ),
-    test=L(build_detection_test_loader)(
-        dataset=L(get_detection_dataset_dicts)(names="sa_shapes_val", filter_empty=False),
-        mapper=L(CheckedDatasetMapper)(
-            is_train=False,
-            augmentations=[L(T.ResizeShortestEdge)(short_edge_length=128, max_size=192)],
-            image_format="BGR",
-        ),
-        num_workers=1,
-    ),
-    # follows dataloader.test.dataset.names (as Detectron2's common/data/coco.py)
-    evaluator=L(COCOEvaluator)(dataset_name="${..test.dataset.names}"),
-)
+# --- data: configs/common/data/sa_shapes.py -----------------------------------------------
 
 # --- schedule ---------------------------------------------------------------------------------
 # AdamW (weight decay 0 on norms/biases as in common/optim.py): from scratch it learns faster
@@ -124,7 +87,7 @@ lr_multiplier = L(WarmupParamScheduler)(
 train = get_config("common/train.py").train
 train.update(
     output_dir="output/demo",
-    # tools/run_demo.py trains fewer when a timed start shows these won't fit in its time budget
+    # tools/train_demo.py trains fewer when a timed start shows these won't fit in its time budget
     max_iter=1500,
     eval_period=0,  # evaluate once, after the last iteration
     log_period=20,

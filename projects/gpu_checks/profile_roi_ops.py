@@ -13,13 +13,8 @@ import io
 
 import torch
 
-from sa_ejhead.analysis.benchmark import (
-    build_model_from_spec,
-    fix_roi_counts,
-    parse_spec,
-    random_inputs,
-    time_inference,
-)
+from sa_ejhead.analysis.measure import fix_roi_counts, random_inputs, time_inference
+from sa_ejhead.analysis.specs import build_model_from_spec, parse_spec
 
 DEFAULT_CONFIGS = [
     "base=d2://common/models/mask_rcnn_fpn.py",

@@ -19,7 +19,7 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$OUT
 $PY -c "import torch, detectron2; print(torch.__version__, torch.cuda.get_device_name(0))" | tee -a "$OUT/env.txt" || exit 1
 
 # 1. the demo on CUDA: 615 iterations, COCO box/mask AP
-$PY tools/run_demo.py --iters 615 --output-dir "$OUT/demo_cuda" --num-vis 1 --threads 8 \
+$PY tools/train_demo.py --iters 615 --output-dir "$OUT/demo_cuda" --num-vis 1 --threads 8 \
     --time-budget 0 train.device=cuda 2>&1 | tee "$OUT/demo_cuda.log" | tail -8
 # 2. the cost table with CUDA columns (FLOPs, CPU and CUDA latency, train step, memory)
 $PY tools/benchmark.py --runs 5 --threads "$THREADS" --output "$OUT/bench.json" \

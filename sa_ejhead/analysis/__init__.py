@@ -1,1 +1,2 @@
-"""Cost analysis helpers (parameters, FLOPs, latency)."""
+"""The cost tool (``tools/benchmark.py``) in parts: :mod:`.specs` (which configs), :mod:`.measure`
+(parameters, FLOPs, time, memory) and :mod:`.report` (the tables)."""

@@ -3,13 +3,11 @@
 Importing :mod:`sa_ejhead` registers ``sa_shapes_train`` and ``sa_shapes_val`` in Detectron2's
 ``DatasetCatalog``/``MetadataCatalog``. Registration is cheap: the images are generated (once, in
 a few seconds) the first time one of the two is loaded, e.g. by a data loader, or explicitly by
-:func:`prepare_sa_shapes`. The data live in ``$SA_SHAPES_ROOT`` if set, else in
-``datasets/sa_shapes/`` under the repository root.
+:func:`prepare_sa_shapes`. Where the data live: :func:`default_sa_shapes_root`.
 """
 
 import functools
 import os
-from pathlib import Path
 
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data.datasets import load_coco_json, register_coco_instances
@@ -19,6 +17,7 @@ from .validation import validate_coco_json
 
 __all__ = [
     "SA_SHAPES_DEFAULTS",
+    "SA_SHAPES_PRETRAIN",
     "default_sa_shapes_root",
     "prepare_sa_shapes",
     "register_sa_shapes",
@@ -27,18 +26,28 @@ __all__ = [
 
 # Parameters of the default set (see sa_ejhead.data.synthetic.generate_sa_shapes).
 SA_SHAPES_DEFAULTS = dict(num_train=400, num_val=80, height=192, width=256, seed=0)
+# The separate, larger set on which the demo backbone is pre-trained (the stand-in for ImageNet):
+# another seed, so none of its images is one of sa_shapes_train/val. Registered as
+# sa_shapes_pretrain_train / sa_shapes_pretrain_val, in the folder "sa_shapes_pretrain" beside
+# the default set's.
+SA_SHAPES_PRETRAIN = dict(num_train=2000, num_val=100, height=192, width=256, seed=1000)
 
 
 def default_sa_shapes_root():
-    """Return ``$SA_SHAPES_ROOT`` if set, else ``<repository>/datasets/sa_shapes``.
+    """Return the SA-Shapes folder, found as Detectron2 finds its built-in datasets.
+
+    ``$SA_SHAPES_ROOT`` if set; else ``sa_shapes`` in ``$DETECTRON2_DATASETS`` (default
+    ``datasets``, relative to the current directory: ``datasets/sa_shapes`` of the repository for
+    ``make demo`` and the tests, which run from its root). The pre-training set
+    (``sa_shapes_pretrain``) lives beside it, in the same parent folder.
 
     Returns:
         str: an absolute path.
     """
-    env = os.environ.get("SA_SHAPES_ROOT")
-    if env:
-        return os.path.abspath(os.path.expanduser(env))
-    return str(Path(__file__).resolve().parents[2] / "datasets" / "sa_shapes")
+    root = os.environ.get("SA_SHAPES_ROOT") or os.path.join(
+        os.environ.get("DETECTRON2_DATASETS", "datasets"), "sa_shapes"
+    )
+    return os.path.abspath(os.path.expanduser(root))
 
 
 def prepare_sa_shapes(root=None, **gen_kwargs):
@@ -139,6 +148,9 @@ def register_coco_instances_checked(
 def _register_builtin():
     if "sa_shapes_train" not in DatasetCatalog.list():
         register_sa_shapes()
+    if "sa_shapes_pretrain_train" not in DatasetCatalog.list():
+        root = os.path.join(os.path.dirname(default_sa_shapes_root()), "sa_shapes_pretrain")
+        register_sa_shapes(root, prefix="sa_shapes_pretrain", **SA_SHAPES_PRETRAIN)
 
 
 _register_builtin()

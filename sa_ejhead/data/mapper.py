@@ -9,16 +9,10 @@ from .validation import (
     DatasetFileNotFoundError,
     DatasetFormatError,
     DatasetImageError,
+    has_segmentation,
 )
 
 __all__ = ["CheckedDatasetMapper"]
-
-
-def _lacks_segmentation(anno):
-    """Whether ``anno`` has no mask to train on: no ``segmentation``, None, or an empty list or
-    dict (polygons, RLE and 2D mask arrays count as masks)."""
-    segm = anno.get("segmentation")
-    return segm is None or (isinstance(segm, (list, tuple, dict)) and len(segm) == 0)
 
 
 def _describe(anno):
@@ -69,7 +63,7 @@ class CheckedDatasetMapper(DatasetMapper):
             (
                 i
                 for i, anno in enumerate(annos)
-                if anno.get("iscrowd", 0) == 0 and _lacks_segmentation(anno)
+                if anno.get("iscrowd", 0) == 0 and not has_segmentation(anno)
             ),
             None,
         )
@@ -81,7 +75,7 @@ class CheckedDatasetMapper(DatasetMapper):
         else:
             what = f"has an empty 'segmentation' ({anno['segmentation']!r})"
         noncrowd = [i for i, a in enumerate(annos) if a.get("iscrowd", 0) == 0]
-        with_segm = [i for i in noncrowd if not _lacks_segmentation(annos[i])]
+        with_segm = [i for i in noncrowd if has_segmentation(annos[i])]
         if with_segm:
             others = (
                 f"while annotations[{with_segm[0]}]{_describe(annos[with_segm[0]])} has one: "

@@ -20,12 +20,15 @@ import math
 import numbers
 import os
 
+from ..errors import SAEJHeadError
+
 __all__ = [
     "DatasetError",
     "DatasetFormatError",
     "DatasetFileNotFoundError",
     "DatasetImageError",
     "BOX_ONLY_ADVICE",
+    "has_segmentation",
     "validate_coco_json",
 ]
 
@@ -45,7 +48,7 @@ BOX_ONLY_ADVICE = (
 )
 
 
-class DatasetError(Exception):
+class DatasetError(SAEJHeadError):
     """Base of the dataset errors; ``file`` and ``field`` say where the problem is.
 
     Args:
@@ -158,10 +161,12 @@ def _check_segmentation(c, segm, field, img):
         c.fail(field, f"must be a list of polygons or an RLE object, got {type(segm).__name__}")
 
 
-def _has_segmentation(ann):
-    """Whether Detectron2's ``load_coco_json`` keeps a segmentation for ``ann`` (not missing,
-    None or empty)."""
-    return bool(ann.get("segmentation"))
+def has_segmentation(anno):
+    """Whether an annotation has a mask to train on: not when ``segmentation`` is missing, None,
+    or an empty list or dict (polygons, RLE and 2D mask arrays count). The one rule of the COCO
+    file check here and of :class:`CheckedDatasetMapper`."""
+    segm = anno.get("segmentation")
+    return not (segm is None or (isinstance(segm, (list, tuple, dict)) and len(segm) == 0))
 
 
 def _check_masks_consistent(c, anns, with_segm, without_segm):
@@ -324,7 +329,7 @@ def validate_coco_json(json_file, image_root, *, require_annotations=True, check
         if ann.get("iscrowd", 0) not in (0, 1):
             c.fail(f"{f}.iscrowd", f"must be 0 or 1, got {ann['iscrowd']!r}")
         if not ann.get("iscrowd", 0):
-            (with_segm if _has_segmentation(ann) else without_segm).append(i)
+            (with_segm if has_segmentation(ann) else without_segm).append(i)
         if ann.get("ignore", 0) != 0:
             c.fail(
                 f"{f}.ignore",

@@ -14,7 +14,7 @@ from .args import (
     register_coco_dataset_specs,
     register_datasets_from_args,
 )
-from .checkpoint import AtomicDetectionCheckpointer, atomic_write
+from .checkpoint import AtomicDetectionCheckpointer, atomic_write, export_submodule_weights
 from .ddp import create_ddp_model
 from .lazy import (
     apply_lazy_overrides,
@@ -39,6 +39,7 @@ __all__ = [
     "default_argument_parser",
     "do_test",
     "do_train",
+    "export_submodule_weights",
     "apply_lazy_overrides",
     "load_lazy_config",
     "load_yacs_config",

@@ -5,9 +5,12 @@ import os
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.engine import default_argument_parser as _d2_default_argument_parser
 
+from ..errors import ConfigError
+
 __all__ = [
     "default_argument_parser",
     "add_coco_dataset_argument",
+    "add_debug_argument",
     "parse_coco_dataset_spec",
     "register_datasets_from_args",
     "register_coco_dataset_specs",
@@ -36,8 +39,21 @@ def add_coco_dataset_argument(parser):
     return parser
 
 
+def add_debug_argument(parser):
+    """Add ``--debug``: show the traceback of an input error (see :func:`sa_ejhead.errors.run_tool`).
+
+    Returns:
+        argparse.ArgumentParser: the same parser.
+    """
+    parser.add_argument(
+        "--debug", action="store_true", help="on a bad input, show the error's full traceback"
+    )
+    return parser
+
+
 def default_argument_parser(epilog=None):
-    """Detectron2's :func:`~detectron2.engine.default_argument_parser` plus ``--coco-dataset``.
+    """Detectron2's :func:`~detectron2.engine.default_argument_parser` plus ``--coco-dataset``
+    and ``--debug``.
 
     Args:
         epilog (str or None): text shown after the help.
@@ -45,9 +61,9 @@ def default_argument_parser(epilog=None):
     Returns:
         argparse.ArgumentParser: with ``--config-file``, ``--resume``, ``--eval-only``,
         ``--num-gpus``, ``--num-machines``, ``--machine-rank``, ``--dist-url``,
-        ``--coco-dataset`` and the trailing config overrides ``opts``.
+        ``--coco-dataset``, ``--debug`` and the trailing config overrides ``opts``.
     """
-    return add_coco_dataset_argument(_d2_default_argument_parser(epilog))
+    return add_debug_argument(add_coco_dataset_argument(_d2_default_argument_parser(epilog)))
 
 
 def parse_coco_dataset_spec(spec):
@@ -60,30 +76,24 @@ def parse_coco_dataset_spec(spec):
         tuple[str, str, str]: ``(name, json_file, image_root)``.
 
     Raises:
-        ValueError: malformed spec, or a file / folder that does not exist.
+        ConfigError (a ValueError): malformed spec, or a file / folder that does not exist.
     """
     name, sep, rest = spec.partition("=")
     name = name.strip()
     if not sep or not name:
-        raise ValueError(f"--coco-dataset {spec!r}: expected {_SPEC_FORMAT} (missing 'NAME=')")
+        raise ConfigError(f"--coco-dataset {spec!r}: expected {_SPEC_FORMAT} (missing 'NAME=')")
     parts = rest.split(",")
     if len(parts) != 2 or not parts[0].strip() or not parts[1].strip():
-        raise ValueError(
+        raise ConfigError(
             f"--coco-dataset {spec!r}: expected {_SPEC_FORMAT}, i.e. exactly one ',' between the "
             "annotation file and the image folder"
         )
     json_file, image_root = (p.strip() for p in parts)
     if not os.path.isfile(json_file):
-        raise ValueError(f"--coco-dataset {spec!r}: annotation file {json_file!r} does not exist")
+        raise ConfigError(f"--coco-dataset {spec!r}: annotation file {json_file!r} does not exist")
     if not os.path.isdir(image_root):
-        raise ValueError(f"--coco-dataset {spec!r}: image folder {image_root!r} does not exist")
+        raise ConfigError(f"--coco-dataset {spec!r}: image folder {image_root!r} does not exist")
     return name, json_file, image_root
-
-
-def _register(name, json_file, image_root):
-    from sa_ejhead.data import register_coco_instances_checked
-
-    register_coco_instances_checked(name, json_file, image_root)
 
 
 def register_coco_dataset_specs(specs):
@@ -98,6 +108,8 @@ def register_coco_dataset_specs(specs):
     Returns:
         list[str]: the dataset names, in order.
     """
+    from sa_ejhead.data import register_coco_instances_checked
+
     names = []
     for spec in specs or []:
         name, json_file, image_root = parse_coco_dataset_spec(spec)
@@ -107,12 +119,12 @@ def register_coco_dataset_specs(specs):
                 json_file
             ) and os.path.abspath(meta.get("image_root", "")) == os.path.abspath(image_root)
             if not same:
-                raise ValueError(
+                raise ConfigError(
                     f"--coco-dataset {spec!r}: a dataset named {name!r} is already registered "
                     "with other files; choose another NAME"
                 )
         else:
-            _register(name, json_file, image_root)
+            register_coco_instances_checked(name, json_file, image_root)
         names.append(name)
     return names
 

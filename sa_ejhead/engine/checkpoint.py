@@ -5,7 +5,7 @@ import os
 import torch
 from detectron2.checkpoint import DetectionCheckpointer
 
-__all__ = ["AtomicDetectionCheckpointer", "atomic_write"]
+__all__ = ["AtomicDetectionCheckpointer", "atomic_write", "export_submodule_weights"]
 
 
 def atomic_write(path, write_fn, *, binary=True):
@@ -37,6 +37,40 @@ def atomic_write(path, write_fn, *, binary=True):
             os.fsync(dir_fd)
         finally:
             os.close(dir_fd)
+
+
+def export_submodule_weights(checkpoint, dst, *, prefix, dtype=None):
+    """Write the weights of one part of a trained model as a checkpoint of its own.
+
+    Keeps the entries of ``checkpoint["model"]`` whose names start with ``prefix`` (names
+    unchanged, so the file loads into any model that has the same part, e.g. every detector with
+    the same ``backbone.bottom_up``), without BatchNorm's ``num_batches_tracked``; floating
+    tensors are cast to ``dtype`` if given. The file is written atomically.
+
+    Args:
+        checkpoint (str): a Detectron2 checkpoint (``{"model": state_dict, ...}``).
+        dst (str): the file to write.
+        prefix (str): e.g. ``"backbone.bottom_up."``.
+        dtype (torch.dtype or None): e.g. ``torch.float16`` to halve the file.
+
+    Returns:
+        str: the sha256 of the written file.
+    """
+    from sa_ejhead.pretrained import sha256_of
+
+    state = torch.load(checkpoint, map_location="cpu", weights_only=False)["model"]
+    part = {}
+    for name, value in state.items():
+        if not name.startswith(prefix) or name.endswith("num_batches_tracked"):
+            continue
+        if dtype is not None and value.is_floating_point():
+            value = value.to(dtype)
+        part[name] = value.contiguous()
+    if not part:
+        raise ValueError(f"{checkpoint}: no weights start with {prefix!r}")
+    os.makedirs(os.path.dirname(os.path.abspath(dst)), exist_ok=True)
+    atomic_write(dst, _TorchSave({"model": part, "__author__": "sa_ejhead"}))
+    return sha256_of(dst)
 
 
 def _is_local(path):

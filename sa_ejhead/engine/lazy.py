@@ -21,6 +21,7 @@ from detectron2.utils.registry import locate
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from torch.utils.data import IterableDataset
 
+from ..errors import ConfigError
 from .args import register_datasets_from_args
 from .checkpoint import AtomicDetectionCheckpointer
 from .ddp import create_ddp_model
@@ -62,6 +63,7 @@ def check_device(device):
 # without a "+" even in a config that does not set them (e.g. Detectron2's ``common/train.py``
 # has no ``seed``).
 _ENGINE_OPTIONAL_KEYS = ("train.seed", "train.device")
+_NAMED = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
 
 
 def _parse_override(override):
@@ -80,40 +82,30 @@ def _is_container_child(node, part):
     return OmegaConf.is_config(node[part])
 
 
-def _keyword_names(target):
-    """Named keyword arguments of a callable.
-
-    For a class: those of its ``__init__`` and, while ``**kwargs`` passes more on, its bases'.
-    """
-    names = set()
-    if isinstance(target, type):
-        inits = [c.__init__ for c in target.__mro__ if c is not object and "__init__" in vars(c)]
-    else:
-        inits = [target]
-    for init in inits:
-        params = inspect.signature(init).parameters.values()
-        kinds = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
-        names.update(p.name for p in params if p.kind in kinds)
-        if not any(p.kind == inspect.Parameter.VAR_KEYWORD for p in params):
-            break
-    names.discard("self")
-    return names
-
-
 def _target_keywords(node):
     """The keyword arguments of the LazyCall ``node``'s ``_target_`` (empty if not a LazyCall).
 
-    Only named arguments count (``**kwargs`` accepts anything, typos included); for a class, the
-    arguments of its bases' ``__init__`` that ``**kwargs`` are passed on to count too.
+    Only named arguments count (``**kwargs`` accepts anything, typos included); for a class, those
+    of its ``__init__`` and, while ``**kwargs`` passes more on, of its bases' ``__init__``.
     """
     if not isinstance(node, DictConfig) or "_target_" not in node.keys():
         return set()
     try:
         target = node._target_
         target = locate(target) if isinstance(target, str) else target
-        return _keyword_names(target)
+        if isinstance(target, type):
+            inits = [c.__init__ for c in target.__mro__[:-1] if "__init__" in vars(c)]
+        else:
+            inits = [target]
+        names = set()
+        for init in inits:
+            params = inspect.signature(init).parameters.values()
+            names.update(p.name for p in params if p.kind in _NAMED)
+            if all(p.kind != inspect.Parameter.VAR_KEYWORD for p in params):
+                break
     except Exception:  # unknown target or no signature: only the config's own keys count
         return set()
+    return names - {"self"}
 
 
 def _missing_part(cfg, key, target_args=True):
@@ -206,8 +198,8 @@ def load_lazy_config(config_file, opts=None):
         omegaconf.DictConfig: the config.
 
     Raises:
-        KeyError: an override of a key that does not exist (without ``+``), or ``+`` on a key
-            that exists.
+        ConfigError (a KeyError): an override of a key that does not exist (without ``+``), or
+            ``+`` on a key that exists.
     """
     return apply_lazy_overrides(LazyConfig.load(config_file), opts, config_file)
 
@@ -228,14 +220,14 @@ def apply_lazy_overrides(cfg, opts, config_file="<config>"):
             if missing is not None:
                 reason, parent, addable = missing
                 close = _closest_key(cfg, key, parent)
-                raise KeyError(
+                raise ConfigError(
                     f"Override {override!r}: config file {config_file!r} has no key {key!r} "
                     f"({reason})."
                     + (f" Did you mean {close!r}?" if close else "")
                     + (f" To add a new key on purpose, write '+{assignment}'." if addable else "")
                 )
         elif prefix == "+" and _missing_part(cfg, key, target_args=False) is None:
-            raise KeyError(
+            raise ConfigError(
                 f"Override {override!r}: config file {config_file!r} already has the key "
                 f"{key!r}; drop the '+' to change it (or write '++{assignment}')."
             )
@@ -312,19 +304,6 @@ def build_lazy_train_loader(cfg, seed):
     return instantiate(kwargs), sampler, samples_per_iter
 
 
-class _Evaluate:
-    """Run :func:`do_test` and remember its results (the EvalHook's function)."""
-
-    def __init__(self, cfg, model):
-        self.cfg = cfg
-        self.model = model
-        self.results = {}
-
-    def __call__(self):
-        self.results = do_test(self.cfg, self.model)
-        return self.results
-
-
 def do_test(cfg, model):
     """Evaluate ``model`` on ``cfg.dataloader.test`` with ``cfg.dataloader.evaluator``.
 
@@ -376,7 +355,12 @@ def do_train(cfg, resume=False, extra_hooks=None):
     amp = cfg.train.get("amp", {}).get("enabled", False)
     trainer = (AMPTrainer if amp else SimpleTrainer)(model, train_loader, optim)
     checkpointer = AtomicDetectionCheckpointer(model, cfg.train.output_dir, trainer=trainer)
-    evaluate = _Evaluate(cfg, model)
+    last = {}  # the results of the last evaluation
+
+    def evaluate():
+        last["results"] = do_test(cfg, model)
+        return last["results"]
+
     main = comm.is_main_process()
     trainer.register_hooks(
         [
@@ -404,7 +388,7 @@ def do_train(cfg, resume=False, extra_hooks=None):
     else:
         start_iter = 0
     trainer.train(start_iter, cfg.train.max_iter)
-    return evaluate.results
+    return last.get("results", {})
 
 
 def main(args):

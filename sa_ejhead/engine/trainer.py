@@ -4,6 +4,8 @@ import logging
 import os
 import weakref
 
+import torch
+
 from detectron2.config import get_cfg
 from detectron2.data import (
     build_detection_test_loader,
@@ -11,14 +13,18 @@ from detectron2.data import (
     get_detection_dataset_dicts,
 )
 from detectron2.engine import AMPTrainer, DefaultTrainer, SimpleTrainer, TrainerBase
+from detectron2.solver import get_default_optimizer_params
+from detectron2.solver.build import maybe_add_gradient_clipping
 from detectron2.engine import default_setup
 from detectron2.utils import comm
 from detectron2.utils.env import seed_all_rng
 from detectron2.utils.logger import setup_logger
 
 from sa_ejhead.config import add_sa_ejhead_config
+from sa_ejhead.errors import ConfigError
 from sa_ejhead.data import CheckedDatasetMapper
 from sa_ejhead.evaluation import COCOEvaluator
+from sa_ejhead.solver import ParamLRFactor, fc1_prefixes
 
 from .args import register_datasets_from_args
 from .checkpoint import AtomicDetectionCheckpointer
@@ -46,7 +52,10 @@ class Trainer(DefaultTrainer):
         Args:
             cfg (CfgNode): a full config (``get_cfg()`` + ``add_sa_ejhead_config`` + a YAML).
         """
-        # Same construction order as DefaultTrainer.__init__, with our DDP and checkpointer.
+        # A copy of detectron2.engine.DefaultTrainer.__init__ (Detectron2 0.7.2), in the same
+        # order, with: the seed set before the model is built, a resumable sampler, our
+        # create_ddp_model (which also wraps CPU models; Detectron2's calls its own module-level
+        # create_ddp_model, which a subclass cannot replace) and the atomic checkpointer.
         TrainerBase.__init__(self)
         logger = logging.getLogger("detectron2")
         if not logger.isEnabledFor(logging.INFO):
@@ -74,6 +83,33 @@ class Trainer(DefaultTrainer):
         self.max_iter = cfg.SOLVER.MAX_ITER
         self.cfg = cfg
         self.register_hooks(self.build_hooks())
+
+    @classmethod
+    def build_optimizer(cls, cfg, model):
+        """Detectron2's SGD, with the box head's fc1 at ``SOLVER.ENRICHED_FC1_LR_FACTOR`` of the
+        base lr (docs/design.md, "The Enriched Feature's first fc"); at 1.0 it is Detectron2's
+        ``build_optimizer`` itself, otherwise the same SGD arguments as that function
+        (Detectron2 0.7.2) plus the factor."""
+        factor = cfg.SOLVER.ENRICHED_FC1_LR_FACTOR
+        stages = len(cfg.MODEL.ROI_BOX_CASCADE_HEAD.IOUS)  # the box heads of a cascade, if one
+        if factor == 1.0:
+            return super().build_optimizer(cfg, model)
+        params = get_default_optimizer_params(
+            model,
+            base_lr=cfg.SOLVER.BASE_LR,
+            weight_decay_norm=cfg.SOLVER.WEIGHT_DECAY_NORM,
+            bias_lr_factor=cfg.SOLVER.BIAS_LR_FACTOR,
+            weight_decay_bias=cfg.SOLVER.WEIGHT_DECAY_BIAS,
+            lr_factor_func=ParamLRFactor(fc1_prefixes(0) + fc1_prefixes(stages), factor),
+        )
+        sgd = torch.optim.SGD(
+            params,
+            lr=cfg.SOLVER.BASE_LR,
+            momentum=cfg.SOLVER.MOMENTUM,
+            nesterov=cfg.SOLVER.NESTEROV,
+            weight_decay=cfg.SOLVER.WEIGHT_DECAY,
+        )
+        return maybe_add_gradient_clipping(cfg, sgd)
 
     @classmethod
     def build_train_sampler(cls, cfg, seed):
@@ -182,8 +218,8 @@ def load_yacs_config(config_file="", opts=None):
         CfgNode: the config (not frozen).
 
     Raises:
-        KeyError: an unknown key, with the file (or the command line) that set it.
-        ValueError: a value of the wrong type, likewise.
+        ConfigError (a KeyError and a ValueError): an unknown key or a value of the wrong type,
+            with the file (or the command line) that set it.
     """
     cfg = add_sa_ejhead_config(get_cfg())
     if config_file:
@@ -191,21 +227,21 @@ def load_yacs_config(config_file="", opts=None):
         try:
             cfg.merge_from_file(config_file)
         except KeyError as e:
-            raise KeyError(
+            raise ConfigError(
                 f"{_message(e)} {where}; the keys of sa-ejhead come from add_sa_ejhead_config"
             ) from e
         except ValueError as e:
-            raise ValueError(f"{_message(e)} {where}") from e
+            raise ConfigError(f"{_message(e)} {where}") from e
     if opts:
         try:
             cfg.merge_from_list(list(opts))
         except (KeyError, AssertionError) as e:
             # yacs asserts "Non-existent key" and "odd length" for command-line overrides.
             if "Non-existent" in _message(e):
-                raise KeyError(f"{_message(e)} in the command-line overrides") from e
-            raise ValueError(f"{_message(e)} in the command-line overrides {opts}") from e
+                raise ConfigError(f"{_message(e)} in the command-line overrides") from e
+            raise ConfigError(f"{_message(e)} in the command-line overrides {opts}") from e
         except ValueError as e:
-            raise ValueError(f"{_message(e)} in the command-line overrides") from e
+            raise ConfigError(f"{_message(e)} in the command-line overrides") from e
     return cfg
 
 

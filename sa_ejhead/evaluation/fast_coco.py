@@ -12,12 +12,13 @@ import contextlib
 import io
 import itertools
 import json
-import os
+from unittest import mock
 
 from pycocotools.coco import COCO as PyCOCO
 from pycocotools.cocoeval import COCOeval as PyCOCOeval
 
 from detectron2.evaluation import COCOEvaluator as _D2COCOEvaluator
+from detectron2.evaluation import coco_evaluation
 from detectron2.evaluation.coco_evaluation import _evaluate_predictions_on_coco
 from detectron2.utils.file_io import PathManager
 
@@ -146,50 +147,23 @@ class COCOEvaluator(_D2COCOEvaluator):
             self._logger.info("faster-coco-eval is not installed; using pycocotools' COCOeval.")
 
     def _eval_predictions(self, predictions, img_ids=None):
-        """Evaluate predictions with the selected COCOeval; fill ``self._results``."""
-        coco_results = list(itertools.chain(*[x["instances"] for x in predictions]))
-        tasks = self._tasks or self._tasks_from_predictions(coco_results)
-        self._map_to_dataset_category_ids(coco_results)
+        """Detectron2's ``_eval_predictions``, with the COCOeval of :func:`get_cocoeval_class`.
 
-        if self._output_dir:
-            file_path = os.path.join(self._output_dir, "coco_instances_results.json")
-            self._logger.info("Saving results to {}".format(file_path))
-            with PathManager.open(file_path, "w") as f:
-                f.write(json.dumps(coco_results))
-        if not self._do_evaluation:
-            self._logger.info("Annotations are not available for evaluation.")
-            return
-
-        cocoeval_fn = get_cocoeval_class(self._use_fast_impl)
-        self._logger.info("Evaluating predictions with {} ...".format(cocoeval_fn.__module__))
-        for task in sorted(tasks):
-            if task not in {"bbox", "segm", "keypoints"}:
-                raise ValueError(f"Got unknown task: {task}!")
-            coco_eval = None  # no predictions: NaN metrics, as Detectron2
-            if coco_results:
-                coco_eval = _evaluate_predictions_on_coco(
-                    self._coco_api,
-                    coco_results,
-                    task,
-                    kpt_oks_sigmas=self._kpt_oks_sigmas,
-                    cocoeval_fn=cocoeval_fn if task != "keypoints" else PyCOCOeval,
-                    img_ids=img_ids,
-                    max_dets_per_image=self._max_dets_per_image,
-                )
-            self._results[task] = self._derive_coco_results(
-                coco_eval, task, class_names=self._metadata.get("thing_classes")
-            )
-
-    def _map_to_dataset_category_ids(self, coco_results):
-        """Map contiguous class ids of ``coco_results`` back to the dataset's ids, in place."""
-        id_map = getattr(self._metadata, "thing_dataset_id_to_contiguous_id", None)
-        if id_map is None:
-            return
-        reverse = {contiguous: dataset_id for dataset_id, contiguous in id_map.items()}
-        for result in coco_results:
-            if result["category_id"] not in reverse:
+        Detectron2 0.7.2's method evaluates with its module's ``COCOeval_opt`` (the compiled
+        evaluator, which needs ``detectron2._C``) when ``_use_fast_impl``; during the call that
+        name is faster-coco-eval's (keypoints stay on pycocotools). A class id that the dataset
+        does not have raises ValueError (Detectron2 asserts).
+        """
+        id_map = self._metadata.get("thing_dataset_id_to_contiguous_id", None)
+        for result in itertools.chain(*[x["instances"] for x in predictions]):
+            if id_map is not None and not 0 <= result["category_id"] < len(id_map):
                 raise ValueError(
                     f"A prediction has class={result['category_id']}, but the dataset only has "
-                    f"{len(reverse)} classes (ids 0..{len(reverse) - 1})."
+                    f"{len(id_map)} classes (ids 0..{len(id_map) - 1})."
                 )
-            result["category_id"] = reverse[result["category_id"]]
+        with mock.patch.object(coco_evaluation, "COCOeval_opt", _faster_unless_keypoints):
+            super()._eval_predictions(predictions, img_ids)
+
+
+def _faster_unless_keypoints(coco_gt, coco_dt, iou_type):
+    return (PyCOCOeval if iou_type == "keypoints" else FasterCOCOeval)(coco_gt, coco_dt, iou_type)

@@ -3,13 +3,11 @@
 from typing import List
 
 import fvcore.nn.weight_init as weight_init
-import numpy as np
-import torch
 from torch import nn
 
 from detectron2.config import configurable
-from detectron2.layers import Conv2d, ShapeSpec, get_norm
-from detectron2.modeling.roi_heads import ROI_BOX_HEAD_REGISTRY
+from detectron2.layers import Conv2d, ShapeSpec
+from detectron2.modeling.roi_heads import ROI_BOX_HEAD_REGISTRY, FastRCNNConvFCHead
 
 __all__ = ["EJFastRCNNConvFCHead", "BOX_FC_INPUTS"]
 
@@ -19,18 +17,17 @@ __all__ = ["EJFastRCNNConvFCHead", "BOX_FC_INPUTS"]
 BOX_FC_INPUTS = ("flatten", "avgpool", "stride2conv")
 
 
-# Like FastRCNNConvFCHead this is an nn.Sequential whose children run in the order they were added
-# (torchscript/tracing friendly), so the optional input reduction is the first child.
 @ROI_BOX_HEAD_REGISTRY.register()
-class EJFastRCNNConvFCHead(nn.Sequential):
+class EJFastRCNNConvFCHead(FastRCNNConvFCHead):
     """
-    A box head of [input reduction] + 3x3 convs (norm, ReLU) + fcs (ReLU), for the 14x14 RoI
-    features of EJ-Head's "Enriched Feature".
+    Detectron2's ``FastRCNNConvFCHead`` (3x3 convs + fcs) with a choice of input reduction, for
+    the 14x14 RoI features of EJ-Head's "Enriched Feature".
 
-    With ``box_fc_input="flatten"`` it is exactly Detectron2's ``FastRCNNConvFCHead`` (same child
-    names, same init). The other inputs shrink the feature before the convs/fcs:
-    ``"avgpool"`` (2x2 average pooling, no parameters) and ``"stride2conv"`` (3x3 stride-2 conv +
-    ReLU, named ``fc_input``).
+    With ``box_fc_input="flatten"`` it is exactly ``FastRCNNConvFCHead`` (same child names, same
+    init, so checkpoints load both ways). The other inputs shrink the feature before the
+    convs/fcs: ``"avgpool"`` (2x2 average pooling, no parameters, child ``fc_input_pool``) and
+    ``"stride2conv"`` (3x3 stride-2 conv + ReLU, child ``fc_input``). The reduction is the first
+    child of the ``nn.Sequential``, so Detectron2's ``forward`` runs it first.
     """
 
     @configurable
@@ -46,85 +43,45 @@ class EJFastRCNNConvFCHead(nn.Sequential):
         """
         Args:
             input_shape (ShapeSpec): shape of the pooled RoI feature (e.g. 256 x 14 x 14).
-            conv_dims (list[int]): output channels of the 3x3 conv layers.
-            fc_dims (list[int]): output dimensions of the fc layers.
-            conv_norm (str or callable): normalization of the conv layers, see
-                :func:`detectron2.layers.get_norm`.
+            conv_dims, fc_dims, conv_norm: as :class:`FastRCNNConvFCHead`.
             box_fc_input (str): one of ``BOX_FC_INPUTS``.
         """
-        super().__init__()
         if box_fc_input not in BOX_FC_INPUTS:
             raise ValueError(
                 f"Unknown box_fc_input '{box_fc_input}'; expected one of {BOX_FC_INPUTS}"
             )
         if len(conv_dims) + len(fc_dims) == 0:
             raise ValueError("EJFastRCNNConvFCHead needs at least one conv or fc layer")
-        self.box_fc_input = box_fc_input
         channels, height, width = input_shape.channels, input_shape.height, input_shape.width
-
+        reduction = None
         if box_fc_input == "avgpool":
-            self.add_module("fc_input_pool", nn.AvgPool2d(kernel_size=2, stride=2))
+            reduction = ("fc_input_pool", nn.AvgPool2d(kernel_size=2, stride=2))
             height, width = height // 2, width // 2
         elif box_fc_input == "stride2conv":
-            reduce = Conv2d(
+            conv = Conv2d(
                 channels, channels, kernel_size=3, stride=2, padding=1, activation=nn.ReLU()
             )
-            weight_init.c2_msra_fill(reduce)
-            self.add_module("fc_input", reduce)
+            weight_init.c2_msra_fill(conv)  # before the layers below, as their random init
+            reduction = ("fc_input", conv)
             height, width = (height + 1) // 2, (width + 1) // 2
-
-        self.conv_norm_relus = []
-        for k, conv_dim in enumerate(conv_dims):
-            conv = Conv2d(
-                channels,
-                conv_dim,
-                kernel_size=3,
-                padding=1,
-                bias=not conv_norm,
-                norm=get_norm(conv_norm, conv_dim),
-                activation=nn.ReLU(),
-            )
-            self.add_module(f"conv{k + 1}", conv)
-            self.conv_norm_relus.append(conv)
-            channels = conv_dim
-        self._output_size = (channels, height, width)
-
-        self.fcs = []
-        for k, fc_dim in enumerate(fc_dims):
-            if k == 0:
-                self.add_module("flatten", nn.Flatten())
-            fc = nn.Linear(int(np.prod(self._output_size)), fc_dim)
-            self.add_module(f"fc{k + 1}", fc)
-            self.add_module(f"fc_relu{k + 1}", nn.ReLU())
-            self.fcs.append(fc)
-            self._output_size = fc_dim
-
-        for layer in self.conv_norm_relus:
-            weight_init.c2_msra_fill(layer)
-        for layer in self.fcs:
-            weight_init.c2_xavier_fill(layer)
+        super().__init__(
+            ShapeSpec(channels=channels, height=height, width=width),
+            conv_dims=conv_dims,
+            fc_dims=fc_dims,
+            conv_norm=conv_norm,
+        )
+        self.box_fc_input = box_fc_input
+        if reduction is not None:  # first child: nn.Sequential runs its children in order
+            layers = list(self._modules.items())
+            self._modules.clear()
+            for name, module in [reduction] + layers:
+                self.add_module(name, module)
 
     @classmethod
     def from_config(cls, cfg, input_shape):
-        return {
-            "input_shape": input_shape,
-            "conv_dims": [cfg.MODEL.ROI_BOX_HEAD.CONV_DIM] * cfg.MODEL.ROI_BOX_HEAD.NUM_CONV,
-            "fc_dims": [cfg.MODEL.ROI_BOX_HEAD.FC_DIM] * cfg.MODEL.ROI_BOX_HEAD.NUM_FC,
-            "conv_norm": cfg.MODEL.ROI_BOX_HEAD.NORM,
-            "box_fc_input": cfg.MODEL.EJ_HEAD.BOX_FC_INPUT,
-        }
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """
-        Args:
-            x (Tensor): R x C x H x W pooled RoI features.
-
-        Returns:
-            Tensor: R x fc_dims[-1] (or R x C' x H' x W' without fcs).
-        """
-        for layer in self:
-            x = layer(x)
-        return x
+        ret = super().from_config(cfg, input_shape)
+        ret["box_fc_input"] = cfg.MODEL.EJ_HEAD.BOX_FC_INPUT
+        return ret
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         # A layer is loaded whole or not at all. Detectron2's checkpointer skips tensors one by one
@@ -137,15 +94,3 @@ class EJFastRCNNConvFCHead(nn.Sequential):
                 if weight not in state_dict:
                     state_dict.pop(bias)
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
-
-    @property
-    @torch.jit.unused
-    def output_shape(self) -> ShapeSpec:
-        """
-        Returns:
-            ShapeSpec: the output feature shape.
-        """
-        o = self._output_size
-        if isinstance(o, int):
-            return ShapeSpec(channels=o)
-        return ShapeSpec(channels=o[0], height=o[1], width=o[2])

@@ -1,6 +1,6 @@
 """EJ-Head: Mask R-CNN ROI heads with Enriched Feature, shared Boundary Refinement and Interleaving.
 
-See DESIGN.md section 3. Both classes only override Detectron2's narrow hooks (box/mask forward,
+See docs/design.md, EJ-Head. Both classes only override Detectron2's narrow hooks (box/mask forward,
 the cascade stage, the box-head builder); the training ``forward`` is overridden only when
 interleaving is on, because the re-matching needs all the ground truth of each image, which
 ``StandardROIHeads.forward`` does not hand to the mask branch.
@@ -55,18 +55,44 @@ def _box_pooler_at(cfg, input_shape, resolution: int) -> ROIPooler:
 class _EJHeadMixin:
     """The parts of EJ-Head common to the single-stage and the cascade ROI heads."""
 
-    def _init_ej_head(
+    @configurable
+    def __init__(
         self,
         *,
-        refinement: Optional[nn.Module],
-        refinement_scope: str,
-        box_refinement_downsample: int,
-        interleave: bool,
-        interleave_append_gt: bool,
-        interleave_iou_threshold: float,
-        interleave_max_positives: int,
-        threaded_pooling: bool,
+        refinement: Optional[nn.Module] = None,
+        refinement_scope: str = "shared",
+        box_refinement_downsample: int = 1,
+        interleave: bool = False,
+        interleave_append_gt: bool = True,
+        interleave_iou_threshold: float = 0.5,
+        interleave_max_positives: int = 128,
+        threaded_pooling: bool = True,
+        **kwargs,
     ):
+        """
+        Args:
+            refinement (nn.Module or None): applied to the pooled RoI features (R x C x S x S ->
+                same shape), e.g. :class:`BoundaryRefinement`; None for no refinement.
+            refinement_scope (str): "shared" (box and mask RoIs, one set of parameters) or
+                "box" (box RoIs only).
+            box_refinement_downsample (int): efficiency lever; 1 (faithful) refines the box RoIs
+                at the pooler's resolution, k > 1 average-pools them by k first (14x14 -> 7x7 for
+                k=2; the box head then takes the smaller input). Mask RoIs are never downsampled.
+            interleave (bool): train the mask branch on the regressed boxes.
+            interleave_append_gt (bool): re-append the GT boxes to the interleaved positives.
+            interleave_iou_threshold (float): IoU for a regressed box to be a positive.
+            interleave_max_positives (int): at most this many mask positives per image.
+            threaded_pooling (bool): in inference on the CPU, split the RoIAlign of the box/mask
+                poolers over the torch threads (:class:`ThreadedROIAlign`; same output).
+            kwargs: the arguments of :class:`StandardROIHeads` (or :class:`CascadeROIHeads`).
+        """
+        super().__init__(**kwargs)
+        # a wrong type fails here, not at the first forward (e.g. refinement="none")
+        if refinement is not None and not isinstance(refinement, nn.Module):
+            raise TypeError(
+                f"refinement must be an nn.Module (e.g. BoundaryRefinement(channels, "
+                f"mode=...)) or None, got {type(refinement).__name__} {refinement!r}"
+            )
         if refinement_scope not in REFINEMENT_SCOPES:
             raise ValueError(
                 f"Unknown refinement_scope '{refinement_scope}'; expected one of "
@@ -112,19 +138,21 @@ class _EJHeadMixin:
                     use_threaded_roi_align(getattr(self, name))
 
     @classmethod
-    def _ej_head_kwargs(cls, cfg, input_shape) -> Dict:
+    def from_config(cls, cfg, input_shape):
+        ret = super().from_config(cfg, input_shape)
         ej = cfg.MODEL.EJ_HEAD
         channels = input_shape[cfg.MODEL.ROI_HEADS.IN_FEATURES[0]].channels
-        return {
-            "refinement": build_refinement(cfg, channels),
-            "refinement_scope": ej.REFINEMENT_SCOPE,
-            "box_refinement_downsample": ej.BOX_REFINEMENT_DOWNSAMPLE,
-            "interleave": ej.INTERLEAVE,
-            "interleave_append_gt": ej.INTERLEAVE_APPEND_GT,
-            "interleave_iou_threshold": ej.INTERLEAVE_IOU_THRESHOLD,
-            "interleave_max_positives": ej.INTERLEAVE_MAX_POSITIVES,
-            "threaded_pooling": ej.THREADED_POOLING,
-        }
+        ret.update(
+            refinement=build_refinement(cfg, channels),
+            refinement_scope=ej.REFINEMENT_SCOPE,
+            box_refinement_downsample=ej.BOX_REFINEMENT_DOWNSAMPLE,
+            interleave=ej.INTERLEAVE,
+            interleave_append_gt=ej.INTERLEAVE_APPEND_GT,
+            interleave_iou_threshold=ej.INTERLEAVE_IOU_THRESHOLD,
+            interleave_max_positives=ej.INTERLEAVE_MAX_POSITIVES,
+            threaded_pooling=ej.THREADED_POOLING,
+        )
+        return ret
 
     @classmethod
     def _init_box_head(cls, cfg, input_shape):
@@ -267,10 +295,10 @@ class _EJHeadMixin:
     ) -> List[Instances]:
         """
         Build the mask branch's training instances from the box branch's regressed boxes
-        (DESIGN.md section 3, steps 2-4): drop the boxes regressed from appended GT proposals,
-        clip, drop empty boxes, re-match to the GT at the IoU threshold (no low-quality
-        matches), re-append the GT boxes (``interleave_append_gt``) and keep at most
-        ``interleave_max_positives`` random positives.
+        (docs/design.md, EJ-Head, interleaving steps 2-4): drop the boxes regressed from
+        appended GT proposals, clip, drop empty boxes, re-match to the GT at the IoU threshold
+        (no low-quality matches), re-append the GT boxes (``interleave_append_gt``) and keep at
+        most ``interleave_max_positives`` random positives.
 
         Args:
             boxes (list[Tensor]): per image, Ri x 4 regressed boxes (detached).
@@ -329,7 +357,7 @@ class _EJHeadMixin:
 class EJROIHeads(_EJHeadMixin, StandardROIHeads):
     """
     The EJ-Head (Effective Joint Head) of the paper: ``StandardROIHeads`` with three independent
-    switches (DESIGN.md section 3):
+    switches (docs/design.md, EJ-Head):
 
     1. Enriched Feature: the ``box_pooler`` at 14x14 (its ``output_size``), with a box head for
        14x14 inputs (:class:`EJFastRCNNConvFCHead`, ``box_fc_input``);
@@ -341,57 +369,9 @@ class EJROIHeads(_EJHeadMixin, StandardROIHeads):
 
     With ``refinement=None``, ``interleave=False``, ``box_refinement_downsample=1`` and a 7x7
     pooler it is exactly ``StandardROIHeads``. Inference is Mask R-CNN's: masks are predicted on
-    the post-NMS boxes (refined by the shared refinement).
+    the post-NMS boxes (refined by the shared refinement). Arguments: those of
+    ``_EJHeadMixin.__init__``, and of :class:`StandardROIHeads` for the rest.
     """
-
-    @configurable
-    def __init__(
-        self,
-        *,
-        refinement: Optional[nn.Module] = None,
-        refinement_scope: str = "shared",
-        box_refinement_downsample: int = 1,
-        interleave: bool = False,
-        interleave_append_gt: bool = True,
-        interleave_iou_threshold: float = 0.5,
-        interleave_max_positives: int = 128,
-        threaded_pooling: bool = True,
-        **kwargs,
-    ):
-        """
-        Args:
-            refinement (nn.Module or None): applied to the pooled RoI features (R x C x S x S ->
-                same shape), e.g. :class:`BoundaryRefinement`; None for no refinement.
-            refinement_scope (str): "shared" (box and mask RoIs, one set of parameters) or
-                "box" (box RoIs only).
-            box_refinement_downsample (int): efficiency lever; 1 (faithful) refines the box RoIs
-                at the pooler's resolution, k > 1 average-pools them by k first (14x14 -> 7x7 for
-                k=2; the box head then takes the smaller input). Mask RoIs are never downsampled.
-            interleave (bool): train the mask branch on the regressed boxes.
-            interleave_append_gt (bool): re-append the GT boxes to the interleaved positives.
-            interleave_iou_threshold (float): IoU for a regressed box to be a positive.
-            interleave_max_positives (int): at most this many mask positives per image.
-            threaded_pooling (bool): in inference on the CPU, split the RoIAlign of the box/mask
-                poolers over the torch threads (:class:`ThreadedROIAlign`; same output).
-            kwargs: the arguments of :class:`StandardROIHeads`.
-        """
-        super().__init__(**kwargs)
-        self._init_ej_head(
-            refinement=refinement,
-            refinement_scope=refinement_scope,
-            box_refinement_downsample=box_refinement_downsample,
-            interleave=interleave,
-            interleave_append_gt=interleave_append_gt,
-            interleave_iou_threshold=interleave_iou_threshold,
-            interleave_max_positives=interleave_max_positives,
-            threaded_pooling=threaded_pooling,
-        )
-
-    @classmethod
-    def from_config(cls, cfg, input_shape):
-        ret = super().from_config(cfg, input_shape)
-        ret.update(cls._ej_head_kwargs(cfg, input_shape))
-        return ret
 
     def _box_predictions(self, features: Dict[str, torch.Tensor], proposals: List[Instances]):
         features = [features[f] for f in self.box_in_features]
@@ -442,44 +422,8 @@ class EJCascadeROIHeads(_EJHeadMixin, CascadeROIHeads):
     refinement; with interleaving the mask branch trains on the last stage's regressed boxes,
     re-matched to the GT at ``interleave_iou_threshold``.
 
-    Arguments are those of :class:`EJROIHeads` and :class:`CascadeROIHeads`.
+    Arguments: those of :class:`EJROIHeads`, and of :class:`CascadeROIHeads` for the rest.
     """
-
-    @configurable
-    def __init__(
-        self,
-        *,
-        refinement: Optional[nn.Module] = None,
-        refinement_scope: str = "shared",
-        box_refinement_downsample: int = 1,
-        interleave: bool = False,
-        interleave_append_gt: bool = True,
-        interleave_iou_threshold: float = 0.5,
-        interleave_max_positives: int = 128,
-        threaded_pooling: bool = True,
-        **kwargs,
-    ):
-        """
-        Args:
-            See :class:`EJROIHeads`; ``kwargs`` are the arguments of :class:`CascadeROIHeads`.
-        """
-        super().__init__(**kwargs)
-        self._init_ej_head(
-            refinement=refinement,
-            refinement_scope=refinement_scope,
-            box_refinement_downsample=box_refinement_downsample,
-            interleave=interleave,
-            interleave_append_gt=interleave_append_gt,
-            interleave_iou_threshold=interleave_iou_threshold,
-            interleave_max_positives=interleave_max_positives,
-            threaded_pooling=threaded_pooling,
-        )
-
-    @classmethod
-    def from_config(cls, cfg, input_shape):
-        ret = super().from_config(cfg, input_shape)
-        ret.update(cls._ej_head_kwargs(cfg, input_shape))
-        return ret
 
     def _run_stage(self, features: List[torch.Tensor], proposals: List[Instances], stage: int):
         """Like :meth:`CascadeROIHeads._run_stage`, with the refinement on the pooled RoIs."""

@@ -27,20 +27,38 @@ class BoundaryRefinement(nn.Module):
     * ``"conv1"`` / ``"conv2"`` / ``"conv3"``: N stacked ``relu(conv3x3(.))``, no shortcut;
     * ``"none"``: identity, no parameters.
 
-    Efficiency lever (not in the paper, DESIGN.md section 7): ``bottleneck_channels=c`` with
+    ``last_relu`` sets whether the block's last conv is followed by a ReLU: ``None`` keeps each
+    mode's own ending (ReLU after the stacked convs, none before the shortcut: the v1 ablation's
+    rows); ``False`` ends every mode with a linear conv, so that the Table 5 rows differ only in
+    the paper's variable (stacked convs vs shortcut). ``zero_init_last=True`` initialises the
+    last conv at zero, so that the residual block starts as the identity (a common choice for
+    add-on residual blocks; the paper says nothing about it).
+
+    Efficiency lever (not in the paper; docs/design.md, Costs): ``bottleneck_channels=c`` with
     ``0 < c < channels`` runs the residual branch on ``c`` channels:
     ``x + expand1x1(relu(conv3x3(relu(conv3x3(relu(reduce1x1(x)))))))``.
     ``0`` (default) keeps the faithful block.
     """
 
     @configurable
-    def __init__(self, channels: int, *, mode: str = "residual", bottleneck_channels: int = 0):
+    def __init__(
+        self,
+        channels: int,
+        *,
+        mode: str = "residual",
+        bottleneck_channels: int = 0,
+        last_relu: Optional[bool] = None,
+        zero_init_last: bool = False,
+    ):
         """
         Args:
             channels (int): channels of the RoI features (input and output).
             mode (str): one of ``REFINEMENT_MODES``.
             bottleneck_channels (int): 0 for the faithful block; otherwise the width of the
                 residual branch (``mode="residual"`` only), between 1 and ``channels - 1``.
+            last_relu (bool or None): ReLU after the last conv; None: the mode's own ending
+                (True for ``conv1..3``, False for ``residual``).
+            zero_init_last (bool): initialise the last conv's weight and bias at zero.
         """
         super().__init__()
         if mode not in REFINEMENT_MODES:
@@ -61,6 +79,10 @@ class BoundaryRefinement(nn.Module):
         self.mode = mode
         self.bottleneck_channels = bottleneck_channels
         self.residual = mode == "residual"
+        if last_relu is not None and not isinstance(last_relu, bool):
+            raise TypeError(f"last_relu must be None or a bool, got {last_relu!r}")
+        self.last_relu = (not self.residual) if last_relu is None else last_relu
+        self.zero_init_last = bool(zero_init_last)
 
         width = bottleneck_channels or channels
         layers = []
@@ -75,6 +97,9 @@ class BoundaryRefinement(nn.Module):
             self.add_module(name, layer)
             weight_init.c2_msra_fill(layer)
         self._layer_names = [name for name, _ in layers]
+        if zero_init_last and layers:
+            nn.init.zeros_(layers[-1][1].weight)
+            nn.init.zeros_(layers[-1][1].bias)
 
     @classmethod
     def from_config(cls, cfg, channels):
@@ -96,14 +121,18 @@ class BoundaryRefinement(nn.Module):
         names = self._layer_names
         for i, name in enumerate(names):
             y = getattr(self, name)(y)
-            # ReLU after every layer, except the last one of the residual branch (the
-            # shortcut is added to a linear output, as in the paper's Fig. 3).
-            if not (self.residual and i == len(names) - 1):
+            # ReLU after every layer but the last; after the last one as ``last_relu`` says (by
+            # default not in the residual branch, whose output is added to the shortcut, as in
+            # the paper's Fig. 3)
+            if i < len(names) - 1 or self.last_relu:
                 y = F.relu(y)
         return x + y if self.residual else y
 
     def extra_repr(self) -> str:
-        return f"mode={self.mode}, bottleneck_channels={self.bottleneck_channels}"
+        return (
+            f"mode={self.mode}, bottleneck_channels={self.bottleneck_channels}, "
+            f"last_relu={self.last_relu}, zero_init_last={self.zero_init_last}"
+        )
 
 
 def build_refinement(cfg, channels: int) -> Optional[BoundaryRefinement]:

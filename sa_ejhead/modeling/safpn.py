@@ -1,4 +1,4 @@
-"""SA-FPN: the Scale Aware Feature Pyramid Network of Ni & Yao (DESIGN.md section 2).
+"""SA-FPN: the Scale Aware Feature Pyramid Network of Ni & Yao (docs/design.md, SA-FPN).
 
 A drop-in replacement for Detectron2's :class:`~detectron2.modeling.backbone.FPN`: same inputs,
 same ``p2..p6`` outputs, same ``size_divisibility`` / ``padding_constraints``, and in ``td`` mode
@@ -157,6 +157,11 @@ class SAFPN(Backbone):
         super().__init__()
         if not isinstance(bottom_up, Backbone):
             raise TypeError(f"SAFPN: bottom_up must be a Backbone, got {type(bottom_up)}")
+        if top_block is not None and not isinstance(top_block, nn.Module):
+            raise TypeError(
+                f"SAFPN: top_block must be an nn.Module (e.g. LastLevelMaxPool()) or None, got "
+                f"{type(top_block).__name__} {top_block!r}"
+            )
         if not in_features:
             raise ValueError("SAFPN: in_features must not be empty")
         if mode not in SAFPN_MODES:

@@ -1,6 +1,6 @@
 # Mask R-CNN with the EJ-Head (paper Table 2 "Mask R-CNN + EJ-Head"): Detectron2's
-# common/models/mask_rcnn_fpn.py with EJROIHeads. The three switches of DESIGN.md section 3 are
-# independent (Table 4 / Table 5 rows):
+# common/models/mask_rcnn_fpn.py with EJROIHeads. The three switches (docs/design.md, EJ-Head)
+# are independent (Table 4 / Table 5 rows):
 #   Enriched Feature:     box_pooler.output_size = 14 and a box head for 14x14 inputs
 #                         (box_head.box_fc_input: "flatten" (faithful) | "avgpool" | "stride2conv");
 #                         7 with box_head.input_shape 7x7 turns it off.

@@ -1,4 +1,4 @@
-# Mask R-CNN + SA-FPN + EJ-Head, efficient setting (not in the paper; DESIGN.md section 7): the
+# Mask R-CNN + SA-FPN + EJ-Head, efficient setting (not in the paper; docs/design.md, Costs): the
 # faithful model (mask_rcnn_safpn_ejhead.py) costs about twice the Mask R-CNN R50-FPN baseline in
 # FLOPs, this one stays within 1.25x of it in FLOPs and CPU latency (docs/benchmark.md, measured
 # with tools/benchmark.py). Every lever is spelled out; everything else is the faithful model.

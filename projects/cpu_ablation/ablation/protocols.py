@@ -1,0 +1,261 @@
+"""The ablation's protocols: which configs form which table, where their runs and results live.
+
+* ``v1`` (from scratch): the demo-sized rows trained from random initialisation, RoIs assigned
+  to levels at canonical size 36, 615 iterations; finished, its hashes pinned. Its ``D``
+  tables are the diagnostics that led to v2.
+* ``v2`` (pretrained): every row starts from the committed pre-trained backbone, with RoI
+  geometry like COCO's, equal positive caps and one variable per row (``configs_v2/_base.py``).
+
+A table is ``(title, leading column names, rows, metrics)``; a row is ``(config, leading cells)``.
+A claim is one sentence of the paper's Tables 2-5 as ``(table, text, better, worse, metrics)``:
+``better`` should beat ``worse`` on each of ``metrics`` (``(task, metric)`` pairs).
+"""
+
+import os
+from dataclasses import dataclass, field
+from typing import Dict, List, Tuple
+
+HERE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # projects/cpu_ablation
+REPO_ROOT = os.path.dirname(os.path.dirname(HERE))
+
+AP_SML = ("AP", "APs", "APm", "APl")
+AP_DIAG = ("AP", "AP50", "AP75", "APs", "APm", "APl")
+BOX_MASK = (("bbox", "AP"), ("segm", "AP"))
+
+_T2_R18 = [
+    ("baseline", ["Mask R-CNN (Baseline)", "ResNet18-FPN"]),
+    ("safpn", ["Mask R-CNN + SA-FPN", "ResNet18-FPN"]),
+    ("ejhead", ["Mask R-CNN + EJ-Head", "ResNet18-FPN"]),
+    ("safpn_ejhead", ["Mask R-CNN + SA-FPN + EJ-Head (Ours)", "ResNet18-FPN"]),
+]
+_T2_MORE = [
+    ("r34_baseline", ["Mask R-CNN", "ResNet34-FPN"]),
+    ("r34_safpn_ejhead", ["Mask R-CNN + SA-FPN + EJ-Head (Ours)", "ResNet34-FPN"]),
+    ("cascade_baseline", ["Cascade Mask R-CNN", "ResNet18-FPN"]),
+    ("cascade_safpn_ejhead", ["Cascade Mask R-CNN + SA-FPN + EJ-Head", "ResNet18-FPN"]),
+]
+
+PAPER_TABLES = {
+    "2": ("Table 2. Effects of each component", ["Model", "Backbone"], _T2_R18 + _T2_MORE, AP_SML),
+    "3": (
+        "Table 3. FPN designs",
+        ["FPN design"],
+        [
+            ("baseline", ["TD-FPN"]),
+            ("fpn_bu", ["BU-FPN"]),
+            ("fpn_buf", ["BUF-FPN"]),
+            ("fpn_td_add_buf", ["TD-FPN add BUF-FPN"]),
+            ("safpn", ["SA-FPN (TD-FPN concat BUF-FPN)"]),
+        ],
+        AP_SML,
+    ),
+    "4": (
+        "Table 4. EJ-Head components",
+        ["Method", "Interleaving", "Enriched Feature", "Boundary Refinement"],
+        [
+            ("baseline", ["Mask R-CNN (Baseline)", "", "", ""]),
+            ("ej_interleave", ["Mask R-CNN", "✓", "", ""]),
+            ("ej_enriched", ["Mask R-CNN", "", "✓", ""]),
+            ("ej_refine", ["Mask R-CNN", "", "", "✓"]),
+            ("ej_interleave_enriched", ["Mask R-CNN", "✓", "✓", ""]),
+            ("ejhead", ["Mask R-CNN + EJ-Head", "✓", "✓", "✓"]),
+        ],
+        AP_SML,
+    ),
+    "5": (
+        "Table 5. Boundary Refinement designs",
+        ["Boundary Refinement (BR)"],
+        [
+            ("baseline", ["None"]),
+            ("ej_br_conv1", ["Simple Conv x 1"]),
+            ("ej_br_conv2", ["Simple Conv x 2"]),
+            ("ej_br_conv3", ["Simple Conv x 3"]),
+            ("ej_refine", ["Simple Conv x 2 + Shortcut (BR)"]),
+        ],
+        AP_SML,
+    ),
+    "E": (
+        "Efficient vs faithful SA-FPN + EJ-Head (not in the paper)",
+        ["Setting"],
+        [
+            ("baseline", ["Mask R-CNN (Baseline)"]),
+            ("safpn_ejhead", ["SA-FPN + EJ-Head, faithful"]),
+            ("safpn_ejhead_efficient", ["SA-FPN + EJ-Head, efficient"]),
+        ],
+        AP_SML,
+    ),
+}
+
+DIAGNOSTIC_TABLES = {
+    "D": (
+        "Diagnostics (a), (b): RoI level assignment and the enriched fc1's learning rate",
+        ["Run", "canonical size", "fc1 lr"],
+        [
+            ("baseline", ["v1 baseline", "36", "x1"]),
+            ("ej_enriched", ["v1 Enriched Feature only", "36", "x1"]),
+            ("diag_baseline_c224", ["baseline", "224", "x1"]),
+            ("diag_enriched_c224", ["Enriched Feature only", "224", "x1"]),
+            ("diag_baseline_c224_fc1x4", ["baseline", "224", "x4"]),
+            ("diag_enriched_c224_fc1x025", ["Enriched Feature only", "224", "x0.25"]),
+        ],
+        AP_DIAG,
+    ),
+    "D2": (
+        "Diagnostics (d), (f): interleaving with the Enriched Feature; a zero-initialised BR",
+        ["Run"],
+        [
+            ("diag_interleave_c224", ["Interleaving only, 224"]),
+            ("diag_interleave_enriched_c224", ["Interleaving + Enriched Feature, 224"]),
+            ("diag_refine_c224", ["Boundary Refinement only, 224"]),
+            ("diag_refine_c224_zeroinit", ["Boundary Refinement only, 224, last conv at zero"]),
+        ],
+        AP_DIAG,
+    ),
+}
+
+# The paper's claims (Tables 2-5), each as a comparison of two rows.
+PAPER_CLAIMS = [
+    ("2", "SA-FPN improves Mask R-CNN", "safpn", "baseline", BOX_MASK),
+    ("2", "EJ-Head improves Mask R-CNN", "ejhead", "baseline", BOX_MASK),
+    ("2", "SA-FPN + EJ-Head improves Mask R-CNN", "safpn_ejhead", "baseline", BOX_MASK),
+    ("2", "SA-FPN + EJ-Head beats SA-FPN alone (complementary)", "safpn_ejhead", "safpn", BOX_MASK),
+    (
+        "2",
+        "SA-FPN + EJ-Head beats EJ-Head alone (complementary)",
+        "safpn_ejhead",
+        "ejhead",
+        BOX_MASK,
+    ),
+    (
+        "2",
+        "Ours improves the deeper backbone (R-34 here)",
+        "r34_safpn_ejhead",
+        "r34_baseline",
+        BOX_MASK,
+    ),
+    ("2", "Ours improves Cascade Mask R-CNN", "cascade_safpn_ejhead", "cascade_baseline", BOX_MASK),
+    ("3", "TD-FPN beats BU-FPN", "baseline", "fpn_bu", BOX_MASK),
+    ("3", "BUF-FPN beats BU-FPN", "fpn_buf", "fpn_bu", BOX_MASK),
+    (
+        "3",
+        "TD-FPN beats BUF-FPN on small objects",
+        "baseline",
+        "fpn_buf",
+        (("bbox", "APs"), ("segm", "APs")),
+    ),
+    (
+        "3",
+        "BUF-FPN beats TD-FPN on large objects",
+        "fpn_buf",
+        "baseline",
+        (("bbox", "APl"), ("segm", "APl")),
+    ),
+    ("3", "Concat (SA-FPN) beats add (TD-FPN add BUF-FPN)", "safpn", "fpn_td_add_buf", BOX_MASK),
+    ("3", "SA-FPN beats TD-FPN", "safpn", "baseline", BOX_MASK),
+    ("3", "SA-FPN beats BUF-FPN", "safpn", "fpn_buf", BOX_MASK),
+    ("4", "Interleaving improves mask AP", "ej_interleave", "baseline", (("segm", "AP"),)),
+    ("4", "The Enriched Feature improves Mask R-CNN", "ej_enriched", "baseline", BOX_MASK),
+    ("4", "Boundary Refinement improves Mask R-CNN", "ej_refine", "baseline", BOX_MASK),
+    (
+        "4",
+        "Interleaving + Enriched Feature improves mask AP",
+        "ej_interleave_enriched",
+        "baseline",
+        (("segm", "AP"),),
+    ),
+    (
+        "4",
+        "The full EJ-Head beats each part alone: vs Boundary Refinement",
+        "ejhead",
+        "ej_refine",
+        BOX_MASK,
+    ),
+    ("5", "The shortcut helps: BR beats Simple Conv x 2", "ej_refine", "ej_br_conv2", BOX_MASK),
+    ("5", "BR beats Simple Conv x 1", "ej_refine", "ej_br_conv1", BOX_MASK),
+    ("5", "BR beats Simple Conv x 3", "ej_refine", "ej_br_conv3", BOX_MASK),
+    (
+        "5",
+        "Stacked convs help a little: Simple Conv x 2 beats none",
+        "ej_br_conv2",
+        "baseline",
+        (("bbox", "AP"),),
+    ),
+    (
+        "5",
+        "More stacked convs harm masks: Simple Conv x 3 below x 2",
+        "ej_br_conv2",
+        "ej_br_conv3",
+        (("segm", "AP"),),
+    ),
+]
+
+
+@dataclass(frozen=True)
+class Protocol:
+    """One protocol of the ablation.
+
+    Attributes:
+        name: "v1" or "v2".
+        config_dir: the rows' configs, relative to the repository root.
+        results_dir: the committed results store, relative to the repository root.
+        output_dir: run directories (relative to the working directory, as train.output_dir).
+        iters: default iterations per run.
+        tables: table id -> (title, leading columns, rows, metrics).
+        default_tables: the tables a sweep runs by default.
+        claims: the claims to give verdicts on.
+        markers: name of the Markdown markers the tables are written between.
+        run_overrides: overrides every run gets after the config and before ``--opts`` (not
+            part of the key: v1 evaluates once, at the end, whatever its configs say).
+    """
+
+    name: str
+    config_dir: str
+    results_dir: str
+    output_dir: str
+    iters: int
+    tables: Dict[str, Tuple] = field(default_factory=dict)
+    default_tables: Tuple[str, ...] = ()
+    claims: List[Tuple] = field(default_factory=list)
+    markers: str = ""
+    run_overrides: Tuple[str, ...] = ()
+
+    def path(self, relative):
+        return os.path.join(REPO_ROOT, relative)
+
+
+PROTOCOLS = {
+    "v1": Protocol(
+        name="v1",
+        config_dir="projects/cpu_ablation/configs",
+        results_dir="projects/cpu_ablation/results",
+        output_dir="output/cpu_ablation",
+        iters=615,
+        tables={**PAPER_TABLES, **DIAGNOSTIC_TABLES},
+        default_tables=("2", "3", "4", "5", "E"),
+        markers="cpu-ablation-tables",
+        run_overrides=("train.eval_period=0",),
+    ),
+    "v2": Protocol(
+        name="v2",
+        config_dir="projects/cpu_ablation/configs_v2",
+        results_dir="projects/cpu_ablation/results_v2",
+        output_dir="output/cpu_ablation_v2",
+        iters=1200,
+        tables={
+            **PAPER_TABLES,
+            "D": (
+                "Diagnostic: the Enriched Feature's fc1 learning rate under v2",
+                ["Row", "fc1 lr"],
+                [
+                    ("baseline", ["Mask R-CNN (Baseline)", "x1 (7x7 input)"]),
+                    ("ej_enriched", ["Enriched Feature only", "x0.25"]),
+                    ("diag_enriched_fc1x1", ["Enriched Feature only", "x1"]),
+                ],
+                AP_DIAG,
+            ),
+        },
+        default_tables=("2", "4", "3", "5", "E"),
+        claims=PAPER_CLAIMS,
+        markers="cpu-ablation-v2-tables",
+    ),
+}

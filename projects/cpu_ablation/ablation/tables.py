@@ -1,0 +1,175 @@
+"""The ablation's Markdown: tables of mean ± std over seeds, and a verdict per paper claim."""
+
+import math
+import os
+import statistics
+
+__all__ = ["mean_std", "summarize", "format_table", "format_tables", "verdicts", "write_markdown"]
+
+TASK_NAMES = {"bbox": "box", "segm": "mask"}
+METRIC_NAMES = {
+    "AP": "AP",
+    "AP50": "AP50",
+    "AP75": "AP75",
+    "APs": "AP_S",
+    "APm": "AP_M",
+    "APl": "AP_L",
+}
+
+
+def mean_std(values):
+    """Mean and sample standard deviation (0 for one value) of the finite values; (nan, nan) if
+    there are none."""
+    values = [float(v) for v in values if v is not None and math.isfinite(v)]
+    if not values:
+        return float("nan"), float("nan")
+    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
+
+
+def summarize(store, config, seeds, iters, metrics=("AP", "APs", "APm", "APl")):
+    """Mean ± std over the finished seeds of one config.
+
+    Returns:
+        dict: ``n`` (finished seeds), ``sec_per_iter`` and ``(task, metric) -> (mean, std)`` for
+        the tasks ``bbox`` and ``segm``.
+    """
+    results = [store.load(config, s, iters) for s in seeds]
+    results = [r for r in results if r is not None]
+    out = {"n": len(results), "sec_per_iter": mean_std([r.get("sec_per_iter") for r in results])}
+    for task in TASK_NAMES:
+        for m in metrics:
+            out[(task, m)] = mean_std([r.get(task, {}).get(m) for r in results])
+    return out
+
+
+def _cell(mean_std_pair, n):
+    """``mean ± std`` over ``n`` seeds; the mean alone for one seed, ``-`` for none."""
+    mean, std = mean_std_pair
+    if math.isnan(mean):
+        return "-"
+    return f"{mean:.1f}" if n == 1 else f"{mean:.1f} ± {std:.1f}"
+
+
+def format_table(protocol, store, table, seeds, iters, link_root=""):
+    """One table as Markdown: the leading columns, box then mask AP figures (mean ± std over the
+    finished seeds), training seconds per iteration, finished seeds, the config's link."""
+    title, lead, rows, metrics = protocol.tables[table]
+    header = list(lead)
+    for task in TASK_NAMES:
+        header += [
+            f"{TASK_NAMES[task]} {METRIC_NAMES[m]}" if m == "AP" else METRIC_NAMES[m]
+            for m in metrics
+        ]
+    header += ["s/iter", "seeds", "config"]
+    ncols = 2 * len(metrics) + 2
+    lines = [
+        f"**{title}** ({iters} iterations, mean ± std over seeds)",
+        "",
+        "| " + " | ".join(header) + " |",
+        "|" + "---|" * len(lead) + "---:|" * ncols + "---|",
+    ]
+    for config, cells in rows:
+        s = summarize(store, config, seeds, iters, metrics)
+        figures = [_cell(s[(task, m)], s["n"]) for task in TASK_NAMES for m in metrics]
+        spi = s["sec_per_iter"][0]
+        figures.append("-" if math.isnan(spi) else f"{spi:.2f}")
+        link = f"[{config}]({link_root}{protocol.config_dir}/{config}.py)"
+        lines.append("| " + " | ".join(cells + figures + [f"{s['n']}/{len(seeds)}", link]) + " |")
+    return "\n".join(lines)
+
+
+def configs_of(protocol, tables):
+    """Unique configs of the given tables, in table order."""
+    seen = []
+    for t in tables:
+        for config, _ in protocol.tables[t][2]:
+            if config not in seen:
+                seen.append(config)
+    return seen
+
+
+def format_tables(protocol, store, tables, seeds, iters, link_root=""):
+    """All requested tables after a line that counts the finished runs."""
+    configs = configs_of(protocol, tables)
+    done = sum(store.load(c, s, iters) is not None for c in configs for s in seeds)
+    head = (
+        f"_{done} of {len(configs) * len(seeds)} runs finished ({len(configs)} configs x "
+        f"{len(seeds)} seeds, {iters} iterations each)._"
+    )
+    body = [format_table(protocol, store, t, seeds, iters, link_root) for t in tables]
+    return "\n\n".join([head] + body)
+
+
+def compare(store, better, worse, task, metric, seeds, iters):
+    """The difference ``better - worse`` of one metric, its standard error and a verdict.
+
+    The standard error is ``sqrt(s_a^2 / n_a + s_b^2 / n_b)`` over the finished seeds; the
+    verdict is "confirms" if the difference exceeds 2 standard errors, "contradicts" if it is
+    below -2 standard errors, "cannot tell" otherwise, and "not run" with fewer than 2 seeds on
+    either side.
+    """
+    a = summarize(store, better, seeds, iters, (metric,))
+    b = summarize(store, worse, seeds, iters, (metric,))
+    (ma, sa), (mb, sb) = a[(task, metric)], b[(task, metric)]
+    if a["n"] < 2 or b["n"] < 2 or math.isnan(ma) or math.isnan(mb):
+        return {
+            "diff": float("nan"),
+            "se": float("nan"),
+            "verdict": "not run",
+            "n": (a["n"], b["n"]),
+        }
+    diff = ma - mb
+    se = math.sqrt(sa**2 / a["n"] + sb**2 / b["n"])
+    if diff > 2 * se:
+        verdict = "confirms"
+    elif diff < -2 * se:
+        verdict = "contradicts"
+    else:
+        verdict = "cannot tell"
+    return {"diff": diff, "se": se, "verdict": verdict, "n": (a["n"], b["n"])}
+
+
+def verdicts(protocol, store, seeds, iters):
+    """Markdown table: each claim of the paper, per metric, the difference ± its standard error
+    and the verdict (see :func:`compare`)."""
+    lines = [
+        f"**Verdicts on the paper's claims** ({iters} iterations; difference of the means ± its "
+        'standard error over seeds; "confirms"/"contradicts" beyond 2 standard errors)',
+        "",
+        "| Table | Claim | rows (better vs worse) | metric | difference | verdict |",
+        "|---|---|---|---|---:|---|",
+    ]
+    for table, text, better, worse, metrics in protocol.claims:
+        for task, metric in metrics:
+            c = compare(store, better, worse, task, metric, seeds, iters)
+            diff = "-" if math.isnan(c["diff"]) else f"{c['diff']:+.1f} ± {c['se']:.1f}"
+            name = f"{TASK_NAMES[task]} {METRIC_NAMES[metric]}"
+            lines.append(
+                f"| {table} | {text} | {better} vs {worse} | {name} | {diff} | {c['verdict']} |"
+            )
+    return "\n".join(lines)
+
+
+def write_markdown(path, text, markers):
+    """Write ``text`` into ``path`` (atomically) between ``<!-- {markers}:start -->`` and
+    ``<!-- {markers}:end -->``; a file without both markers gets ``text`` appended with them."""
+    from sa_ejhead.engine.checkpoint import atomic_write
+
+    start_mark, end_mark = f"<!-- {markers}:start -->", f"<!-- {markers}:end -->"
+    try:
+        with open(path) as f:
+            old = f.read()
+    except FileNotFoundError:
+        old = ""
+    start = old.find(start_mark)
+    end = old.find(end_mark, start) if start >= 0 else -1
+    if end >= 0:
+        new = old[: start + len(start_mark)] + "\n" + text + "\n" + old[end:]
+    else:
+        new = (
+            old
+            + ("\n" if old and not old.endswith("\n") else "")
+            + (f"{start_mark}\n{text}\n{end_mark}\n")
+        )
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    atomic_write(path, lambda f: f.write(new), binary=False)

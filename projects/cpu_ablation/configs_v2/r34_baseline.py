@@ -1,0 +1,7 @@
+# v2 Table 2 "Mask R-CNN, ResNet101-FPN" analogue: the baseline on the ResNet-34 layout (3, 4, 6, 3
+# BasicBlocks) at the same widths, initialised from its own pre-trained weights.
+from ._settings import small_resnet
+from .baseline import dataloader, lr_multiplier, model, optimizer, train
+
+small_resnet(model.backbone.bottom_up, blocks=(3, 4, 6, 3))
+train.init_checkpoint = "sa_ejhead://pretrained/sa_shapes_R34half_pretrain.pth"

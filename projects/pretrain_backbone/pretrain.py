@@ -1,0 +1,63 @@
+#!/usr/bin/env python3
+"""Pre-train the demo backbone on sa_shapes_pretrain, then export its bottom-up weights.
+
+    python projects/pretrain_backbone/pretrain.py            # train (resumes), then export
+    python projects/pretrain_backbone/pretrain.py --export-only
+
+Training is Detectron2's, through ``sa_ejhead.engine.do_train`` with ``resume=True``: rerunning
+the command after an interruption continues from the last checkpoint in ``train.output_dir``
+(every 250 iterations, written atomically). At the end, the ResNet of the trained detector
+(``backbone.bottom_up.*``, nothing of the neck or the heads) is written in half precision to the
+package's weights folder with its sha256 (``sa_ejhead.pretrained.PRETRAINED_BACKBONES``), where
+``train.init_checkpoint = "sa_ejhead://..."`` finds it.
+"""
+
+import argparse
+import json
+import os
+import sys
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+CONFIG = os.path.join(HERE, "pretrain_config.py")
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--export-only", action="store_true", help="only export the weights")
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's own)")
+    parser.add_argument("opts", nargs="*", help="config overrides KEY=VALUE")
+    args = parser.parse_args(argv)
+
+    import torch
+    from detectron2.utils.logger import setup_logger
+
+    from sa_ejhead.engine import do_train, export_submodule_weights, load_lazy_config
+    from sa_ejhead.pretrained import PRETRAINED_BACKBONES, pretrained_path
+
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
+    cfg = load_lazy_config(CONFIG, args.opts)
+    out = cfg.train.output_dir
+    os.makedirs(out, exist_ok=True)
+    setup_logger(out, name="detectron2")
+    setup_logger(out, name="sa_ejhead")
+    if not args.export_only:
+        results = do_train(cfg, resume=True)
+        with open(os.path.join(out, "pretrain_eval.json"), "w") as f:
+            json.dump(results, f, indent=2)
+    name = "sa_shapes_R18half_pretrain.pth"
+    digest = export_submodule_weights(
+        os.path.join(out, "model_final.pth"),
+        pretrained_path(name),
+        prefix="backbone.bottom_up.",
+        dtype=torch.float16,
+    )
+    known = PRETRAINED_BACKBONES.get(name)
+    print(f"[pretrain] wrote {pretrained_path(name)} (sha256 {digest})")
+    if known != digest:
+        print(f"[pretrain] update PRETRAINED_BACKBONES[{name!r}] in sa_ejhead/pretrained.py")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

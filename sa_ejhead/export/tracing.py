@@ -1,0 +1,292 @@
+"""Export a Detectron2 R-CNN (SA-FPN + EJ-Head or any ``GeneralizedRCNN``) by tracing.
+
+The model is wrapped in Detectron2's :class:`~detectron2.export.TracingAdapter` around
+``model.inference(..., do_postprocess=False)`` and traced once, on a sample image, into
+TorchScript (``torch.jit.trace``) or ONNX (``torch.onnx.export``, TorchScript-based exporter).
+
+What the exported graph computes (see docs/deploy.md):
+
+* input ``image``: one float32 ``3 x H x W`` image in the model's ``input_format`` (BGR for the
+  configs of this project), 0..255, already resized by the caller as the config's test-time
+  resize does; normalisation and padding to ``size_divisibility`` are in the graph. ``H`` and ``W``
+  are dynamic: one file serves every size.
+* outputs ``pred_boxes`` (N x 4, xyxy in input pixels), ``pred_classes`` (N, int64),
+  ``pred_masks`` (N x 1 x 28 x 28, the mask probabilities of the predicted class, in box
+  coordinates), ``scores`` (N) and ``image_size`` (the input's ``(H, W)``). N is dynamic, zero
+  included.
+* not in the graph: the paste of the 28x28 masks into the image and the rescale to the original
+  image size, done by :mod:`sa_ejhead.export.runtime` (Detectron2's ``detector_postprocess``, or
+  :func:`~sa_ejhead.export.runtime.postprocess_numpy` without torch).
+
+RoIAlign and NMS map to ONNX through torchvision's symbolic functions (``RoiAlign`` with
+``coordinate_transformation_mode="half_pixel"`` for ``aligned=True``, which needs opset 16;
+``NonMaxSuppression``). EJ-Head's :class:`~sa_ejhead.modeling.ThreadedROIAlign` takes the plain
+RoIAlign path while tracing, so the graph holds one RoIAlign per pyramid level.
+"""
+
+import json
+import logging
+import os
+import platform
+import warnings
+from typing import Dict, List, Optional, Tuple
+
+import torch
+
+__all__ = [
+    "DEFAULT_OPSET",
+    "MIN_OPSET",
+    "EXPORT_FORMATS",
+    "export_model",
+    "exported_path",
+    "metadata_path",
+    "traceable_inference",
+    "library_versions",
+]
+
+logger = logging.getLogger(__name__)
+
+# RoiAlign's coordinate_transformation_mode ("half_pixel" = aligned=True) is in ONNX from opset 16;
+# Detectron2's STABLE_ONNX_OPSET_VERSION (11) would silently drop the half-pixel shift.
+MIN_OPSET = 16
+DEFAULT_OPSET = 17
+EXPORT_FORMATS = {"torchscript": "ts", "onnx": "onnx"}
+
+# The meaning of each output of the exported graph (written into the metadata file).
+_OUTPUT_DOCS = {
+    "pred_boxes": ("float32", ["num_instances", 4], "x0, y0, x1, y1 in input-image pixels"),
+    "pred_classes": ("int64", ["num_instances"], "class index, 0..num_classes-1"),
+    "pred_masks": (
+        "float32",
+        ["num_instances", 1, "M", "M"],
+        "mask probability (sigmoid) of the predicted class on an M x M grid over the box; "
+        "paste into the image (sa_ejhead.export.runtime) and threshold at 0.5",
+    ),
+    "scores": ("float32", ["num_instances"], "detection score"),
+    "image_size": ("int64", [2], "(height, width) of the input image"),
+}
+
+
+def traceable_inference(model, image: torch.Tensor):
+    """The function that is traced: one image in, the detector's raw instances out.
+
+    Args:
+        model (GeneralizedRCNN): in eval mode.
+        image (Tensor): 3 x H x W, the model's input format.
+
+    Returns:
+        Instances: ``pred_boxes``, ``scores``, ``pred_classes`` and (with masks)
+        ``pred_masks`` as M x M probabilities, at the input size (``do_postprocess=False``).
+    """
+    return model.inference([{"image": image}], do_postprocess=False)[0]
+
+
+def exported_path(output_dir: str, format: str, name: str = "model") -> str:
+    """Where :func:`export_model` writes the model of ``format`` ("torchscript" or "onnx")."""
+    if format not in EXPORT_FORMATS:
+        raise ValueError(
+            f"Unknown export format {format!r}; expected one of {list(EXPORT_FORMATS)}"
+        )
+    return os.path.join(output_dir, f"{name}.{EXPORT_FORMATS[format]}")
+
+
+def metadata_path(model_path: str) -> str:
+    """The metadata file beside an exported model: ``model.onnx`` -> ``model.onnx.json``."""
+    return model_path + ".json"
+
+
+def library_versions() -> Dict[str, str]:
+    """Versions of the libraries an exported model depends on (those installed)."""
+    import detectron2
+    import torchvision
+
+    import sa_ejhead
+
+    versions = {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "torchvision": torchvision.__version__,
+        "detectron2": detectron2.__version__,
+        "sa_ejhead": sa_ejhead.__version__,
+    }
+    for name in ("onnx", "onnxruntime"):
+        try:
+            versions[name] = __import__(name).__version__
+        except ImportError:
+            pass
+    return versions
+
+
+def _check_model(model):
+    from detectron2.modeling import GeneralizedRCNN
+
+    if not isinstance(model, GeneralizedRCNN):
+        raise TypeError(
+            f"export_model traces GeneralizedRCNN models (Mask/Faster R-CNN with any backbone "
+            f"and ROI heads); got {type(model).__name__}"
+        )
+    if model.training:
+        raise ValueError("Put the model in eval mode (model.eval()) before exporting it")
+
+
+def _output_names(adapter) -> List[str]:
+    from detectron2.export.flatten import InstancesSchema
+
+    schema = adapter.outputs_schema
+    if not isinstance(schema, InstancesSchema):
+        raise TypeError(f"Expected the traced function to return Instances, got schema {schema}")
+    # InstancesSchema flattens the fields in sorted order, one tensor each, then the image size
+    return list(schema.keys) + ["image_size"]
+
+
+def _test_postprocess_settings(model) -> Dict:
+    """The constants that tracing bakes into the graph (they cannot change after export)."""
+    heads = model.roi_heads
+    predictor = heads.box_predictor
+    if isinstance(predictor, torch.nn.ModuleList):  # cascade: the last stage's settings
+        predictor = predictor[-1]
+    rpn = model.proposal_generator
+    return {
+        "score_thresh": float(predictor.test_score_thresh),
+        "nms_thresh": float(predictor.test_nms_thresh),
+        "detections_per_image": int(predictor.test_topk_per_image),
+        "rpn_pre_nms_topk": int(rpn.pre_nms_topk[False]),
+        "rpn_post_nms_topk": int(rpn.post_nms_topk[False]),
+        "rpn_nms_thresh": float(rpn.nms_thresh),
+        "mask_threshold": 0.5,
+    }
+
+
+def _trace_torchscript(adapter, image, path):
+    with torch.no_grad():
+        traced = torch.jit.trace(adapter, (image,), check_trace=False)
+    torch.jit.save(traced, path)
+
+
+def _export_onnx(adapter, image, path, names, opset):
+    import onnx
+
+    dynamic_axes = {"image": {1: "height", 2: "width"}}
+    for name in names:
+        if name != "image_size":
+            dynamic_axes[name] = {0: "num_instances"}
+    with torch.no_grad():
+        torch.onnx.export(
+            adapter,
+            (image,),
+            path,
+            dynamo=False,  # the TorchScript-based exporter: TracingAdapter, torchvision symbolics
+            opset_version=opset,
+            input_names=["image"],
+            output_names=names,
+            dynamic_axes=dynamic_axes,
+            do_constant_folding=True,
+        )
+    onnx.checker.check_model(path)
+
+
+def export_model(
+    model,
+    image: torch.Tensor,
+    output_dir: str,
+    format: str = "onnx",
+    *,
+    opset: int = DEFAULT_OPSET,
+    resize: Optional[Dict] = None,
+    name: str = "model",
+    extra_metadata: Optional[Dict] = None,
+) -> Tuple[str, Dict]:
+    """Trace ``model`` on ``image`` and write the exported model and its metadata file.
+
+    Args:
+        model (GeneralizedRCNN): on the CPU, in eval mode, with its weights.
+        image (Tensor): 3 x H x W sample image in the model's input format, resized as the
+            model's test-time resize does (the graph is dynamic in H and W, but the trace runs
+            this image once: use a realistic one).
+        output_dir (str): created if needed.
+        format (str): "torchscript" (``model.ts``) or "onnx" (``model.onnx``).
+        opset (int): ONNX opset, at least :data:`MIN_OPSET`.
+        resize (dict or None): the test-time resize the caller must apply before the model,
+            e.g. ``{"short_edge": 800, "max_size": 1333}``; recorded in the metadata.
+        name (str): file name stem.
+        extra_metadata (dict or None): merged into the metadata (e.g. the config file).
+
+    Returns:
+        tuple[str, dict]: the exported file and its metadata (also written to
+        ``<file>.json``: inputs, outputs, opset, size policy, post-processing constants,
+        versions).
+    """
+    from detectron2.export import TracingAdapter
+
+    _check_model(model)
+    if format == "onnx" and opset < MIN_OPSET:
+        raise ValueError(
+            f"opset {opset} < {MIN_OPSET}: ONNX RoiAlign has no half-pixel (aligned=True) mode "
+            f"before opset {MIN_OPSET}, so the exported masks and boxes would be shifted"
+        )
+    if image.dim() != 3 or image.shape[0] != 3:
+        raise ValueError(f"Expected a 3 x H x W image, got shape {tuple(image.shape)}")
+    image = image.float().cpu()
+    os.makedirs(output_dir, exist_ok=True)
+    path = exported_path(output_dir, format, name)
+
+    adapter = TracingAdapter(model, image, traceable_inference).eval()
+    with warnings.catch_warnings():
+        # TracerWarnings: Python ints and asserts that tracing records as constants; the
+        # shape-dependent ones (image size, number of RoIs) are handled by Detectron2's
+        # tracing-aware code paths, checked by tests/test_deploy.py on other sizes.
+        warnings.simplefilter("ignore")
+        with torch.no_grad():
+            sample_outputs = adapter(image)  # also fills adapter.outputs_schema
+        names = _output_names(adapter)
+        if format == "torchscript":
+            _trace_torchscript(adapter, image, path)
+        else:
+            _export_onnx(adapter, image, path, names, opset)
+
+    height, width = image.shape[1:]
+    metadata = {
+        "format": format,
+        "file": os.path.basename(path),
+        "export_method": "tracing (detectron2.export.TracingAdapter)",
+        "model": type(model).__name__,
+        "backbone": type(model.backbone).__name__,
+        "roi_heads": type(model.roi_heads).__name__,
+        "opset": opset if format == "onnx" else None,
+        "inputs": [
+            {
+                "name": "image",
+                "dtype": "float32",
+                "shape": [3, "height", "width"],
+                "channel_order": model.input_format,
+                "value_range": "0..255, not normalised (pixel_mean/pixel_std are in the graph)",
+            }
+        ],
+        "outputs": [
+            (
+                dict(zip(("name", "dtype", "shape", "meaning"), (n,) + _OUTPUT_DOCS[n]))
+                if n in _OUTPUT_DOCS
+                else {"name": n}
+            )
+            for n in names
+        ],
+        "size_policy": {
+            "dynamic_height_width": True,
+            "traced_on": [int(height), int(width)],
+            "resize_before_model": resize,
+            "size_divisibility": int(model.backbone.size_divisibility),
+            "note": "any H x W runs; the caller resizes as the config's test-time resize (the "
+            "model was trained at those sizes) and rescales the outputs to the original image",
+        },
+        "postprocess": _test_postprocess_settings(model),
+        "mask_paste": "not in the graph: sa_ejhead.export.runtime.ExportedModel (Detectron2's "
+        "detector_postprocess) or sa_ejhead.export.runtime.postprocess_numpy",
+        "versions": library_versions(),
+    }
+    if "pred_masks" in names:
+        metadata["mask_resolution"] = int(sample_outputs[names.index("pred_masks")].shape[-1])
+    metadata.update(extra_metadata or {})
+    with open(metadata_path(path), "w") as f:
+        json.dump(metadata, f, indent=2)
+    logger.info("Exported %s (%s, outputs %s)", path, format, names)
+    return path, metadata

@@ -1,0 +1,89 @@
+"""Per-parameter learning-rate factors for the optimizer (``get_default_optimizer_params``).
+
+Detectron2's ``get_default_optimizer_params(..., lr_factor_func=f)`` multiplies the learning rate
+of every parameter by ``f("<module>.<param>")`` (ViTDet uses it for layer-wise decay). The class
+here is such an ``f``, for one job: keep the step of the Enriched Feature's first fc at the size
+the 7x7 head takes (docs/design.md, "The Enriched Feature's first fc").
+
+A plain function or a ``functools.partial`` would do as well for training; the class exists
+because its ``repr`` is stable across processes (a ``partial``'s names a memory address), so a
+config that holds it hashes the same everywhere (``projects/cpu_ablation`` keys results by that
+hash).
+"""
+
+from typing import Sequence, Tuple
+
+__all__ = ["ParamLRFactor", "enriched_fc1_lr_factor", "fc1_prefixes", "ENRICHED_FC1"]
+
+# The first fc of the box head (``FastRCNNConvFCHead`` / ``EJFastRCNNConvFCHead`` name it so).
+ENRICHED_FC1 = ("roi_heads.box_head.fc1.",)
+
+
+class ParamLRFactor:
+    """
+    ``lr_factor_func`` that returns ``factor`` for the parameters whose full name starts with one
+    of ``prefixes`` and 1.0 for all others.
+
+    Examples::
+
+        optimizer.params.lr_factor_func = ParamLRFactor(("roi_heads.box_head.fc1.",), 0.25)
+    """
+
+    def __init__(self, prefixes: Sequence[str], factor: float):
+        if isinstance(prefixes, str):
+            prefixes = (prefixes,)
+        if not prefixes or not all(isinstance(p, str) and p for p in prefixes):
+            raise ValueError(f"prefixes must be non-empty strings, got {prefixes!r}")
+        if not factor > 0:
+            raise ValueError(f"factor must be > 0, got {factor!r}")
+        self.prefixes: Tuple[str, ...] = tuple(prefixes)
+        self.factor = float(factor)
+
+    def __call__(self, name: str) -> float:
+        # DistributedDataParallel wraps the model: its parameters are named "module.<name>"
+        if name.startswith("module."):
+            name = name[len("module.") :]
+        return self.factor if name.startswith(self.prefixes) else 1.0
+
+    def __repr__(self) -> str:
+        return f"ParamLRFactor(prefixes={self.prefixes!r}, factor={self.factor!r})"
+
+    def __eq__(self, other) -> bool:
+        return isinstance(other, ParamLRFactor) and repr(self) == repr(other)
+
+    def __hash__(self) -> int:
+        return hash(repr(self))
+
+
+def enriched_fc1_lr_factor(
+    pooled_size: int = 14, reference_size: int = 7, num_stages: int = 0
+) -> ParamLRFactor:
+    """
+    The learning-rate factor ``(reference_size / pooled_size) ** 2`` for the box head's first fc.
+
+    Flattening an ``s x s`` RoI feature into fc1 gives it ``s**2 * C`` inputs. One optimizer
+    step moves fc1's output by an amount that grows with the number of inputs: with SGD by
+    ``lr * |x|^2`` (the squared norm of the input, about proportional to its length), with
+    Adam(W) by ``lr * |x|_1`` (each weight moves by about ``lr``). A 14x14 input therefore takes
+    about 4x the step of a 7x7 one at the same learning rate, under either optimizer; this factor
+    gives it back the 7x7 step.
+
+    Args:
+        pooled_size (int): side of the box RoI feature flattened into fc1 (14 for EJ-Head).
+        reference_size (int): side whose step to keep (7, Mask R-CNN's box head).
+        num_stages (int): 0 for one box head (``roi_heads.box_head.fc1``); N for the N box
+            heads of a cascade (``roi_heads.box_head.<k>.fc1``).
+    """
+    if pooled_size <= 0 or reference_size <= 0:
+        raise ValueError(f"sizes must be positive, got {pooled_size}, {reference_size}")
+    return ParamLRFactor(fc1_prefixes(num_stages), (reference_size / pooled_size) ** 2)
+
+
+def fc1_prefixes(num_stages: int = 0) -> Tuple[str, ...]:
+    """Names of the box head's first fc: ``roi_heads.box_head.fc1.`` (``num_stages=0``), or
+    ``roi_heads.box_head.<k>.fc1.`` for each of the ``num_stages`` heads of a cascade."""
+    if num_stages < 0:
+        raise ValueError(f"num_stages must be >= 0, got {num_stages}")
+    if not num_stages:
+        return ENRICHED_FC1
+    return tuple(f"roi_heads.box_head.{k}.fc1." for k in range(num_stages))

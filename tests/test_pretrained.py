@@ -1,0 +1,93 @@
+"""The committed pre-trained backbone: its hash, its sa_ejhead:// path, and what it loads into;
+the separate pre-training set."""
+
+import hashlib
+import os
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+from detectron2.checkpoint import DetectionCheckpointer
+from detectron2.utils.file_io import PathManager
+
+from sa_ejhead import pretrained as P
+from sa_ejhead.engine import build_lazy_model, load_lazy_config
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+NAME = "sa_shapes_R18half_pretrain.pth"
+URL = P.PRETRAINED_PREFIX + NAME
+V2 = os.path.join(REPO, "projects", "cpu_ablation", "configs_v2")
+
+
+def test_committed_weights_match_their_hash_and_size_limit():
+    path = P.pretrained_path(NAME)
+    assert os.path.getsize(path) < 10 * 2**20
+    assert P.sha256_of(path) == P.PRETRAINED_BACKBONES[NAME]
+    assert PathManager.get_local_path(URL) == path
+
+
+@pytest.mark.parametrize("config", ["baseline", "safpn_ejhead"])
+def test_weights_load_into_the_backbone_and_nothing_else(config):
+    cfg = load_lazy_config(os.path.join(V2, f"{config}.py"), [])
+    assert cfg.train.init_checkpoint == URL
+    torch.manual_seed(0)
+    model = build_lazy_model(cfg)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    DetectionCheckpointer(model).resume_or_load(URL, resume=False)
+    shipped = torch.load(P.pretrained_path(NAME), map_location="cpu")["model"]
+    after = model.state_dict()
+    assert shipped and all(k.startswith("backbone.bottom_up.") for k in shipped)
+    # every weight of the ResNet comes from the file (FrozenBN statistics included) ...
+    bottom_up = [k for k in after if k.startswith("backbone.bottom_up.")]
+    assert sorted(bottom_up) == sorted(shipped)
+    for k in bottom_up:
+        assert torch.equal(after[k], shipped[k].to(after[k].dtype)), k
+    # ... and nothing else changes: the neck and the heads keep their initialisation
+    for k, v in after.items():
+        if not k.startswith("backbone.bottom_up."):
+            assert torch.equal(v, before[k]), k
+
+
+def test_a_changed_file_or_an_unknown_name_is_refused(tmp_path, monkeypatch):
+    with pytest.raises(FileNotFoundError, match="unknown pretrained weights"):
+        PathManager.get_local_path(P.PRETRAINED_PREFIX + "nope.pth")
+    shutil.copy(P.pretrained_path(NAME), tmp_path / NAME)
+    with open(tmp_path / NAME, "ab") as f:
+        f.write(b"x")
+    monkeypatch.setattr(P, "WEIGHTS_DIR", str(tmp_path))
+    with pytest.raises(ValueError, match=f"{NAME}: sha256 .* does not match"):
+        PathManager.get_local_path(URL)
+    os.remove(tmp_path / NAME)
+    with pytest.raises(FileNotFoundError, match="is missing"):
+        PathManager.get_local_path(URL)
+
+
+def test_pretraining_set_shares_no_image_with_the_demo_set():
+    """Another seed: the first images of each pretraining split differ from every image of
+    sa_shapes_train/val (the generator's images depend only on seed, split and index)."""
+    from detectron2.data import DatasetCatalog
+
+    from sa_ejhead.data.datasets import SA_SHAPES_DEFAULTS, SA_SHAPES_PRETRAIN
+    from sa_ejhead.data.synthetic import _render_image, _split_seed
+
+    assert SA_SHAPES_PRETRAIN["seed"] != SA_SHAPES_DEFAULTS["seed"]
+    assert SA_SHAPES_PRETRAIN["num_train"] > SA_SHAPES_DEFAULTS["num_train"]
+    h, w = SA_SHAPES_PRETRAIN["height"], SA_SHAPES_PRETRAIN["width"]
+    import cv2
+
+    demo = set()
+    for name in ("sa_shapes_train", "sa_shapes_val"):
+        for record in DatasetCatalog.get(name):
+            demo.add(hashlib.sha1(cv2.imread(record["file_name"])[:, :, ::-1].tobytes()).digest())
+    for split in ("train", "val"):
+        for i in range(10):
+            rng = np.random.default_rng(_split_seed(SA_SHAPES_PRETRAIN["seed"], split, i))
+            img, _ = _render_image(rng, h, w)
+            assert hashlib.sha1(np.ascontiguousarray(img).tobytes()).digest() not in demo
+    # the check can fail: the demo's own first image is found
+    rng = np.random.default_rng(_split_seed(SA_SHAPES_DEFAULTS["seed"], "train", 0))
+    img, _ = _render_image(rng, h, w)
+    assert hashlib.sha1(np.ascontiguousarray(img).tobytes()).digest() in demo
+    assert "sa_shapes_pretrain_train" in DatasetCatalog.list()

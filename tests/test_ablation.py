@@ -240,7 +240,8 @@ def test_verdicts_use_two_standard_errors(tmp_path):
         _fake(store, "baseline", seed, 5, base)
         _fake(store, "safpn", seed, 5, sa)
         _fake(store, "fpn_bu", seed, 5, bu)
-    _fake(store, "fpn_buf", 0, 5, 30.0)  # one seed: no verdict
+    _fake(store, "fpn_buf", 0, 5, 30.0)  # under 3 seeds: no verdict
+    _fake(store, "fpn_buf", 1, 5, 31.0)
     c = T.compare(store, "safpn", "baseline", "bbox", "AP", [0, 1, 2], 5)
     assert c["verdict"] == "confirms" and c["diff"] == pytest.approx(4.0)
     assert c["se"] == pytest.approx(math.sqrt(1 / 3 + 1 / 3))
@@ -252,7 +253,10 @@ def test_verdicts_use_two_standard_errors(tmp_path):
         T.compare(store, "baseline", "fpn_bu", "bbox", "AP", [0, 1, 2], 5)["verdict"]
         == "cannot tell"
     )
-    assert T.compare(store, "fpn_buf", "fpn_bu", "bbox", "AP", [0, 1, 2], 5)["verdict"] == "not run"
+    assert (
+        T.compare(store, "fpn_buf", "fpn_bu", "bbox", "AP", [0, 1, 2], 5)["verdict"]
+        == "under 3 seeds"
+    )
     text = T.verdicts(P.PROTOCOLS["v2"], store, [0, 1, 2], 5)
     row = next(line for line in text.splitlines() if "| SA-FPN improves Mask R-CNN |" in line)
     assert "| box AP | +4.0 ± 0.8 | confirms |" in row

@@ -7,6 +7,7 @@ import statistics
 __all__ = ["mean_std", "summarize", "format_table", "format_tables", "verdicts", "write_markdown"]
 
 TASK_NAMES = {"bbox": "box", "segm": "mask"}
+MIN_SEEDS = 3  # seeds on each side before a claim gets a verdict
 METRIC_NAMES = {
     "AP": "AP",
     "AP50": "AP50",
@@ -105,17 +106,17 @@ def compare(store, better, worse, task, metric, seeds, iters):
 
     The standard error is ``sqrt(s_a^2 / n_a + s_b^2 / n_b)`` over the finished seeds; the
     verdict is "confirms" if the difference exceeds 2 standard errors, "contradicts" if it is
-    below -2 standard errors, "cannot tell" otherwise, and "not run" with fewer than 2 seeds on
-    either side.
+    below -2 standard errors, "cannot tell" otherwise, and "under 3 seeds" while either side has
+    fewer than the protocol's 3 seeds (two values give no usable spread).
     """
     a = summarize(store, better, seeds, iters, (metric,))
     b = summarize(store, worse, seeds, iters, (metric,))
     (ma, sa), (mb, sb) = a[(task, metric)], b[(task, metric)]
-    if a["n"] < 2 or b["n"] < 2 or math.isnan(ma) or math.isnan(mb):
+    if a["n"] < MIN_SEEDS or b["n"] < MIN_SEEDS or math.isnan(ma) or math.isnan(mb):
         return {
             "diff": float("nan"),
             "se": float("nan"),
-            "verdict": "not run",
+            "verdict": f"under {MIN_SEEDS} seeds",
             "n": (a["n"], b["n"]),
         }
     diff = ma - mb

@@ -5,7 +5,6 @@ import json
 import math
 import os
 import shutil
-import sys
 import threading
 
 import pytest

@@ -27,8 +27,6 @@ import numpy as np
 
 from ablation.store import metrics_rows
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-
 # (test shorter side, canonical box size) of each protocol; SA-Shapes images are 192 x 256.
 GEOMETRIES = {"v1": (128, 36), "v2": (192, 224)}
 SPAN_BINS = (0, 2, 4, 7, 14, 28, math.inf)

@@ -53,7 +53,9 @@ def add_sa_ejhead_config(cfg):
     # faithful block on all channels
     cfg.MODEL.EJ_HEAD.REFINEMENT_CHANNELS = 0
     # average-pool the box RoIs by this factor before the refinement and the box head
-    # (2: 14x14 -> 7x7); 1 = faithful. Mask RoIs are never downsampled.
+    # (2: 14x14 -> 7x7); 1 = faithful. Mask RoIs are never downsampled. With a fixed
+    # ROI_BOX_HEAD.POOLER_SAMPLING_RATIO s > 0 the box RoIs are pooled directly at 7x7 with ratio
+    # 2s, which gives the same numbers (docs/design.md, "Exact downsampled box pooling").
     cfg.MODEL.EJ_HEAD.BOX_REFINEMENT_DOWNSAMPLE = 1
     # Speed only, same output: split the CPU RoIAlign of the box/mask poolers over the torch
     # threads (torchvision's CPU kernel uses one; sa_ejhead/modeling/poolers.py).

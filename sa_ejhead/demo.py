@@ -43,6 +43,7 @@ __all__ = [
     "measure_train_step",
     "plot_losses",
     "run_demo",
+    "summary_line",
     "visualize_predictions",
 ]
 
@@ -64,9 +65,8 @@ _RUN_FILES = (
 )
 _LOOP_OVERHEAD = 1.5
 _AP_KEYS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
-# Pictures show predictions scoring at least this: with 5 classes + background a softmax score of
-# 0.3 is still twice the uniform 1/6, and the short CPU training rarely gets scores above 0.5.
-VIS_SCORE_THRESH = 0.3
+# Pictures show predictions scoring at least this (Detectron2's demo default)
+VIS_SCORE_THRESH = 0.5
 
 
 def _clean_output_dir(output_dir):
@@ -189,6 +189,21 @@ def visualize_predictions(model, cfg, out_dir, num_images=8, score_thresh=VIS_SC
     finally:
         model.train(was_training)
     return written
+
+
+def summary_line(results, iters, wall_s, output_dir, files):
+    """The one line that ends ``make demo``: the AP, the time and where each output is."""
+    ap = ", ".join(
+        f"{name} AP {results[task]['AP']:.1f}"
+        for task, name in (("bbox", "box"), ("segm", "mask"))
+        if task in results
+    )
+    rel = {k: os.path.relpath(v, output_dir) for k, v in files.items()}
+    return (
+        f"[demo] {ap} after {iters} iterations in {wall_s / 60:.1f} min; in {output_dir}/: "
+        f"table {rel['ap_table']}, loss curve {rel['loss_plot']}, pictures {rel['vis']}/, "
+        f"checkpoint {rel['checkpoint']}, metrics {rel['metrics']}"
+    )
 
 
 def _auto_threads():
@@ -347,4 +362,5 @@ def run_demo(
         if vis
         else f"  pictures    {files['vis']}/"
     )
+    print(summary_line(results, cfg.train.max_iter, wall, output_dir, files))
     return {"results": results, "output_dir": output_dir, "wall_s": wall, "files": files}

@@ -424,6 +424,27 @@ def test_demo_ap_table_title_names_the_configured_test_set():
     assert _ap_table_title(cfg, config_file) == "COCO AP (%) on my_val, sa_shapes.py, 7 iterations"
 
 
+
+def test_demo_summary_line_names_the_ap_and_every_output():
+    from sa_ejhead.demo import summary_line
+
+    out = "/tmp/x/output/demo"
+    files = {
+        "checkpoint": f"{out}/model_final.pth",
+        "metrics": f"{out}/metrics.json",
+        "results": f"{out}/results.json",
+        "ap_table": f"{out}/ap_table.md",
+        "loss_plot": f"{out}/loss.png",
+        "vis": f"{out}/vis",
+    }
+    results = {"bbox": {"AP": 51.04}, "segm": {"AP": 45.06}}
+    line = summary_line(results, 1200, 612.0, out, files)
+    assert "\n" not in line
+    assert line.startswith("[demo] box AP 51.0, mask AP 45.1 after 1200 iterations in 10.2 min")
+    for name in ("ap_table.md", "loss.png", "vis/", "model_final.pth", "metrics.json", out):
+        assert name in line
+    assert "mask" not in summary_line({"bbox": {"AP": 1.0}}, 5, 60.0, out, files)
+
 # --- errors a person can read ------------------------------------------------------------------
 
 

@@ -13,6 +13,10 @@ Examples::
     python tools/benchmark.py --variants heads
     # pycocotools' COCOeval against faster-coco-eval
     python tools/benchmark.py --coco-eval
+    # self CPU time per op (torch.profiler), inference and training, vs the first config
+    python tools/benchmark.py --profile --threads 2 --configs \\
+        "base=d2://common/models/mask_rcnn_fpn.py" \\
+        "efficient=common/models/mask_rcnn_safpn_ejhead_efficient.py"
 
 Config specs: ``[LABEL=]SOURCE[,KEY=VALUE...]`` (sa_ejhead/analysis/specs.py). What is measured
 and how: sa_ejhead/analysis/measure.py and docs/benchmark.md.
@@ -78,6 +82,27 @@ def get_parser():
         action="store_true",
         help="measure in this process (peak memory is then polluted by earlier configs)",
     )
+    parser.add_argument(
+        "--profile",
+        action="store_true",
+        help="instead of the cost table, profile the self CPU time per op (torch.profiler) over "
+        "--runs inference forwards and --train-steps training steps after --warmup, and print, "
+        "per phase, each op's time per config and its difference to the first config "
+        "(sa_ejhead/analysis/profile.py)",
+    )
+    parser.add_argument(
+        "--profile-threshold",
+        type=float,
+        default=0.02,
+        help="--profile: mark the ops whose time differs from the first config's by more than "
+        "this share of the first config's total (default 0.02)",
+    )
+    parser.add_argument(
+        "--profile-top",
+        type=int,
+        default=25,
+        help="--profile: list the marked ops and this many of the slowest; sum the others",
+    )
     parser.add_argument("--coco-eval", action="store_true", help="time COCO evaluation too")
     parser.add_argument("--coco-eval-images", type=int, default=500)
     parser.add_argument("--coco-eval-dets", type=int, default=100)
@@ -103,6 +128,21 @@ def _how(args, phases):
             f"median of {args.runs} runs after {args.warmup} warm-up (CPU time/run: process CPU "
             "seconds, all threads)"
         )
+    if "profile_infer" in phases:
+        h, w = args.input_size
+        how.append(
+            f"inference profile: {args.runs} forwards after {args.warmup} warm-up at {h}x{w}, "
+            f"batch 1, {args.proposals} proposals and {args.detections} detections per image"
+        )
+    if "profile_train" in phases:
+        h, w = args.train_size
+        how.append(
+            f"training profile: {args.train_steps} SGD steps after {args.warmup} warm-up at "
+            f"{h}x{w}, batch {args.train_batch}, random ground truth"
+        )
+    if args.profile:
+        where = "this process" if args.no_isolate else "a fresh process"
+        return "; ".join(how) + f"; each config in {where}."
     if "train" in phases:
         h, w = args.train_size
         how.append(
@@ -125,6 +165,8 @@ def main(argv=None):
         parser.error("nothing to do: give --configs, --variants and/or --coco-eval")
     if args.configs and args.variants:
         parser.error("give --configs or --variants, not both")
+    if args.profile and (args.variants or args.deploy or not args.configs):
+        parser.error("--profile needs --configs (and neither --variants nor --deploy)")
     if args.threads:
         torch.set_num_threads(args.threads)
     options = {
@@ -137,12 +179,15 @@ def main(argv=None):
         "train_batch": args.train_batch,
         "train_steps": args.train_steps,
         "threads": args.threads or torch.get_num_threads(),
-        "flops": not args.no_flops,
-        "cuda": not args.no_cuda and not args.variants,
+        "flops": not args.no_flops and not args.profile,
+        "cuda": not args.no_cuda and not args.variants and not args.profile,
     }
     phases = tuple(
         p for p, skip in (("infer", args.no_infer), ("train", args.no_train)) if not skip
     )
+    if args.profile:
+        phases = tuple(f"profile_{p}" for p in phases)
+        options["profile_threshold"] = args.profile_threshold
     if args.variants:
         phases = ("infer",)  # parameters and FLOPs only, in this process
     if args.variants:
@@ -163,6 +208,13 @@ def main(argv=None):
                 f"{args.proposals} proposals and {args.detections} detections per image.\n"
             )
             print(report.format_variant_table(args.variants, result["configs"]))
+        elif args.profile:
+            print(_how(args, phases) + "\n")
+            print(
+                report.format_profile_tables(
+                    result["configs"], args.profile_threshold, args.profile_top
+                )
+            )
         else:
             print(_how(args, phases) + "\n")
             print(report.format_cost_table(result["configs"]))

@@ -1,33 +1,12 @@
-# Baseline twin of sa_shapes.py: Mask R-CNN with Detectron2's plain FPN and StandardROIHeads (7x7
-# RoIs, no refinement, no interleaving); same backbone, widths, data and schedule.
-from detectron2.config import LazyCall as L
-from detectron2.layers import ShapeSpec
-from detectron2.modeling.backbone import FPN
-from detectron2.modeling.roi_heads import FastRCNNConvFCHead, StandardROIHeads
+# Baseline twin of sa_shapes.py: Detectron2's Mask R-CNN (plain FPN, StandardROIHeads: 7x7 box
+# RoIs, no refinement, no interleaving) with the same pre-trained backbone, widths, data,
+# optimizer and schedule. The CPU ablation's protocol v2 "Mask R-CNN (Baseline)" row has the same
+# settings (tests/test_demo_configs.py).
+from detectron2.model_zoo import get_config
 
-from .sa_shapes import CHANNELS, FC_DIM, dataloader, lr_multiplier, model, optimizer, train
+from .sa_shapes import apply_demo_settings, dataloader, lr_multiplier, optimizer, train
 
-model.backbone._target_ = FPN
-for key in ("mode", "downsample", "share_laterals", "fuse_position", "td_only_levels"):
-    model.backbone.pop(key)
-
-roi = model.roi_heads
-roi._target_ = StandardROIHeads
-for key in (
-    "refinement",
-    "refinement_scope",
-    "box_refinement_downsample",
-    "interleave",
-    "interleave_append_gt",
-    "interleave_iou_threshold",
-    "interleave_max_positives",
-):
-    roi.pop(key)
-roi.box_pooler.output_size = 7
-roi.box_head = L(FastRCNNConvFCHead)(
-    input_shape=ShapeSpec(channels=CHANNELS, height=7, width=7),
-    conv_dims=[],
-    fc_dims=[FC_DIM, FC_DIM],
-)
+model = apply_demo_settings(get_config("common/models/mask_rcnn_fpn.py").model)
+optimizer.params.pop("lr_factor_func")  # no Enriched Feature
 
 train.output_dir = "output/demo_baseline"

@@ -10,7 +10,7 @@ from detectron2.config import LazyCall as L
 
 from sa_ejhead.model_zoo import get_config
 
-_base = get_config("demo/sa_shapes_baseline.py")
+_base = get_config("demo/sa_shapes_scratch_baseline.py")
 model, dataloader, train = _base.model, _base.dataloader, _base.train
 optimizer, lr_multiplier = _base.optimizer, _base.lr_multiplier
 

@@ -36,6 +36,7 @@ __all__ = [
     "time_calls",
     "time_inference",
     "time_training_step",
+    "training_step",
     "PHASES",
     "measure_config",
     "measure",
@@ -277,6 +278,26 @@ def time_training_step(model, inputs, steps=3, warmup=1, device="cpu", optimizer
     from detectron2.utils.events import EventStorage
 
     model.train()
+    step = training_step(model, inputs, optimizer)
+    with EventStorage():
+        result = time_calls(step, steps, warmup, device)
+    model.eval()
+    return result
+
+
+def training_step(model, inputs, optimizer=None):
+    """One training step as a function of no arguments: forward (the model must be in training
+    mode, inside a Detectron2 ``EventStorage``), backward, optimizer step.
+
+    Args:
+        model (nn.Module): a Detectron2 model.
+        inputs (list[dict]): training inputs with ``instances``.
+        optimizer (torch.optim.Optimizer or None): None: SGD with momentum and learning rate 0
+            (all the arithmetic of a step, the weights unchanged; see :func:`time_training_step`).
+
+    Returns:
+        callable: the step.
+    """
     if optimizer is None:
         params = [p for p in model.parameters() if p.requires_grad]
         optimizer = torch.optim.SGD(params, lr=0.0, momentum=0.9)
@@ -287,10 +308,7 @@ def time_training_step(model, inputs, steps=3, warmup=1, device="cpu", optimizer
         sum(losses.values()).backward()
         optimizer.step()
 
-    with EventStorage():
-        result = time_calls(step, steps, warmup, device)
-    model.eval()
-    return result
+    return step
 
 
 def _num_classes(model):
@@ -350,9 +368,30 @@ def measure_training(model, options, use_cuda):
     return out
 
 
+def _profile_phase(kind):
+    """The per-op profile of ``kind`` ("infer" or "train") as a phase (:mod:`.profile`)."""
+
+    def run(model, options, use_cuda):
+        from .profile import PROFILERS
+
+        profile = PROFILERS[kind](model, options)
+        out = {f"profile_{kind}": profile}
+        if "counts" in profile:  # the RoI counts, checked by tools/benchmark.py
+            out["counts"] = profile["counts"]
+        return out
+
+    return run
+
+
 # phase -> function(model, options, use_cuda) -> figures; the model is built and its RoI counts
-# fixed before (a fresh model per config and phase).
-PHASES = {"infer": measure_inference, "train": measure_training}
+# fixed before (a fresh model per config and phase). The "profile_*" phases are those of
+# ``tools/benchmark.py --profile`` (CPU only).
+PHASES = {
+    "infer": measure_inference,
+    "train": measure_training,
+    "profile_infer": _profile_phase("infer"),
+    "profile_train": _profile_phase("train"),
+}
 
 
 def measure_config(spec, phase, options):
@@ -427,6 +466,9 @@ def measure(specs, options, isolate=True, phases=("infer", "train"), log=print):
             for key in ("flops", "cpu_latency", "train_step"):
                 if key in figures:
                     brief[key] = figures[key].get("total", figures[key].get("median"))
+            for key in ("profile_infer", "profile_train"):
+                if key in figures:
+                    brief[f"{key}_wall_ms"] = round(figures[key]["wall_ms"], 1)
             log(
                 f"[benchmark] {spec.label}: {phase} done in {time.perf_counter() - start:.0f}s: "
                 + json.dumps(brief)

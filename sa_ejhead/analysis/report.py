@@ -6,7 +6,14 @@ import platform
 import torch
 from tabulate import tabulate
 
-__all__ = ["COLUMNS", "format_cost_table", "format_variant_table", "format_coco_eval_table"]
+__all__ = [
+    "COLUMNS",
+    "format_cost_table",
+    "format_variant_table",
+    "format_coco_eval_table",
+    "format_profile_table",
+    "format_profile_tables",
+]
 
 # (header, path in a row of measure.measure, scale, format): a column appears when some row has
 # the figure. A new measurement (measure.PHASES) adds its columns here.
@@ -180,6 +187,89 @@ def format_coco_eval_table(rows):
         )
     headers = ["IoU type", "images", "detections", "pycocotools (s)", "faster-coco-eval (s)"]
     return _markdown(headers + ["speed-up", "max abs diff of stats"], table)
+
+
+def format_profile_table(labels, comparison, threshold=0.02, top=25):
+    """Markdown table of one phase of the per-op profile (:func:`.profile.compare_ops`).
+
+    Args:
+        labels (list[str]): the configs, the reference first.
+        comparison (dict): :func:`sa_ejhead.analysis.profile.compare_ops` of their profiles.
+        threshold (float): the share of the reference's total used for the marking (for the
+            header only; the marks are ``comparison``'s).
+        top (int): besides every marked op, the ``top`` ops with the largest time in any config;
+            the others are summed in one row.
+
+    Returns:
+        str: columns op, ms per run for each config, then for each other config the difference
+        vs the reference in ms and in % of the reference's total, and the mark; rows the ops
+        (largest difference first), the other ops, the ops' total and the profiled wall time.
+    """
+    ops = comparison["ops"]
+    by_time = sorted(ops, key=lambda e: -max(e["ms"]))[:top]
+    shown = {e["op"] for e in by_time} | {e["op"] for e in ops if e["marked"]}
+    others = [e for e in ops if e["op"] not in shown]
+    mark = f"> {100 * threshold:g} %"
+    headers = ["op"] + [f"{label} (ms)" for label in labels]
+    for label in labels[1:]:
+        headers += [f"{label} - {labels[0]} (ms)", f"(% of {labels[0]} total)"]
+    headers.append(mark)
+
+    def cells(name, entry, marked):
+        row = [name] + [f"{v:.1f}" for v in entry["ms"]]
+        for d, pct in zip(entry["diff_ms"][1:], entry["diff_pct"][1:]):
+            row += [f"{d:+.1f}", f"{pct:+.1f}"]
+        return row + [f"**{mark}**" if marked else ""]
+
+    table = [cells(f"`{e['op']}`", e, e["marked"]) for e in ops if e["op"] in shown]
+    if others:
+        summed = {
+            k: [sum(e[k][i] for e in others) for i in range(len(labels))]
+            for k in ("ms", "diff_ms", "diff_pct")
+        }
+        table.append(cells(f"other ops ({len(others)})", summed, False))
+    totals = comparison["totals"]
+    table.append(cells("**total (ops' self CPU)**", totals["total_ms"], False))
+    table.append(cells("wall time (profiled)", totals["wall_ms"], False))
+    return _markdown(headers, table)
+
+
+_PROFILE_TITLES = {"infer": "Inference forward", "train": "Training step"}
+
+
+def format_profile_tables(rows, threshold=0.02, top=25):
+    """The per-op profile tables of ``tools/benchmark.py --profile``, one per phase.
+
+    Args:
+        rows (list[dict]): :func:`sa_ejhead.analysis.measure.measure` rows with the phases
+            ``profile_infer`` and/or ``profile_train``; the first row is the reference.
+        threshold (float), top (int): see :func:`format_profile_table`.
+
+    Returns:
+        str: per phase, a title line, the table and the list of the marked ops.
+    """
+    from .profile import PROFILE_KINDS, compare_ops
+
+    labels = [r["label"] for r in rows]
+    parts = []
+    for kind in PROFILE_KINDS:
+        key = f"profile_{kind}"
+        if not rows or not all(key in r for r in rows):
+            continue
+        comparison = compare_ops([r[key] for r in rows], threshold)
+        marked = [e["op"] for e in comparison["ops"] if e["marked"]]
+        runs = rows[0][key]["runs"]
+        parts.append(
+            f"{_PROFILE_TITLES[kind]}: self CPU time per op, ms per run (mean of {runs} profiled "
+            f"runs); marked: the ops whose time differs from {labels[0]}'s by more than "
+            f"{100 * threshold:g} % of {labels[0]}'s total ({comparison['threshold_ms']:.1f} ms)."
+            + "\n\n"
+            + format_profile_table(labels, comparison, threshold, top)
+            + "\n\nMarked ops: "
+            + (", ".join(f"`{name}`" for name in marked) if marked else "none")
+            + "."
+        )
+    return "\n\n".join(parts)
 
 
 def describe_machine(threads):

@@ -15,7 +15,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from detectron2.config import configurable
-from detectron2.layers import cat
+from detectron2.layers import ROIAlign, cat
 from detectron2.modeling.matcher import Matcher
 from detectron2.modeling.poolers import ROIPooler
 from detectron2.modeling.roi_heads import (
@@ -28,10 +28,10 @@ from detectron2.modeling.roi_heads.cascade_rcnn import _ScaleGradient
 from detectron2.structures import Boxes, Instances, pairwise_iou
 from detectron2.utils.events import get_event_storage
 
-from .poolers import use_threaded_roi_align
+from .poolers import ThreadedROIAlign, use_threaded_roi_align
 from .refinement import build_refinement
 
-__all__ = ["EJROIHeads", "EJCascadeROIHeads", "REFINEMENT_SCOPES"]
+__all__ = ["EJROIHeads", "EJCascadeROIHeads", "REFINEMENT_SCOPES", "direct_box_pooler"]
 
 logger = logging.getLogger(__name__)
 
@@ -50,6 +50,61 @@ def _box_pooler_at(cfg, input_shape, resolution: int) -> ROIPooler:
         sampling_ratio=cfg.MODEL.ROI_BOX_HEAD.POOLER_SAMPLING_RATIO,
         pooler_type=cfg.MODEL.ROI_BOX_HEAD.POOLER_TYPE,
     )
+
+
+def direct_box_pooler(pooler: ROIPooler, factor: int) -> Optional[ROIPooler]:
+    """
+    The pooler whose output equals ``avg_pool2d(pooler(x, boxes), factor)``, computed without the
+    full-resolution RoIs, or None where there is no such pooler (docs/design.md, "Exact
+    downsampled box pooling").
+
+    With a fixed sampling ratio ``s > 0``, an ``S x S`` RoIAlign followed by a ``factor x factor``
+    average pool is an ``(S / factor) x (S / factor)`` RoIAlign with sampling ratio
+    ``factor * s``: both average the same ``(factor * s)^2`` bilinear samples per output cell
+    (the sample points of a coarse bin are exactly those of its ``factor x factor`` fine bins);
+    only the float summation order differs. The adaptive ratio (``s = 0``) depends on the bin
+    size, so it has no such equivalent.
+
+    Args:
+        pooler (ROIPooler): the full-resolution pooler (e.g. the Enriched Feature's 14x14).
+        factor (int): the average-pool factor (``box_refinement_downsample``).
+
+    Returns:
+        ROIPooler or None: a pooler with the same scales, level assignment (canonical box size
+        and level), ``aligned`` flag and RoIAlign class (a :class:`ThreadedROIAlign` keeps its
+        ``min_rois_per_thread``), at ``output_size // factor`` and sampling ratio
+        ``factor * s``; None when ``factor == 1``, the ratio is adaptive (0), the levels are not
+        RoIAlign (RoIPool, rotated RoIAlign), ``output_size`` is not divisible by ``factor``, or
+        ``pooler`` overrides :meth:`ROIPooler.forward`.
+    """
+    levels = list(pooler.level_poolers)
+    if (
+        factor <= 1
+        or type(pooler).forward is not ROIPooler.forward
+        or not levels
+        or any(type(level) not in (ROIAlign, ThreadedROIAlign) for level in levels)
+        or any(size % factor for size in pooler.output_size)
+    ):
+        return None
+    ratios = {int(level.sampling_ratio) for level in levels}
+    aligned = {bool(level.aligned) for level in levels}
+    if len(ratios) != 1 or len(aligned) != 1:
+        return None
+    (ratio,), (is_aligned,) = ratios, aligned
+    if ratio <= 0:  # adaptive: the number of samples depends on the bin size
+        return None
+    direct = ROIPooler(
+        output_size=tuple(size // factor for size in pooler.output_size),
+        scales=tuple(level.spatial_scale for level in levels),
+        sampling_ratio=factor * ratio,
+        pooler_type="ROIAlignV2" if is_aligned else "ROIAlign",
+        canonical_box_size=pooler.canonical_box_size,
+        canonical_level=pooler.canonical_level,
+    )
+    threaded = [level for level in levels if isinstance(level, ThreadedROIAlign)]
+    if threaded:
+        use_threaded_roi_align(direct, threaded[0].min_rois_per_thread)
+    return direct
 
 
 class _EJHeadMixin:
@@ -78,6 +133,11 @@ class _EJHeadMixin:
             box_refinement_downsample (int): efficiency lever; 1 (faithful) refines the box RoIs
                 at the pooler's resolution, k > 1 average-pools them by k first (14x14 -> 7x7 for
                 k=2; the box head then takes the smaller input). Mask RoIs are never downsampled.
+                With a fixed sampling ratio s > 0 of the box pooler, the pooled-then-averaged
+                RoIs are computed exactly by one RoIAlign at (resolution / k) with ratio k * s
+                (``box_direct_pooler``, :func:`direct_box_pooler`): the full-resolution RoIs are
+                never built. With the adaptive ratio (s = 0, Detectron2's default) the box
+                pooler runs at full resolution and the RoIs are average-pooled, as before.
             interleave (bool): train the mask branch on the regressed boxes.
             interleave_append_gt (bool): re-append the GT boxes to the interleaved positives.
             interleave_iou_threshold (float): IoU for a regressed box to be a positive.
@@ -136,6 +196,12 @@ class _EJHeadMixin:
             for name in ("box_pooler", "mask_pooler", "keypoint_pooler"):
                 if getattr(self, name, None) is not None:
                     use_threaded_roi_align(getattr(self, name))
+        # Box RoIs pooled straight to the downsampled size where that is exact (same numbers as
+        # the box pooler + average pool, docs/design.md); None: the box pooler + average pool.
+        self.box_direct_pooler = None
+        box_pooler = getattr(self, "box_pooler", None)
+        if box_pooler is not None and self.box_refinement_downsample > 1:
+            self.box_direct_pooler = direct_box_pooler(box_pooler, self.box_refinement_downsample)
 
     @classmethod
     def from_config(cls, cfg, input_shape):
@@ -185,10 +251,19 @@ class _EJHeadMixin:
     def _interleave_on(self) -> bool:
         return self.interleave and self.mask_on
 
-    def _refine_box_features(self, x: torch.Tensor) -> torch.Tensor:
-        # x: R x C x S x S pooled box RoIs (S = 14 for the Enriched Feature)
+    def _pool_box_features(self, features: List[torch.Tensor], boxes: List[Boxes]) -> torch.Tensor:
+        """The box RoIs, R x C x S x S with S = the box pooler's resolution divided by
+        ``box_refinement_downsample`` (14 for the Enriched Feature, 7 when downsampled by 2):
+        ``box_direct_pooler`` when there is one, else the box pooler then the average pool."""
+        if self.box_direct_pooler is not None:
+            return self.box_direct_pooler(features, boxes)
+        x = self.box_pooler(features, boxes)
         if self.box_refinement_downsample > 1:
             x = F.avg_pool2d(x, self.box_refinement_downsample)
+        return x
+
+    def _refine_box_features(self, x: torch.Tensor) -> torch.Tensor:
+        # x: R x C x S x S pooled (and downsampled) box RoIs, from _pool_box_features
         if self.refinement is not None:
             x = self.refinement(x)
         return x
@@ -360,7 +435,10 @@ class EJROIHeads(_EJHeadMixin, StandardROIHeads):
     switches (docs/design.md, EJ-Head):
 
     1. Enriched Feature: the ``box_pooler`` at 14x14 (its ``output_size``), with a box head for
-       14x14 inputs (:class:`EJFastRCNNConvFCHead`, ``box_fc_input``);
+       14x14 inputs (:class:`EJFastRCNNConvFCHead`, ``box_fc_input``); with
+       ``box_refinement_downsample=k`` the box RoIs are average-pooled by k, or, where the box
+       pooler has a fixed sampling ratio s > 0, pooled directly at 14/k with ratio k * s, which
+       gives the same numbers (``box_direct_pooler``);
     2. Boundary Refinement: ``refinement`` (a :class:`BoundaryRefinement` or None) right after the
        RoIAlign, shared by the box and the mask RoIs (``refinement_scope="shared"``) or applied
        to the box RoIs only (``"box"``);
@@ -375,7 +453,7 @@ class EJROIHeads(_EJHeadMixin, StandardROIHeads):
 
     def _box_predictions(self, features: Dict[str, torch.Tensor], proposals: List[Instances]):
         features = [features[f] for f in self.box_in_features]
-        box_features = self.box_pooler(features, [x.proposal_boxes for x in proposals])
+        box_features = self._pool_box_features(features, [x.proposal_boxes for x in proposals])
         box_features = self._refine_box_features(box_features)  # R x C x S x S
         box_features = self.box_head(box_features)
         return self.box_predictor(box_features)
@@ -427,7 +505,7 @@ class EJCascadeROIHeads(_EJHeadMixin, CascadeROIHeads):
 
     def _run_stage(self, features: List[torch.Tensor], proposals: List[Instances], stage: int):
         """Like :meth:`CascadeROIHeads._run_stage`, with the refinement on the pooled RoIs."""
-        box_features = self.box_pooler(features, [x.proposal_boxes for x in proposals])
+        box_features = self._pool_box_features(features, [x.proposal_boxes for x in proposals])
         # The refinement is shared by all stages, like the features: it sees the average of the
         # stage losses, while each stage's head sees its own loss (as CascadeROIHeads).
         box_features = self._refine_box_features(box_features)

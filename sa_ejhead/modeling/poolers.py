@@ -101,6 +101,12 @@ class ThreadedROIAlign(ROIAlign):
         threads = self.num_chunks(input, rois.shape[0])
         if threads == 1:
             return super().forward(input, rois)
+        # torch.profiler does not see the ops of the worker threads: this span is the calling
+        # thread's share (submit, wait, copy), so that per-op profiles account for the pooling
+        with torch.profiler.record_function("sa_ejhead::threaded_roi_align"):
+            return self._forward_threaded(input, rois, threads)
+
+    def _forward_threaded(self, input, rois, threads):
         inference_mode = torch.is_inference_mode_enabled()
         plain_forward = super().forward
 

@@ -12,9 +12,13 @@
 # EJ-Head (Enriched 14x14 RoIAlign, shared residual Boundary Refinement and Interleaving kept):
 #   refinement.bottleneck_channels=64  the residual branch runs on 64 channels
 #                           (1x1 256->64, two 3x3 64->64, 1x1 64->256, shortcut);
-#   box_refinement_downsample=2        box RoIs: 14x14 RoIAlign, 2x2 average pool to 7x7, then
-#                           the refinement and the 7x7 fc input (12.8 M first-fc weights instead of
-#                           51.4 M); mask RoIs are refined at 14x14.
+#   box_refinement_downsample=2        box RoIs at 7x7 for the refinement and the fc input (12.8 M
+#                           first-fc weights instead of 51.4 M); mask RoIs are refined at 14x14;
+#   box_pooler.sampling_ratio=1        with a fixed ratio the 2x2 average of the 14x14 RoIAlign is
+#                           exactly a 7x7 RoIAlign at ratio 2, so the head pools 7x7 directly and
+#                           never builds the 14x14 tensor (docs/design.md, "Exact downsampled box
+#                           pooling"). Detectron2's adaptive ratio (0) has no such shortcut; its
+#                           accuracy against ratio 1 is the ablation's table E (docs/ablation.md).
 from detectron2.layers import ShapeSpec
 
 from .mask_rcnn_safpn_ejhead import model
@@ -24,3 +28,4 @@ model.backbone.update(share_laterals=True, fuse_position="before", td_only_level
 model.roi_heads.refinement.bottleneck_channels = 64
 model.roi_heads.box_refinement_downsample = 2
 model.roi_heads.box_head.input_shape = ShapeSpec(channels=256, height=7, width=7)
+model.roi_heads.box_pooler.sampling_ratio = 1

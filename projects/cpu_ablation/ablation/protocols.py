@@ -243,6 +243,21 @@ PROTOCOLS = {
         iters=1200,
         tables={
             **PAPER_TABLES,
+            # v2's efficient row pools its box RoIs at 7x7 with the fixed sampling ratio 1 (exact
+            # for a 14x14 RoIAlign at ratio 1 + 2x2 average pool); the last row has the adaptive
+            # ratio 0 that the efficient model had before (14x14 RoIAlign + average pool)
+            "E": (
+                PAPER_TABLES["E"][0],
+                PAPER_TABLES["E"][1],
+                PAPER_TABLES["E"][2]
+                + [
+                    (
+                        "safpn_ejhead_efficient_adaptive",
+                        ["SA-FPN + EJ-Head, efficient, adaptive box sampling"],
+                    )
+                ],
+                PAPER_TABLES["E"][3],
+            ),
             "D": (
                 "Diagnostic: the Enriched Feature's fc1 learning rate under v2",
                 ["Row", "fc1 lr"],

@@ -2,7 +2,7 @@
 # make-demo baseline (ResNet-18 BN from scratch, FPN 64 ch, StandardROIHeads 7x7, fc 256).
 from sa_ejhead.model_zoo import get_config
 
-_base = get_config("demo/sa_shapes_baseline.py")
+_base = get_config("demo/sa_shapes_scratch_baseline.py")
 model, dataloader, optimizer, lr_multiplier, train = (
     _base.model,
     _base.dataloader,

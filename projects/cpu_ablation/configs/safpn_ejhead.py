@@ -1,10 +1,10 @@
-# Table 2 "Mask R-CNN + SA-FPN + EJ-Head (Ours)", demo-sized: configs/demo/sa_shapes.py (SA-FPN
+# Table 2 "Mask R-CNN + SA-FPN + EJ-Head (Ours)", demo-sized: configs/demo/sa_shapes_scratch.py (SA-FPN
 # "sa" neck, 14x14 RoIs flattened, shared residual refinement, interleaving) with the faithful
 # refinement block on all channels (the demo itself uses the bottleneck_channels=16 lever; that is
 # the efficient row, safpn_ejhead_efficient.py).
 from sa_ejhead.model_zoo import get_config
 
-_base = get_config("demo/sa_shapes.py")
+_base = get_config("demo/sa_shapes_scratch.py")
 model, dataloader, optimizer, lr_multiplier, train = (
     _base.model,
     _base.dataloader,

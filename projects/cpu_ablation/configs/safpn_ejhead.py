@@ -1,7 +1,7 @@
-# Table 2 "Mask R-CNN + SA-FPN + EJ-Head (Ours)", demo-sized: configs/demo/sa_shapes_scratch.py (SA-FPN
-# "sa" neck, 14x14 RoIs flattened, shared residual refinement, interleaving) with the faithful
-# refinement block on all channels (the demo itself uses the bottleneck_channels=16 lever; that is
-# the efficient row, safpn_ejhead_efficient.py).
+# Table 2 "Mask R-CNN + SA-FPN + EJ-Head (Ours)", demo-sized: configs/demo/sa_shapes_scratch.py
+# (SA-FPN "sa" neck, 14x14 RoIs flattened, shared residual refinement, interleaving) with the
+# faithful refinement block on all channels (the from-scratch demo uses the bottleneck_channels=16
+# lever; that is the efficient row, safpn_ejhead_efficient.py).
 from sa_ejhead.model_zoo import get_config
 
 _base = get_config("demo/sa_shapes_scratch.py")

@@ -1,8 +1,9 @@
 # Protocol v2 of the CPU ablation (docs/ablation.md): what every row shares. Not a row; each row
 # is a few lines on top of baseline.py or safpn_ejhead.py, which apply these settings to
-# Detectron2's Mask R-CNN and to the model zoo's SA-FPN + EJ-Head model. The ablation keeps its
-# own copy of these settings (it does not inherit from configs/demo), so tuning the demo never
-# changes a v2 row. Paper (COCO) values in brackets.
+# Detectron2's Mask R-CNN and to the model zoo's SA-FPN + EJ-Head model. `make demo` trains the
+# same two models (configs/demo/sa_shapes.py, sa_shapes_baseline.py); the ablation keeps its own
+# copy of the settings, so tuning the demo never changes a v2 row, and tests/test_demo_configs.py
+# fails when the two part. Paper (COCO) values in brackets.
 #
 # - Backbone: ResNet-18 at half width (32..256 channels), FrozenBN, stem and res2 frozen
 #   (freeze_at=2), initialised from the committed pre-trained weights (the stand-in for ImageNet:

@@ -208,18 +208,46 @@ def summary_line(results, iters, wall_s, output_dir, files):
     )
 
 
+def _busy_cpus(interval=0.5, stat="/proc/stat"):
+    """How many CPUs other processes keep busy now: the non-idle share of all CPUs' time over
+    ``interval`` seconds (Linux ``/proc/stat``) times the CPU count; None where it can't be read.
+
+    Unlike the load average (a one-minute mean), this sees a machine that has just become idle
+    as idle.
+    """
+
+    def totals():
+        with open(stat) as f:
+            fields = [float(v) for v in f.readline().split()[1:]]
+        idle = fields[3] + (fields[4] if len(fields) > 4 else 0.0)  # idle + iowait
+        return sum(fields), idle
+
+    try:
+        total0, idle0 = totals()
+        time.sleep(interval)
+        total1, idle1 = totals()
+    except (OSError, ValueError, IndexError):
+        return None
+    if total1 <= total0:
+        return None
+    return (1.0 - (idle1 - idle0) / (total1 - total0)) * (os.cpu_count() or 1)
+
+
 def _auto_threads():
     """One intra-op thread when the CPUs are already busy, else PyTorch's default.
 
     On a shared machine, PyTorch's threads compete with the other processes' and spin: measured
     on the 2-core machine under a load of ~8, a training step took 33 s with 2 threads and 8 s
-    with 1.
+    with 1. "Busy": other processes use at least half a CPU now (:func:`_busy_cpus`), or, where
+    that can't be measured, the one-minute load average is at least the number of CPUs.
     """
-    try:
-        load = os.getloadavg()[0]
-    except OSError:
-        return torch.get_num_threads()
-    return 1 if load >= (os.cpu_count() or 1) else torch.get_num_threads()
+    busy = _busy_cpus()
+    if busy is None:
+        try:
+            busy = os.getloadavg()[0] - (os.cpu_count() or 1) + 0.5
+        except OSError:
+            return torch.get_num_threads()
+    return 1 if busy >= 0.5 else torch.get_num_threads()
 
 
 def measure_train_step(cfg, steps=3):

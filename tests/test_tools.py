@@ -424,7 +424,6 @@ def test_demo_ap_table_title_names_the_configured_test_set():
     assert _ap_table_title(cfg, config_file) == "COCO AP (%) on my_val, sa_shapes.py, 7 iterations"
 
 
-
 def test_demo_summary_line_names_the_ap_and_every_output():
     from sa_ejhead.demo import summary_line
 
@@ -444,6 +443,24 @@ def test_demo_summary_line_names_the_ap_and_every_output():
     for name in ("ap_table.md", "loss.png", "vis/", "model_final.pth", "metrics.json", out):
         assert name in line
     assert "mask" not in summary_line({"bbox": {"AP": 1.0}}, 5, 60.0, out, files)
+
+
+def test_demo_counts_the_cpus_that_other_processes_keep_busy(tmp_path, monkeypatch):
+    from sa_ejhead import demo
+
+    stat = tmp_path / "stat"
+    stat.write_text("cpu  100 0 100 800 0 0 0 0 0 0\ncpu0 1 2 3 4\n")
+    # between the two reads: 200 busy and 100 idle jiffies, i.e. 2/3 of every CPU busy
+    later = "cpu  200 0 200 900 0 0 0 0 0 0\n"
+    monkeypatch.setattr(demo.time, "sleep", lambda s: stat.write_text(later))
+    monkeypatch.setattr(demo.os, "cpu_count", lambda: 3)
+    assert demo._busy_cpus(stat=str(stat)) == pytest.approx(2.0)
+    assert demo._busy_cpus(stat=str(tmp_path / "missing")) is None
+    monkeypatch.setattr(demo, "_busy_cpus", lambda: 1.0)
+    assert demo._auto_threads() == 1
+    monkeypatch.setattr(demo, "_busy_cpus", lambda: 0.1)
+    assert demo._auto_threads() == torch.get_num_threads()
+
 
 # --- errors a person can read ------------------------------------------------------------------
 

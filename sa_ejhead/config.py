@@ -60,6 +60,8 @@ def add_sa_ejhead_config(cfg):
     # Speed only, same output: split the CPU RoIAlign of the box/mask poolers over the torch
     # threads (torchvision's CPU kernel uses one; sa_ejhead/modeling/poolers.py).
     cfg.MODEL.EJ_HEAD.THREADED_POOLING = True
+    # memory only: box RoIs refined and classified this many at a time at inference (0: all at once)
+    cfg.MODEL.EJ_HEAD.BOX_INFERENCE_CHUNK = 256
 
     # Learning-rate factor of the box head's first fc (each stage's in a cascade), as Detectron2's
     # SOLVER.BIAS_LR_FACTOR: (7/14)^2 = 0.25 when 14x14 RoIs are flattened into it (the EJ-Head

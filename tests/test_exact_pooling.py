@@ -436,3 +436,31 @@ def test_efficient_model_with_the_direct_pooler_exports():
         assert result["summary"]["expected"] > 0, runtime
         assert result["summary"]["ok"], (runtime, result["images"])
     assert report["torchscript"]["summary"]["box_max_abs"] == 0.0
+
+
+# --- box RoIs in chunks at inference ------------------------------------------------------------
+
+
+@pytest.mark.parametrize("downsample", [1, 2])
+def test_box_inference_in_chunks_gives_the_same_predictions(downsample):
+    heads = _heads(downsample=downsample, box_inference_chunk=24).eval()
+    whole = copy.deepcopy(heads)
+    whole.box_inference_chunk = 0
+    sizes = []
+    heads.refinement.register_forward_hook(lambda m, args, out: sizes.append(args[0].shape[0]))
+    feats, proposals = _features(), _proposals()
+    with torch.no_grad():
+        chunked = heads._box_predictions(feats, proposals)
+        assert sizes == [24, 24, 24, 8]  # 80 RoIs
+        at_once = whole._box_predictions(feats, proposals)
+    for a, b in zip(chunked, at_once):
+        torch.testing.assert_close(a, b, atol=ATOL, rtol=0)
+    # with autograd on (training, or a caller that wants gradients) the RoIs go at once
+    sizes.clear()
+    heads._box_predictions(feats, proposals)
+    assert sizes == [80]
+
+
+def test_box_inference_chunk_is_checked():
+    with pytest.raises(ValueError, match="box_inference_chunk"):
+        _heads(box_inference_chunk=-1)

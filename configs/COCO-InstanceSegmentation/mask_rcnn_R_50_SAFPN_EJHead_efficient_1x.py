@@ -1,5 +1,5 @@
-# Mask R-CNN + SA-FPN + EJ-Head, efficient setting (not in the paper; within 1.25x of Mask R-CNN
-# R50-FPN in FLOPs and CPU latency, see docs/benchmark.md), ResNet-50, 12 epochs as
+# Mask R-CNN + SA-FPN + EJ-Head, efficient setting (not in the paper; 1.09x the FLOPs of Mask
+# R-CNN R50-FPN, CPU costs in docs/benchmark.md), ResNet-50, 12 epochs as
 # mask_rcnn_R_50_SAFPN_EJHead_1x.py.
 from ..common.coco_sa import dataloader
 from ..common.coco_schedule_sa import lr_multiplier_12ep as lr_multiplier, optimizer

@@ -28,7 +28,7 @@ from detectron2.modeling.roi_heads.cascade_rcnn import _ScaleGradient
 from detectron2.structures import Boxes, Instances, pairwise_iou
 from detectron2.utils.events import get_event_storage
 
-from .poolers import ThreadedROIAlign, use_threaded_roi_align
+from .poolers import ThreadedROIAlign, _is_tracing, use_threaded_roi_align
 from .refinement import build_refinement
 
 __all__ = ["EJROIHeads", "EJCascadeROIHeads", "REFINEMENT_SCOPES", "direct_box_pooler"]
@@ -122,6 +122,7 @@ class _EJHeadMixin:
         interleave_iou_threshold: float = 0.5,
         interleave_max_positives: int = 128,
         threaded_pooling: bool = True,
+        box_inference_chunk: int = 256,
         **kwargs,
     ):
         """
@@ -145,6 +146,10 @@ class _EJHeadMixin:
             threaded_pooling (bool): in inference on the CPU, split the RoIAlign of the box/mask
                 poolers over the torch threads (:class:`ThreadedROIAlign`; same output).
             kwargs: the arguments of :class:`StandardROIHeads` (or :class:`CascadeROIHeads`).
+            box_inference_chunk (int): memory only (the same outputs up to float summation
+                order): at inference (no autograd) the box RoIs are refined and run through the
+                box head this many at a time, so the refinement's intermediate tensors exist for
+                one chunk instead of all 1000 RoIs; 0 runs them all at once. Not while tracing.
         """
         super().__init__(**kwargs)
         # a wrong type fails here, not at the first forward (e.g. refinement="none")
@@ -192,6 +197,11 @@ class _EJHeadMixin:
         # Speed only (bit-identical output): the RoIAlign levels split their RoIs over the CPU
         # threads (torchvision's CPU kernel uses one); see poolers.py.
         self.threaded_pooling = threaded_pooling
+        if int(box_inference_chunk) != box_inference_chunk or box_inference_chunk < 0:
+            raise ValueError(
+                f"box_inference_chunk must be an integer >= 0, got {box_inference_chunk}"
+            )
+        self.box_inference_chunk = int(box_inference_chunk)
         if threaded_pooling:
             for name in ("box_pooler", "mask_pooler", "keypoint_pooler"):
                 if getattr(self, name, None) is not None:
@@ -217,6 +227,7 @@ class _EJHeadMixin:
             interleave_iou_threshold=ej.INTERLEAVE_IOU_THRESHOLD,
             interleave_max_positives=ej.INTERLEAVE_MAX_POSITIVES,
             threaded_pooling=ej.THREADED_POOLING,
+            box_inference_chunk=ej.BOX_INFERENCE_CHUNK,
         )
         return ret
 
@@ -454,6 +465,19 @@ class EJROIHeads(_EJHeadMixin, StandardROIHeads):
     def _box_predictions(self, features: Dict[str, torch.Tensor], proposals: List[Instances]):
         features = [features[f] for f in self.box_in_features]
         box_features = self._pool_box_features(features, [x.proposal_boxes for x in proposals])
+        chunk = self.box_inference_chunk
+        if (
+            chunk > 0
+            and box_features.shape[0] > chunk
+            and not self.training
+            and not torch.is_grad_enabled()
+            and not _is_tracing()
+        ):
+            # per-RoI operations: the same numbers, the refinement's tensors for one chunk only
+            heads = [
+                self.box_head(self._refine_box_features(part)) for part in box_features.split(chunk)
+            ]
+            return self.box_predictor(torch.cat(heads))
         box_features = self._refine_box_features(box_features)  # R x C x S x S
         box_features = self.box_head(box_features)
         return self.box_predictor(box_features)

@@ -1,7 +1,8 @@
 # Mask R-CNN + SA-FPN + EJ-Head, efficient setting (not in the paper; docs/design.md, Costs): the
 # faithful model (mask_rcnn_safpn_ejhead.py) costs about twice the Mask R-CNN R50-FPN baseline in
-# FLOPs, this one stays within 1.25x of it in FLOPs and CPU latency (docs/benchmark.md, measured
-# with tools/benchmark.py). Every lever is spelled out; everything else is the faithful model.
+# FLOPs, this one costs 1.09x its FLOPs; its CPU latency, training step and memory, measured with
+# tools/benchmark.py, are in docs/benchmark.md. Every lever is spelled out; everything else is
+# the faithful model.
 #
 # SA-FPN (the TD and BUF pathways are both kept and concatenated per level):
 #   share_laterals=True     the BUF pathway reuses the TD laterals (no buf_lateral{i});

@@ -64,7 +64,7 @@ _RUN_FILES = (
     "model_final.pth",
 )
 # a step of the real loop (data loading in a worker process beside the 2 compute threads, hooks,
-# logging) over a timed step on one batch: measured 1.27 on the 2-core machine (docs/demo.md)
+# logging) over a timed step on one batch: measured 1.20-1.27 on the 2-core machine (docs/demo.md)
 _LOOP_OVERHEAD = 1.3
 _AP_KEYS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
 # Pictures show predictions scoring at least this. At Detectron2's usual 0.5 the demo model still

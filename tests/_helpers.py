@@ -324,3 +324,12 @@ def tiny_yacs_config(train_dataset, test_dataset, output_dir, *, max_iter=4, sa_
     cfg.SEED = 0
     cfg.OUTPUT_DIR = output_dir
     return cfg
+
+
+def onnx_nodes(graph):
+    """Every node of an ONNX graph, those of the subgraphs (If / Loop bodies) included."""
+    for node in graph.node:
+        yield node
+        for attr in node.attribute:
+            for subgraph in list(attr.graphs) + ([attr.g] if attr.HasField("g") else []):
+                yield from onnx_nodes(subgraph)

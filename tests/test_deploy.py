@@ -15,6 +15,7 @@ from detectron2.config import instantiate
 from detectron2.layers import ShapeSpec, paste_masks_in_image
 
 from _helpers import (
+    onnx_nodes,
     tiny_lazy_config,
     tiny_yacs_config,
     write_tiny_coco,
@@ -94,21 +95,12 @@ def test_exported_models_match_eager(exported, kind):
     assert report["torchscript"]["summary"]["box_max_abs"] == 0.0
 
 
-def _onnx_nodes(graph):
-    """Every node of an ONNX graph, those of the subgraphs (If / Loop bodies) included."""
-    for node in graph.node:
-        yield node
-        for attr in node.attribute:
-            for subgraph in list(attr.graphs) + ([attr.g] if attr.HasField("g") else []):
-                yield from _onnx_nodes(subgraph)
-
-
 def test_graph_has_roi_align_and_nms(exported):
     """RoIAlign (half-pixel, i.e. aligned=True) and NMS are ONNX ops, not Python loops: one
     RoiAlign per pyramid level in the box and the mask pooler, NMS in the RPN and box head (in
     the branch of an ``If`` on "any boxes at all")."""
     model, runtimes = exported["faithful"]
-    nodes = list(_onnx_nodes(onnx.load(runtimes["onnxruntime"].path).graph))
+    nodes = list(onnx_nodes(onnx.load(runtimes["onnxruntime"].path).graph))
     roi_aligns = [n for n in nodes if n.op_type == "RoiAlign"]
     assert len(roi_aligns) == 8
     for node in roi_aligns:

@@ -374,15 +374,6 @@ def _tiny_efficient(sampling_ratio):
     return instantiate(model_cfg).eval()
 
 
-def _onnx_nodes(graph):
-    """Every node of an ONNX graph, those of the subgraphs (If / Loop bodies) included."""
-    for node in graph.node:
-        yield node
-        for attr in node.attribute:
-            for subgraph in list(attr.graphs) + ([attr.g] if attr.HasField("g") else []):
-                yield from _onnx_nodes(subgraph)
-
-
 def _image(height, width, seed):
     g = torch.Generator().manual_seed(seed)
     return torch.randint(0, 256, (3, height, width), generator=g).float()
@@ -407,6 +398,8 @@ def test_efficient_config_with_a_fixed_ratio_matches_the_old_path():
 def test_efficient_model_with_the_direct_pooler_exports():
     """TorchScript traces the direct pooler (7x7 RoIAlign at ratio 4, no 14x14 box RoIAlign) and
     matches eager; ONNX too where onnxruntime is installed."""
+    from _helpers import onnx_nodes
+
     from sa_ejhead.export import check_parity, condition_random_heads, export_formats
 
     onnx = pytest.importorskip("onnx")
@@ -425,7 +418,7 @@ def test_efficient_model_with_the_direct_pooler_exports():
     assert graph.count("torchvision::roi_align") == 8
     roi_aligns = [
         {a.name: onnx.helper.get_attribute_value(a) for a in n.attribute}
-        for n in _onnx_nodes(onnx_graph)
+        for n in onnx_nodes(onnx_graph)
         if n.op_type == "RoiAlign"
     ]
     shapes = sorted(

@@ -17,9 +17,7 @@ import os
 import cv2
 import numpy as np
 import torch
-import yaml
-from detectron2.checkpoint import DetectionCheckpointer
-from detectron2.config import instantiate
+from detectron2.config import CfgNode, instantiate
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data import transforms as T
 from detectron2.data.detection_utils import read_image as _d2_read_image
@@ -31,8 +29,7 @@ from sa_ejhead.engine.args import (
     add_debug_argument,
     register_datasets_from_args,
 )
-from sa_ejhead.engine.lazy import check_device, load_lazy_config
-from sa_ejhead.engine.trainer import load_yacs_config
+from sa_ejhead.engine import check_device, load_config, load_weights
 from sa_ejhead.errors import SAEJHeadError
 
 __all__ = [
@@ -45,8 +42,6 @@ __all__ = [
     "draw_predictions",
     "expand_inputs",
     "get_demo_parser",
-    "is_lazy_config",
-    "load_weights",
     "read_image",
 ]
 
@@ -122,24 +117,6 @@ def expand_inputs(inputs):
     return paths
 
 
-def is_lazy_config(config_file):
-    """Whether ``config_file`` is a LazyConfig (``.py``, or a ``.yaml`` saved by LazyConfig).
-
-    Args:
-        config_file (str): path of the config.
-
-    Returns:
-        bool: True for LazyConfig, False for a yacs YAML.
-    """
-    if config_file.endswith(".py"):
-        return True
-    with open(config_file) as f:
-        content = yaml.safe_load(f) or {}
-    if not isinstance(content, dict):
-        raise ValueError(f"{config_file!r} is neither a LazyConfig nor a yacs config")
-    return "model" in content and "MODEL" not in content and "_BASE_" not in content
-
-
 def _metadata(dataset_name):
     if not dataset_name:
         return MetadataCatalog.get("__unused")
@@ -148,37 +125,6 @@ def _metadata(dataset_name):
         DatasetCatalog.get(dataset_name)  # loading a COCO json sets thing_classes
         meta = MetadataCatalog.get(dataset_name)
     return meta
-
-
-class _RecordingCheckpointer(DetectionCheckpointer):
-    """A :class:`DetectionCheckpointer` that remembers which model weights it did not load."""
-
-    def load(self, path, *args, **kwargs):
-        # An empty path loads nothing (fvcore returns before _load_model).
-        self.missing_keys = list(self.model.state_dict().keys())
-        return super().load(path, *args, **kwargs)
-
-    def _load_model(self, checkpoint):
-        incompatible = super()._load_model(checkpoint)
-        # missing_keys includes the tensors dropped for a shape mismatch (e.g. another num_classes)
-        self.missing_keys = list(incompatible.missing_keys)
-        return incompatible
-
-
-def load_weights(model, path):
-    """Load a checkpoint into ``model`` as Detectron2 does; return the weights it did not have.
-
-    Args:
-        model (nn.Module): the model.
-        path (str): checkpoint path or URL (``detectron2://...``); "" loads nothing.
-
-    Returns:
-        list[str]: the ``state_dict`` keys of ``model`` left at their initial values (not in the
-        checkpoint, or with another shape there).
-    """
-    checkpointer = _RecordingCheckpointer(model)
-    checkpointer.load(path)
-    return checkpointer.missing_keys
 
 
 def _untrained_parts(missing_keys):
@@ -293,12 +239,11 @@ def build_predictor(config_file, opts=None):
         warning names the untrained parts of the model when the checkpoint does not have all its
         weights (e.g. none given, or ImageNet weights of the backbone only).
     """
-    if is_lazy_config(config_file):
-        cfg = load_lazy_config(config_file, opts)
+    cfg = load_config(config_file, opts)
+    if not isinstance(cfg, CfgNode):
         predictor = LazyPredictor(cfg)
         option, path = "train.init_checkpoint", cfg.train.get("init_checkpoint") or ""
     else:
-        cfg = load_yacs_config(config_file, opts)
         check_device(cfg.MODEL.DEVICE)
         option, path = "MODEL.WEIGHTS", cfg.MODEL.WEIGHTS
         cfg.MODEL.WEIGHTS = ""  # DefaultPredictor loads nothing; load_weights does

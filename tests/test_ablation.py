@@ -259,6 +259,9 @@ def test_verdicts_use_two_standard_errors(tmp_path):
     text = T.verdicts(P.PROTOCOLS["v2"], store, [0, 1, 2], 5)
     row = next(line for line in text.splitlines() if "| SA-FPN improves Mask R-CNN |" in line)
     assert "| box AP | +4.0 ± 0.8 | confirms |" in row
+    only_3 = T.verdicts(P.PROTOCOLS["v2"], store, [0, 1, 2], 5, tables=["3"])
+    claims = [line.split("|")[1].strip() for line in only_3.splitlines()[4:]]
+    assert claims and set(claims) == {"3"}
 
 
 def test_markdown_between_markers_and_links_relative_to_the_file(tmp_path, monkeypatch):

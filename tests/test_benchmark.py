@@ -213,3 +213,58 @@ def test_benchmark_spec_override_typo_is_an_error():
         specs.build_model_from_spec(
             "common/models/mask_rcnn_safpn_ejhead.py, model.roi_heads.interleav=0"
         )
+
+
+def _timing(times, cpu):
+    return {
+        "median": sorted(times)[len(times) // 2],
+        "min": min(times),
+        "times": times,
+        "cpu_median": cpu,
+    }
+
+
+def test_merge_rounds_pools_timings_and_takes_the_median_peak():
+    rounds = [
+        {"params": 5, "cpu_latency": _timing([3.0, 1.0, 2.0], 4.0), "infer_peak_mb": 700.0},
+        {"params": 5, "cpu_latency": _timing([0.5, 6.0, 5.0], 2.0), "infer_peak_mb": 500.0},
+        {"params": 5, "cpu_latency": _timing([4.0, 4.5, 7.0], 3.0), "infer_peak_mb": 600.0},
+    ]
+    merged = measure.merge_rounds(rounds)
+    assert merged["params"] == 5
+    assert merged["cpu_latency"]["times"] == [3.0, 1.0, 2.0, 0.5, 6.0, 5.0, 4.0, 4.5, 7.0]
+    assert merged["cpu_latency"]["median"] == 4.0 and merged["cpu_latency"]["min"] == 0.5
+    assert merged["cpu_latency"]["cpu_median"] == 3.0
+    assert merged["infer_peak_mb"] == 600.0
+    assert [r["infer_peak_mb"] for r in merged["rounds"]] == [700.0, 500.0, 600.0]
+    assert [r["cpu_latency"] for r in merged["rounds"]] == [2.0, 5.0, 4.5]
+    assert measure.merge_rounds(rounds[:1]) == rounds[0]  # one round: unchanged
+
+
+def test_rounds_interleave_the_configs(monkeypatch):
+    calls = []
+
+    def fake(spec, phase, options):
+        calls.append((spec.label, phase, options["flops"]))
+        t = float(len(calls))
+        return {"cpu_latency": _timing([t], t)} if phase == "infer" else {"train_peak_mb": t}
+
+    monkeypatch.setattr(measure, "measure_config", fake)
+    pair = [specs.parse_spec("a=x.py"), specs.parse_spec("b=y.py")]
+    rows = measure.measure(pair, {"flops": True}, False, ("infer", "train"), lambda m: None, 2)
+    assert calls == [
+        ("a", "infer", True),
+        ("a", "train", True),
+        ("b", "infer", True),
+        ("b", "train", True),
+        ("a", "infer", False),
+        ("a", "train", False),
+        ("b", "infer", False),
+        ("b", "train", False),
+    ]  # FLOPs in the first round only
+    assert rows[0]["cpu_latency"]["times"] == [1.0, 5.0]
+    assert rows[1]["train_peak_mb"] == (4.0 + 8.0) / 2
+    assert rows[1]["rounds"] == [
+        {"cpu_latency": 3.0, "train_peak_mb": 4.0},
+        {"cpu_latency": 7.0, "train_peak_mb": 8.0},
+    ]

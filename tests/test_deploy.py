@@ -198,7 +198,8 @@ def test_export_tool_lazy_onnx_with_eval(tmp_path, monkeypatch):
     of the exported model equal to the eager model's."""
     from detectron2.config import LazyConfig
     from sa_ejhead.engine.lazy import do_test
-    from sa_ejhead.export.cli import load_model, sample_inputs
+    from sa_ejhead.engine import build_cpu_model
+    from sa_ejhead.export.cli import sample_inputs
 
     json_file, image_root = write_tiny_coco(str(tmp_path / "data"), num_images=3, seed=3)
     names = dict(train_dataset="deploy_val", test_dataset="deploy_val")
@@ -230,7 +231,7 @@ def test_export_tool_lazy_onnx_with_eval(tmp_path, monkeypatch):
     # the eager model the tool exported: same seed, random heads conditioned on the sample image
     cfg = LazyConfig.load(config)
     cfg.model.roi_heads.box_predictor.test_score_thresh = 0.0
-    model = load_model(cfg)
+    model, _ = build_cpu_model(cfg)
     condition_random_heads(model, [sample_inputs(cfg, model)["image"]])
     eager = do_test(cfg, model)
     for task in ("bbox", "segm"):

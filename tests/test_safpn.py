@@ -2,6 +2,7 @@
 gradients, efficiency levers, and both config systems. Tiny and CPU-only."""
 
 import itertools
+import weakref
 
 import pytest
 import torch
@@ -324,6 +325,64 @@ def test_fuse_before_is_one_output_conv_on_the_fused_sums():
         for k, s in enumerate([2, 3, 4, 5]):
             expected = getattr(neck, f"fpn_output{s}")(td[k] + b[k])
             torch.testing.assert_close(out[f"p{s}"], expected, rtol=0, atol=1e-5)
+
+
+_TWO_PATH_CASES = [
+    dict(mode="sa"),
+    dict(mode="td+buf", share_laterals=True),
+    dict(mode="sa", share_laterals=True, fuse_position="before", td_only_levels=["p2"]),
+    dict(mode="td+buf", fuse_position="before", td_only_levels=["p2", "p3"]),
+]
+
+
+@pytest.mark.parametrize("kwargs", _TWO_PATH_CASES, ids=lambda kw: "-".join(map(str, kw.values())))
+def test_two_pathways_are_bit_exact_and_release_their_inputs(kwargs):
+    """The neck runs its two pathways in a memory-bounded order: the outputs equal the plain
+    formulas evaluated level by level exactly, and the bottom-up features it was given are
+    released before the coarser levels are fused."""
+    neck = _neck(**kwargs)
+    mode, shared = kwargs["mode"], kwargs.get("share_laterals", False)
+    before = kwargs.get("fuse_position") == "before"
+    n_td_only = len(kwargs.get("td_only_levels", []))
+    x = torch.randn(1, 3, 64, 96)
+    up = lambda t: F.interpolate(t, scale_factor=2.0, mode="nearest")  # noqa: E731
+    with torch.no_grad():
+        feats = [neck.bottom_up(x)[f] for f in IN_FEATURES]
+        lat = [getattr(neck, f"fpn_lateral{s}")(f) for s, f in zip([2, 3, 4, 5], feats)]
+        bu_lat = (
+            lat
+            if shared
+            else [getattr(neck, f"buf_lateral{s}")(f) for s, f in zip([2, 3, 4, 5], feats)]
+        )
+        td = [lat[3]]
+        for k in [2, 1, 0]:
+            td.insert(0, lat[k] + up(td[0]))
+        bu = []
+        for k, s in enumerate([2, 3, 4, 5]):
+            b = bu_lat[k] if k == 0 else bu_lat[k] + getattr(neck, f"buf_down{s}")(bu[-1])
+            bu.append(b + up(bu_lat[k + 1]) if k < 3 else b)
+        expected = {}
+        for k, s in enumerate([2, 3, 4, 5]):
+            t, b = td[k], bu[k]
+            if k < n_td_only:
+                expected[f"p{s}"] = getattr(neck, f"fpn_output{s}")(t)
+                continue
+            if not before:
+                t, b = getattr(neck, f"fpn_output{s}")(t), getattr(neck, f"buf_output{s}")(b)
+            fused = getattr(neck, f"sa_fuse{s}")(torch.cat([t, b], 1)) if mode == "sa" else t + b
+            expected[f"p{s}"] = getattr(neck, f"fpn_output{s}")(fused) if before else fused
+
+        finest = {}
+        neck.bottom_up.register_forward_hook(
+            lambda m, i, out: finest.update(ref=weakref.ref(out["res2"]))
+        )
+        released = []
+        coarse = getattr(neck, "sa_fuse5" if mode == "sa" else "fpn_output5")
+        coarse.register_forward_pre_hook(lambda m, i: released.append(finest["ref"]() is None))
+        out = neck(x)
+    for p, e in expected.items():
+        assert torch.equal(out[p], e), p
+    assert released == [True], "the finest bottom-up features outlive their laterals"
 
 
 # --- 2 (checkpoints) and 4 (configs) --------------------------------------------------------

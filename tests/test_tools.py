@@ -13,7 +13,8 @@ import torch
 from detectron2.data import MetadataCatalog
 from detectron2.structures import Boxes, Instances
 
-from sa_ejhead.engine import default_argument_parser
+from detectron2.config import LazyConfig
+from sa_ejhead.engine import default_argument_parser, is_lazy_config
 from sa_ejhead.engine import lazy as lazy_engine
 from _helpers import (
     tiny_yacs_config,
@@ -30,7 +31,6 @@ from sa_ejhead.visualize import (
     draw_predictions,
     expand_inputs,
     get_demo_parser,
-    is_lazy_config,
     read_image,
 )
 
@@ -259,6 +259,11 @@ def test_is_lazy_config(tmp_path):
     yacs_yaml.write_text("_BASE_: base.yaml\nMODEL:\n  DEVICE: cpu\n")
     assert is_lazy_config(MODEL) and is_lazy_config(str(lazy_yaml))
     assert not is_lazy_config(str(yacs_yaml))
+    # LazyConfig.save writes Python-object tags (the model's ShapeSpec): still a LazyConfig
+    saved = tmp_path / "saved.yaml"
+    LazyConfig.save(LazyConfig.load(MODEL), str(saved))
+    assert "!!python" in saved.read_text()
+    assert is_lazy_config(str(saved))
 
 
 def test_draw_predictions_threshold_and_labels():

@@ -69,6 +69,14 @@ def get_parser():
     parser.add_argument("--train-batch", type=int, default=1)
     parser.add_argument("--train-steps", type=int, default=3, help="timed training steps")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=1,
+        help="interleaved repeats: measure every config once per round, in turn, and pool the "
+        "rounds (medians and minima over all runs, peak memory = median of the rounds' peaks), "
+        "so that a machine whose speed drifts moves every config alike",
+    )
     parser.add_argument("--no-train", action="store_true", help="skip the training step")
     parser.add_argument(
         "--no-infer",
@@ -128,6 +136,12 @@ def _how(args, phases):
             f"median of {args.runs} runs after {args.warmup} warm-up (CPU time/run: process CPU "
             "seconds, all threads)"
         )
+    if args.rounds > 1 and not args.profile:
+        how.append(
+            f"{args.rounds} interleaved rounds (every config in turn, each round in fresh "
+            "processes): medians and minima over the runs of all rounds, peak RSS = median of the "
+            "rounds' peaks"
+        )
     if "profile_infer" in phases:
         h, w = args.input_size
         how.append(
@@ -167,6 +181,8 @@ def main(argv=None):
         parser.error("give --configs or --variants, not both")
     if args.profile and (args.variants or args.deploy or not args.configs):
         parser.error("--profile needs --configs (and neither --variants nor --deploy)")
+    if args.rounds < 1 or (args.rounds > 1 and (args.profile or args.variants)):
+        parser.error("--rounds must be >= 1, and 1 with --profile or --variants")
     if args.threads:
         torch.set_num_threads(args.threads)
     options = {
@@ -179,6 +195,7 @@ def main(argv=None):
         "train_batch": args.train_batch,
         "train_steps": args.train_steps,
         "threads": args.threads or torch.get_num_threads(),
+        "rounds": args.rounds,
         "flops": not args.no_flops and not args.profile,
         "cuda": not args.no_cuda and not args.variants and not args.profile,
     }
@@ -199,7 +216,9 @@ def main(argv=None):
     result = {"options": options, "configs": [], "coco_eval": []}
     if config_specs:
         isolate = not (args.no_isolate or args.variants)
-        result["configs"] = measure.measure(config_specs, options, isolate, phases)
+        result["configs"] = measure.measure(
+            config_specs, options, isolate, phases, rounds=args.rounds
+        )
         print("\n" + report.describe_machine(options["threads"]))
         if args.variants:
             h, w = args.input_size

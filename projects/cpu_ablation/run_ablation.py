@@ -277,7 +277,7 @@ def main(argv=None):
         run_sweep(args, store.plan(configs, args.seeds, args.iters))
     print(format_tables(protocol, store, tables, args.seeds, args.iters))
     if protocol.claims:
-        print("\n" + verdicts(protocol, store, args.seeds, args.iters))
+        print("\n" + verdicts(protocol, store, args.seeds, args.iters, tables))
     for path in args.markdown:
         # the config links are relative to the Markdown file
         link_root = os.path.relpath(REPO_ROOT, os.path.dirname(os.path.abspath(path)))
@@ -287,7 +287,9 @@ def main(argv=None):
         write_markdown(path, text, markers)
         if protocol.claims:
             write_markdown(
-                path, verdicts(protocol, store, args.seeds, args.iters), markers + "-verdicts"
+                path,
+                verdicts(protocol, store, args.seeds, args.iters, tables),
+                markers + "-verdicts",
             )
     return 0
 

@@ -38,6 +38,7 @@ __all__ = [
     "time_training_step",
     "training_step",
     "PHASES",
+    "merge_rounds",
     "measure_config",
     "measure",
 ]
@@ -441,7 +442,48 @@ def _measure_isolated(spec, phase, options):
     return payload
 
 
-def measure(specs, options, isolate=True, phases=("infer", "train"), log=print):
+_TIMINGS = ("cpu_latency", "train_step", "cuda_latency", "cuda_train_step")
+_PEAKS = ("infer_peak_mb", "train_peak_mb", "cuda_infer_peak_mb", "cuda_train_peak_mb")
+
+
+def merge_rounds(rounds):
+    """One config's figures from several interleaved rounds of the same phase.
+
+    Timings pool their calls (``median`` and ``min`` over all of them; ``cpu_median`` the median
+    of the rounds'); a peak memory is the median of the rounds' peaks; every other figure is the
+    first round's. ``rounds`` keeps each round's timing medians and peaks.
+
+    Args:
+        rounds (list[dict]): each round's figures (as :func:`measure_config` returns them).
+
+    Returns:
+        dict: the merged figures.
+    """
+    merged = dict(rounds[0])
+    if len(rounds) == 1:
+        return merged
+    per_round = [{} for _ in rounds]
+    for key in _TIMINGS:
+        if key in merged:
+            times = [t for r in rounds for t in r[key]["times"]]
+            merged[key] = {
+                "median": statistics.median(times),
+                "min": min(times),
+                "times": times,
+                "cpu_median": statistics.median(r[key]["cpu_median"] for r in rounds),
+            }
+            for out, r in zip(per_round, rounds):
+                out[key] = r[key]["median"]
+    for key in _PEAKS:
+        if key in merged:
+            merged[key] = statistics.median(r[key] for r in rounds)
+            for out, r in zip(per_round, rounds):
+                out[key] = r[key]
+    merged["rounds"] = per_round
+    return merged
+
+
+def measure(specs, options, isolate=True, phases=("infer", "train"), log=print, rounds=1):
     """Measure every config and phase.
 
     Args:
@@ -450,28 +492,48 @@ def measure(specs, options, isolate=True, phases=("infer", "train"), log=print):
         isolate (bool): one subprocess per config and phase (peak memory is then meaningful).
         phases (tuple[str]): keys of :data:`PHASES`.
         log (callable): progress messages.
+        rounds (int): interleaved repeats: every config and phase is measured once per round, in
+            the same order, so a machine that slows down or speeds up during the run moves every
+            config alike; :func:`merge_rounds` pools them (FLOPs are counted in the first round
+            only).
 
     Returns:
         list[dict]: per config, ``label``, ``source``, ``overrides`` and the figures.
     """
+    figures = {(i, phase): [] for i in range(len(specs)) for phase in phases}
+    for r in range(rounds):
+        round_options = options if r == 0 else {**options, "flops": False}
+        for i, spec in enumerate(specs):
+            for phase in phases:
+                tag = f" (round {r + 1}/{rounds})" if rounds > 1 else ""
+                log(f"[benchmark] {spec.label}: {phase}{tag} ...")
+                start = time.perf_counter()
+                measured = (_measure_isolated if isolate else measure_config)(
+                    spec, phase, round_options
+                )
+                figures[i, phase].append(measured)
+                _log_brief(log, spec.label, phase + tag, measured, time.perf_counter() - start)
     rows = []
-    for spec in specs:
+    for i, spec in enumerate(specs):
         row = {"label": spec.label, "source": spec.source, "overrides": spec.overrides}
         for phase in phases:
-            log(f"[benchmark] {spec.label}: {phase} ...")
-            start = time.perf_counter()
-            figures = (_measure_isolated if isolate else measure_config)(spec, phase, options)
-            row.update(figures)
-            brief = {k: v for k, v in figures.items() if isinstance(v, (int, float))}
-            for key in ("flops", "cpu_latency", "train_step"):
-                if key in figures:
-                    brief[key] = figures[key].get("total", figures[key].get("median"))
-            for key in ("profile_infer", "profile_train"):
-                if key in figures:
-                    brief[f"{key}_wall_ms"] = round(figures[key]["wall_ms"], 1)
-            log(
-                f"[benchmark] {spec.label}: {phase} done in {time.perf_counter() - start:.0f}s: "
-                + json.dumps(brief)
-            )
+            merged = merge_rounds(figures[i, phase])
+            per_round = merged.pop("rounds", None)
+            if per_round:
+                row.setdefault("rounds", [{} for _ in per_round])
+                for out, figs in zip(row["rounds"], per_round):
+                    out.update(figs)
+            row.update(merged)
         rows.append(row)
     return rows
+
+
+def _log_brief(log, label, phase, figures, seconds):
+    brief = {k: v for k, v in figures.items() if isinstance(v, (int, float))}
+    for key in ("flops", "cpu_latency", "train_step"):
+        if key in figures:
+            brief[key] = figures[key].get("total", figures[key].get("median"))
+    for key in ("profile_infer", "profile_train"):
+        if key in figures:
+            brief[f"{key}_wall_ms"] = round(figures[key]["wall_ms"], 1)
+    log(f"[benchmark] {label}: {phase} done in {seconds:.0f}s: " + json.dumps(brief))

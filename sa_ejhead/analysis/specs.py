@@ -7,17 +7,15 @@ SOURCE is
 * an existing file (``.py`` LazyConfig, ``.yaml`` yacs config with our keys added);
 * otherwise a path under sa-ejhead's configs (:func:`sa_ejhead.model_zoo.get_config`).
 
-``KEY=VALUE`` pairs are overrides, checked as on the tools' command lines (dotted LazyConfig keys
-with :func:`sa_ejhead.engine.apply_lazy_overrides`, yacs keys such as ``MODEL.RESNETS.DEPTH=50``
-with :func:`sa_ejhead.engine.load_yacs_config`). The neck and head settings of docs/safpn.md and
+``KEY=VALUE`` pairs are overrides, checked as on the tools' command lines
+(:func:`sa_ejhead.engine.load_config`: dotted LazyConfig keys, or yacs keys such as
+``MODEL.RESNETS.DEPTH=50``). The neck and head settings of docs/safpn.md and
 docs/ejhead.md are such specs (:data:`VARIANTS`).
 """
 
 import os
 from dataclasses import dataclass, field
 from typing import List
-
-import torch
 
 __all__ = [
     "ConfigSpec",
@@ -101,10 +99,9 @@ def load_spec_config(spec):
         omegaconf.DictConfig or CfgNode: a LazyConfig, or a yacs config with our keys.
     """
     from detectron2 import model_zoo as d2_model_zoo
-    from detectron2.config import LazyConfig
 
     from sa_ejhead import model_zoo
-    from sa_ejhead.engine import apply_lazy_overrides, load_yacs_config
+    from sa_ejhead.engine import is_lazy_config, load_config
     from sa_ejhead.errors import ConfigError
 
     if isinstance(spec, str):
@@ -122,10 +119,10 @@ def load_spec_config(spec):
                 f"Config {source!r} is neither a file nor one of sa-ejhead's configs ({e}); "
                 f"Detectron2 model-zoo configs are written {D2_PREFIX}PATH."
             ) from None
-    if path.endswith((".yaml", ".yml")):
-        opts = [part for o in spec.overrides for part in o.split("=", 1)]
-        return load_yacs_config(path, opts + ["MODEL.DEVICE", "cpu", "MODEL.WEIGHTS", ""])
-    return apply_lazy_overrides(LazyConfig.load(path), spec.overrides, path)
+    if is_lazy_config(path):
+        return load_config(path, spec.overrides)
+    opts = [part for o in spec.overrides for part in o.split("=", 1)]
+    return load_config(path, opts + ["MODEL.DEVICE", "cpu", "MODEL.WEIGHTS", ""])
 
 
 def build_model_from_spec(spec, seed=0):
@@ -136,20 +133,11 @@ def build_model_from_spec(spec, seed=0):
         seed (int): torch seed for the initialisation.
 
     Returns:
-        torch.nn.Module: the model.
+        torch.nn.Module: the model (:func:`sa_ejhead.engine.build_cpu_model`).
     """
-    from detectron2.config import CfgNode, instantiate
-    from detectron2.modeling import build_model
+    from sa_ejhead.engine import build_cpu_model
 
-    import sa_ejhead  # noqa: F401  (registers our modules for yacs configs)
-
-    cfg = load_spec_config(spec)
-    torch.manual_seed(seed)
-    if isinstance(cfg, CfgNode):
-        model = build_model(cfg)
-    else:
-        model = instantiate(cfg.model if "model" in cfg else cfg).to("cpu")
-    return model.eval()
+    return build_cpu_model(load_spec_config(spec), seed=seed)[0]
 
 
 _NECK = "common/models/mask_rcnn_safpn.py"

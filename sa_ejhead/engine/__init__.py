@@ -2,8 +2,9 @@
 
 * LazyConfig: :func:`do_train`, :func:`do_test` (Detectron2's ``lazyconfig_train_net.py``);
 * yacs: :class:`Trainer` (``DefaultTrainer`` + ``COCOEvaluator``);
-* both: :func:`default_argument_parser` (Detectron2's plus ``--coco-dataset``),
-  :func:`register_datasets_from_args`, :class:`AtomicDetectionCheckpointer`,
+* both: :func:`load_config` (either kind, overrides checked), :func:`build_cpu_model` (seeded,
+  eval mode, optional checkpoint), :func:`default_argument_parser` (Detectron2's plus
+  ``--coco-dataset``), :func:`register_datasets_from_args`, :class:`AtomicDetectionCheckpointer`,
   :func:`create_ddp_model` (also on CPU processes), exact resume
   (:class:`ResumableTrainingSampler`, :class:`IterationSeeder`).
 """
@@ -14,6 +15,7 @@ from .args import (
     register_coco_dataset_specs,
     register_datasets_from_args,
 )
+from .build import build_cpu_model, is_lazy_config, load_config, load_weights
 from .checkpoint import AtomicDetectionCheckpointer, atomic_write, export_submodule_weights
 from .ddp import create_ddp_model
 from .lazy import (
@@ -33,6 +35,7 @@ __all__ = [
     "ResumableTrainingSampler",
     "Trainer",
     "atomic_write",
+    "build_cpu_model",
     "build_lazy_model",
     "check_device",
     "create_ddp_model",
@@ -40,6 +43,9 @@ __all__ = [
     "do_test",
     "do_train",
     "export_submodule_weights",
+    "is_lazy_config",
+    "load_config",
+    "load_weights",
     "apply_lazy_overrides",
     "load_lazy_config",
     "load_yacs_config",

@@ -20,8 +20,6 @@ from .tracing import DEFAULT_OPSET, MIN_OPSET, export_model, metadata_path
 
 __all__ = [
     "get_parser",
-    "load_config",
-    "load_model",
     "resize_policy",
     "sample_inputs",
     "evaluate",
@@ -89,43 +87,6 @@ def get_parser():
         help="config overrides: key=value (LazyConfig) or KEY VALUE pairs (yacs)",
     )
     return parser
-
-
-def _is_lazy(config_file):
-    return config_file.endswith(".py")
-
-
-def load_config(config_file, opts=None):
-    """Load a LazyConfig or yacs config with command-line overrides (device set to CPU)."""
-    if _is_lazy(config_file):
-        from sa_ejhead.engine.lazy import load_lazy_config
-
-        return load_lazy_config(config_file, opts)
-    from sa_ejhead.engine.trainer import load_yacs_config
-
-    cfg = load_yacs_config(config_file, opts)
-    cfg.MODEL.DEVICE = "cpu"
-    cfg.DATALOADER.NUM_WORKERS = 0
-    return cfg
-
-
-def load_model(cfg, checkpoint="", seed=0):
-    """Build the model of a config on the CPU, in eval mode, and load ``checkpoint`` into it
-    (random initialisation from ``seed``, with a warning, when it is empty)."""
-    from detectron2.checkpoint import DetectionCheckpointer
-    from detectron2.config import CfgNode, instantiate
-    from detectron2.modeling import build_model
-
-    import sa_ejhead  # noqa: F401  (registers SAFPN / EJROIHeads for yacs configs)
-
-    torch.manual_seed(seed)
-    model = build_model(cfg) if isinstance(cfg, CfgNode) else instantiate(cfg.model)
-    model.to("cpu").eval()
-    if checkpoint:
-        DetectionCheckpointer(model).load(checkpoint)
-    else:
-        logger.warning("No --checkpoint: exporting a randomly initialised model.")
-    return model
 
 
 def _test_augmentations(cfg):
@@ -225,9 +186,10 @@ def main(argv=None):
         dict: the metadata written beside the exported model (with the parity check and, with
         ``--run-eval``, the evaluation results).
     """
+    from detectron2.config import CfgNode
     from detectron2.utils.logger import setup_logger
 
-    from sa_ejhead.engine.args import register_datasets_from_args
+    from sa_ejhead.engine import build_cpu_model, load_config, register_datasets_from_args
     from sa_ejhead.errors import ConfigError
 
     args = get_parser().parse_args(argv)
@@ -241,9 +203,13 @@ def main(argv=None):
     logger.info("Command line arguments: %s", args)
     register_datasets_from_args(args)
     cfg = load_config(args.config_file, args.opts)
-    model = load_model(cfg, args.checkpoint)
+    if isinstance(cfg, CfgNode):
+        cfg.MODEL.DEVICE = "cpu"
+        cfg.DATALOADER.NUM_WORKERS = 0
+    model, _ = build_cpu_model(cfg, args.checkpoint)
     inputs = sample_inputs(cfg, model, args.sample_image)
     if not args.checkpoint:
+        logger.warning("No --checkpoint: exporting a randomly initialised model.")
         # random weights saturate the scores (ties would decide the parity check): rescale the
         # output layers to a trained model's ranges; the exported model only serves to try the tool
         condition_random_heads(model, [inputs["image"]])

@@ -6,7 +6,7 @@ the same module names, so Detectron2 FPN checkpoints load into it by name.
 """
 
 import math
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, Iterator, List, Optional, Sequence
 
 import fvcore.nn.weight_init as weight_init
 import torch
@@ -343,27 +343,45 @@ class SAFPN(Backbone):
             sums.insert(0, self._merge([lateral, _resize_nearest(sums[0], lateral)]))
         return sums
 
-    def _bottom_up(self, laterals: List[torch.Tensor]) -> List[torch.Tensor]:
-        """Pre-output sums B_i of the BU / BUF pathway from its laterals, fine -> coarse."""
+    def _bottom_up(self, laterals: List[Optional[torch.Tensor]]) -> Iterator[torch.Tensor]:
+        """Pre-output sums B_i of the BU / BUF pathway from its laterals, fine -> coarse, one at a
+        time. Sets each entry of ``laterals`` to None once no later sum needs it, so that only the
+        previous sum and the laterals still to come stay alive (peak memory)."""
         fuse_upper = self._mode != "bu"
-        sums: List[torch.Tensor] = []
-        for k, lateral in enumerate(laterals):
+        prev = None
+        for k in range(len(laterals)):
+            lateral, laterals[k] = laterals[k], None
             terms = [lateral]
             if k > 0:
-                terms.append(_match_size(self.bu_downs[k](sums[-1]), lateral))
+                terms.append(_match_size(self.bu_downs[k](prev), lateral))
             if fuse_upper and k + 1 < len(laterals):
                 terms.append(_resize_nearest(laterals[k + 1], lateral))
-            sums.append(self._merge(terms))
-        return sums
+            del lateral
+            prev = self._merge(terms)
+            del terms
+            yield prev
 
-    def _pyramid(self, feats: List[torch.Tensor]) -> List[torch.Tensor]:
-        """The neck's outputs for the input levels, fine -> coarse (before ``top_block``)."""
+    def _pyramid(self, feats: List[Optional[torch.Tensor]]) -> List[torch.Tensor]:
+        """The neck's outputs for the input levels, fine -> coarse (before ``top_block``).
+
+        Sets each entry of ``feats`` to None once its laterals exist, and drops every intermediate
+        map as soon as the last op that needs it has run (a TD-only level's output before its
+        B_i exists; one B_i at a time), so the two pathways add little to one FPN's peak memory.
+        Only the order of independent ops differs from the plain formulas: the outputs are the
+        same, bit for bit.
+        """
         mode = self._mode
-        td_laterals = [conv(f) for conv, f in zip(self.td_laterals, feats)]
+        td_laterals: List[Optional[torch.Tensor]] = []
+        bu_laterals: List[Optional[torch.Tensor]] = []
+        for k in range(len(feats)):
+            f, feats[k] = feats[k], None
+            if self.td_laterals:
+                td_laterals.append(self.td_laterals[k](f))
+            if self.bu_laterals and not self._share_laterals:
+                bu_laterals.append(self.bu_laterals[k](f))
+            del f
         if self._share_laterals:
-            bu_laterals = td_laterals
-        else:
-            bu_laterals = [conv(f) for conv, f in zip(self.bu_laterals, feats)]
+            bu_laterals = td_laterals  # _bottom_up releases them after _top_down has used them
         if mode == "td":
             return [o(t) for o, t in zip(self.td_outputs, self._top_down(td_laterals))]
         if mode in ("bu", "buf"):
@@ -377,18 +395,25 @@ class SAFPN(Backbone):
             return results
 
         # td+buf and sa
-        td, bu = self._top_down(td_laterals), self._bottom_up(bu_laterals)
+        td = self._top_down(td_laterals)
+        del td_laterals
+        bu = self._bottom_up(bu_laterals)
         results = []
-        for k, (t, b) in enumerate(zip(td, bu)):
+        for k in range(len(td)):
+            t, td[k] = td[k], None
             if k < self._num_td_only:
                 results.append(self.td_outputs[k](t))
+                del t
+                next(bu)  # B_k is needed by B_{k+1} only
                 continue
+            b = next(bu)
             if self._fuse_position == "after":
                 t, b = self.td_outputs[k](t), self.bu_outputs[k](b)
             if mode == "sa":
                 fused = self.sa_fuses[k](torch.cat([t, b], dim=1))  # N x 2C x H x W -> C
             else:
                 fused = self._merge([t, b])
+            del t, b
             if self._fuse_position == "before":
                 fused = self.td_outputs[k](fused)
             results.append(fused)
@@ -407,11 +432,13 @@ class SAFPN(Backbone):
         """
         bottom_up_features = self.bottom_up(x)
         feats = [bottom_up_features[f] for f in self.in_features]
+        top_in = None
+        if self.top_block is not None:
+            top_in = bottom_up_features.get(self.top_block.in_feature)
+        del bottom_up_features  # _pyramid releases each level's features once used
         results = self._pyramid(feats)
         if self.top_block is not None:
-            if self.top_block.in_feature in bottom_up_features:
-                top_in = bottom_up_features[self.top_block.in_feature]
-            else:
+            if top_in is None:
                 top_in = results[self._out_features.index(self.top_block.in_feature)]
             results.extend(self.top_block(top_in))
         assert len(results) == len(self._out_features)

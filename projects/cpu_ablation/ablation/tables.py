@@ -130,9 +130,9 @@ def compare(store, better, worse, task, metric, seeds, iters):
     return {"diff": diff, "se": se, "verdict": verdict, "n": (a["n"], b["n"])}
 
 
-def verdicts(protocol, store, seeds, iters):
-    """Markdown table: each claim of the paper, per metric, the difference ± its standard error
-    and the verdict (see :func:`compare`)."""
+def verdicts(protocol, store, seeds, iters, tables=None):
+    """Markdown table: each claim of the paper (of ``tables`` only, when given), per metric, the
+    difference ± its standard error and the verdict (see :func:`compare`)."""
     lines = [
         f"**Verdicts on the paper's claims** ({iters} iterations; difference of the means ± its "
         'standard error over seeds; "confirms"/"contradicts" beyond 2 standard errors)',
@@ -141,6 +141,8 @@ def verdicts(protocol, store, seeds, iters):
         "|---|---|---|---|---:|---|",
     ]
     for table, text, better, worse, metrics in protocol.claims:
+        if tables is not None and table not in tables:
+            continue
         for task, metric in metrics:
             c = compare(store, better, worse, task, metric, seeds, iters)
             diff = "-" if math.isnan(c["diff"]) else f"{c['diff']:+.1f} ± {c['se']:.1f}"

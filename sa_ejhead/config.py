@@ -11,14 +11,8 @@ __all__ = ["add_sa_ejhead_config"]
 
 
 def add_sa_ejhead_config(cfg):
-    """Add the SA-FPN and EJ-Head keys (with the paper's defaults) to a Detectron2 config.
-
-    Args:
-        cfg (CfgNode): a config from ``detectron2.config.get_cfg()``; changed in place.
-
-    Returns:
-        CfgNode: the same ``cfg``.
-    """
+    """Add the SA-FPN and EJ-Head keys (with the paper's defaults) to a ``get_cfg()`` config, in
+    place; return it."""
     # SA-FPN (docs/design.md, SA-FPN). IN_FEATURES / OUT_CHANNELS / NORM / FUSE_TYPE are read from
     # MODEL.FPN, exactly as Detectron2's build_resnet_fpn_backbone does.
     cfg.MODEL.SAFPN = CN()

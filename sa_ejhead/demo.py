@@ -1,8 +1,8 @@
 """The ``make demo`` pipeline: data, training, evaluation, pictures, all on the CPU.
 
 :func:`run_demo` generates the embedded SA-Shapes set if needed, trains the LazyConfig model with
-:func:`sa_ejhead.engine.do_train` (Detectron2's progress display: iteration, ETA, losses), evaluates
-it (COCO box and mask AP with AP_S / AP_M / AP_L) and writes to the output folder:
+:func:`sa_ejhead.engine.do_train`, evaluates it (COCO box and mask AP) and writes to the output
+folder:
 
 * ``model_final.pth``: the checkpoint (``last_checkpoint`` names it);
 * ``metrics.json``: Detectron2's per-iteration metrics, with the final AP at the last line;
@@ -34,13 +34,12 @@ from .analysis.measure import time_training_step
 from .data import prepare_sa_shapes
 from .engine import do_train, load_lazy_config
 from .model_zoo import get_config_file
-from .visualize import draw_predictions, read_image
+from .visualize import draw_predictions, first_test_dataset, read_image
 
 __all__ = [
     "DEFAULT_CONFIG",
     "format_ap_table",
     "fit_iterations",
-    "measure_train_step",
     "plot_losses",
     "run_demo",
     "summary_line",
@@ -85,15 +84,8 @@ def _clean_output_dir(output_dir):
 
 
 def format_ap_table(results, title=None):
-    """Format COCO results as a Markdown table (one row per task, AP in percent).
-
-    Args:
-        results (dict): ``{"bbox": {"AP": ..., "APs": ...}, "segm": {...}}`` as COCOEvaluator.
-        title (str or None): a first line.
-
-    Returns:
-        str: the table.
-    """
+    """COCOEvaluator's ``results`` as a Markdown table: one row per task, AP in percent, after an
+    optional ``title`` line."""
     lines = [title, ""] if title else []
     lines.append("| task | " + " | ".join(_AP_KEYS) + " |")
     lines.append("|---|" + "---|" * len(_AP_KEYS))
@@ -105,15 +97,7 @@ def format_ap_table(results, title=None):
 
 
 def plot_losses(metrics_file, out_file):
-    """Plot the training losses of a Detectron2 ``metrics.json`` into a PNG.
-
-    Args:
-        metrics_file (str): Detectron2's JSON-lines metrics file.
-        out_file (str): the picture to write.
-
-    Returns:
-        list[str]: the plotted loss names.
-    """
+    """Plot the losses of a Detectron2 ``metrics.json`` into a PNG; return the loss names."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -141,34 +125,22 @@ def plot_losses(metrics_file, out_file):
     return names
 
 
-def _test_name(cfg):
-    names = cfg.dataloader.test.dataset.names
-    return names if isinstance(names, str) else names[0]
-
-
 def _ap_table_title(cfg, config_file):
-    """Title of the AP table: the test dataset, the config file and the iterations."""
     return (
-        f"COCO AP (%) on {_test_name(cfg)}, {os.path.basename(config_file)}, "
+        f"COCO AP (%) on {first_test_dataset(cfg)}, {os.path.basename(config_file)}, "
         f"{cfg.train.max_iter} iterations"
     )
 
 
 @torch.no_grad()
 def visualize_predictions(model, cfg, out_dir, num_images=8, score_thresh=VIS_SCORE_THRESH):
-    """Draw ground truth beside the model's predictions for the first validation images.
-
-    Args:
-        model (nn.Module): the trained model.
-        cfg (omegaconf.DictConfig): its LazyConfig (``dataloader.test`` gives the images).
-        out_dir (str): folder for ``<image>.png`` files.
-        num_images (int): how many images.
-        score_thresh (float): hide predictions below this score.
+    """Write ``<image>.png`` pictures of the first ``num_images`` images of
+    ``cfg.dataloader.test``: ground truth beside the predictions scoring >= ``score_thresh``.
 
     Returns:
         list[str]: the written files.
     """
-    dataset_name = _test_name(cfg)
+    dataset_name = first_test_dataset(cfg)
     meta = MetadataCatalog.get(dataset_name)
     mapper = instantiate(cfg.dataloader.test.mapper)
     os.makedirs(out_dir, exist_ok=True)
@@ -210,12 +182,9 @@ def summary_line(results, iters, wall_s, output_dir, files):
 
 
 def _busy_cpus(interval=0.5, stat="/proc/stat"):
-    """How many CPUs other processes keep busy now: the non-idle share of all CPUs' time over
-    ``interval`` seconds (Linux ``/proc/stat``) times the CPU count; None where it can't be read.
-
-    Unlike the load average (a one-minute mean), this sees a machine that has just become idle
-    as idle.
-    """
+    """How many CPUs other processes keep busy now (non-idle share of ``/proc/stat`` time over
+    ``interval`` seconds, times the CPU count), or None. Unlike the one-minute load average, it
+    sees a machine that has just become idle as idle."""
 
     def totals():
         with open(stat) as f:
@@ -235,13 +204,9 @@ def _busy_cpus(interval=0.5, stat="/proc/stat"):
 
 
 def _auto_threads():
-    """One intra-op thread when the CPUs are already busy, else PyTorch's default.
-
-    On a shared machine, PyTorch's threads compete with the other processes' and spin: measured
-    on the 2-core machine under a load of ~8, a training step took 33 s with 2 threads and 8 s
-    with 1. "Busy": other processes use at least half a CPU now (:func:`_busy_cpus`), or, where
-    that can't be measured, the one-minute load average is at least the number of CPUs.
-    """
+    """One intra-op thread when other processes keep at least half a CPU busy (else, where that
+    can't be measured, when the load average >= the CPU count), else PyTorch's default: on the
+    2-core machine under a load of ~8, a training step took 33 s with 2 threads and 8 s with 1."""
     busy = _busy_cpus()
     if busy is None:
         try:
@@ -251,48 +216,25 @@ def _auto_threads():
     return 1 if busy >= 0.5 else torch.get_num_threads()
 
 
-def measure_train_step(cfg, steps=3):
-    """Time a few training steps of ``cfg``'s model on one batch (seconds per step, wall clock).
+def fit_iterations(cfg, budget_s, num_eval_images, steps=3):
+    """The number of iterations (at most ``cfg.train.max_iter``, at least 20) that fit in
+    ``budget_s`` seconds with the evaluation of ``num_eval_images`` images.
 
-    The model, optimizer and loader built here are thrown away; the first step is not counted.
-
-    Args:
-        cfg (omegaconf.DictConfig): a LazyConfig with ``model``, ``optimizer`` and
-            ``dataloader.train``.
-        steps (int): timed steps.
+    The median of ``steps`` timed training steps on one batch (a throw-away model and optimizer),
+    times ``_LOOP_OVERHEAD`` (the real loop also loads data, logs and runs hooks), is the time of
+    an iteration; evaluation is estimated at one step per batch of images.
 
     Returns:
-        float: median seconds per training step.
+        tuple(int, float): iterations, measured seconds per step.
     """
     model = instantiate(cfg.model).to(cfg.train.device)
     opt_cfg = copy.deepcopy(cfg.optimizer)
     opt_cfg.params.model = model
     batch = next(iter(instantiate(cfg.dataloader.train)))
-    timing = time_training_step(
+    step = time_training_step(
         model, batch, steps, warmup=1, device=cfg.train.device, optimizer=instantiate(opt_cfg)
-    )
-    return timing["median"]
-
-
-def fit_iterations(cfg, budget_s, num_eval_images, steps=3):
-    """The number of iterations (at most ``cfg.train.max_iter``) that fit in ``budget_s``.
-
-    Training time is ``_LOOP_OVERHEAD`` times the measured step time (the real loop also loads
-    data, logs and runs hooks) times the iterations; evaluation is estimated at one training step
-    per batch of images.
-
-    Args:
-        cfg (omegaconf.DictConfig): the LazyConfig.
-        budget_s (float): seconds left for training and evaluation.
-        num_eval_images (int): images to run inference on afterwards.
-        steps (int): timed steps.
-
-    Returns:
-        tuple(int, float): iterations, measured seconds per step.
-    """
-    step = measure_train_step(cfg, steps)
-    batch = int(cfg.dataloader.train.total_batch_size)
-    eval_s = step * num_eval_images / batch + 20.0
+    )["median"]
+    eval_s = step * num_eval_images / int(cfg.dataloader.train.total_batch_size) + 20.0
     iters = int((budget_s - eval_s) / (_LOOP_OVERHEAD * step))
     return max(min(iters, int(cfg.train.max_iter)), 20), step
 
@@ -310,18 +252,15 @@ def run_demo(
     """Train and evaluate a LazyConfig on SA-Shapes; write checkpoint, metrics and pictures.
 
     Args:
-        config_file (str): LazyConfig file, or a path under sa-ejhead's configs (default
-            ``demo/sa_shapes.py``).
-        iters (int or None): number of training iterations (``train.max_iter``); None keeps the
-            config's.
-        output_dir (str or None): output folder; None keeps ``train.output_dir``.
-        opts (list[str]): more ``key=value`` overrides of the config.
-        num_vis (int): number of validation pictures to draw.
-        threads (int or None): PyTorch intra-op threads; None: 1 if the machine is busy (load
-            average >= number of CPUs), else PyTorch's default.
-        time_budget_min (float or None): used when ``iters`` is None: train for
-            ``train.max_iter`` iterations, or fewer if a few timed steps at the start show that
-            they would not fit (with the evaluation) in this many minutes. None: no limit.
+        config_file (str): LazyConfig file, or a path under sa-ejhead's configs.
+        iters (int or None): ``train.max_iter``; None keeps the config's.
+        output_dir (str or None): None keeps ``train.output_dir``.
+        opts (list[str]): more ``key=value`` overrides.
+        num_vis (int): number of validation pictures.
+        threads (int or None): PyTorch intra-op threads; None: :func:`_auto_threads`.
+        time_budget_min (float or None): without ``iters``, train fewer than ``train.max_iter``
+            iterations if timed steps show they would not fit, with the evaluation, in this many
+            minutes (:func:`fit_iterations`). None: no limit.
 
     Returns:
         dict: ``results`` (COCO metrics), ``output_dir``, ``wall_s`` and the written ``files``.
@@ -356,7 +295,7 @@ def run_demo(
         )
     if iters is None and time_budget_min:
         budget = time_budget_min * 60 - (time.perf_counter() - start)
-        n_eval = len(DatasetCatalog.get(_test_name(cfg))) + num_vis
+        n_eval = len(DatasetCatalog.get(first_test_dataset(cfg))) + num_vis
         fit, step = fit_iterations(cfg, budget, n_eval)
         logger.info(
             f"Measured {step:.2f} s per training step; {fit} of {cfg.train.max_iter} iterations "
@@ -379,8 +318,8 @@ def run_demo(
     files["metrics"] = os.path.join(output_dir, "metrics.json")
     files["loss_plot"] = os.path.join(output_dir, "loss.png")
     plot_losses(files["metrics"], files["loss_plot"])
-    vis = visualize_predictions(trained["model"], cfg, os.path.join(output_dir, "vis"), num_vis)
     files["vis"] = os.path.join(output_dir, "vis")
+    vis = visualize_predictions(trained["model"], cfg, files["vis"], num_vis)
     wall = time.perf_counter() - start
 
     print("\n" + table)

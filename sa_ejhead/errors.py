@@ -28,17 +28,10 @@ class ConfigError(SAEJHeadError, KeyError, ValueError):
 
 
 def run_tool(main, *args, debug=False, tool=None):
-    """Run a tool's ``main``; report an :class:`SAEJHeadError` as one line.
+    """Run ``main(*args)``; report an :class:`SAEJHeadError` as one line, unless ``debug``.
 
-    Args:
-        main (callable): the tool's entry point.
-        args: its arguments.
-        debug (bool): let the error propagate with its traceback (``--debug``).
-        tool (str or None): the tool's name, for the message and the log file (default: the
-            running script's name).
-
-    Returns:
-        int: the exit status: ``main``'s own if it returns an int, else 0; 1 after an error.
+    ``tool`` names the tool in the message and the log file (default: the running script's).
+    Returns the exit status: ``main``'s own if it returns an int, else 0; 1 after an error.
     """
     try:
         status = main(*args)

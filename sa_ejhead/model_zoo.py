@@ -18,10 +18,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Tuple
 
-from detectron2.config import LazyConfig, get_cfg
-
-from .config import add_sa_ejhead_config
-
 __all__ = [
     "PaperRow",
     "PAPER_ROWS",
@@ -37,15 +33,8 @@ __all__ = [
 
 @dataclass(frozen=True)
 class PaperRow:
-    """One row of one of the paper's tables and the config that reproduces it.
-
-    Attributes:
-        table (str): "Table 1" .. "Table 5".
-        row (str): the row's label in the paper.
-        config (str): LazyConfig file, relative to ``configs/``.
-        box_ap (float): the paper's box AP (COCO val2017; test-dev for Table 1).
-        mask_ap (float): the paper's mask AP.
-        yacs_config (str or None): the equivalent yacs YAML, relative to ``configs/``, if any.
+    """One row of the paper's tables ("Table 1" .. "Table 5"), its LazyConfig and yacs twin (if
+    any) relative to ``configs/``, and the paper's box and mask AP (val2017; test-dev in Table 1).
     """
 
     table: str
@@ -118,13 +107,9 @@ YACS_CONFIGS: Tuple[str, ...] = tuple(r.yacs_config for r in PAPER_ROWS if r.yac
 
 
 def get_config_root() -> str:
-    """Return the folder of sa-ejhead's configs.
-
-    Returns:
-        str: ``$SA_EJHEAD_CONFIGS`` if set; else the package's ``configs/`` (an installed wheel,
-        or the link that setup.py makes in a source checkout); else the repository's
-        ``configs/`` next to the package (a checkout that was never installed).
-    """
+    """The folder of sa-ejhead's configs: ``$SA_EJHEAD_CONFIGS`` if set; else the package's
+    ``configs/`` (a wheel, or the link that setup.py makes in a checkout); else the repository's
+    ``configs/`` next to the package (a checkout that was never installed)."""
     root = os.environ.get("SA_EJHEAD_CONFIGS")
     if root is None:
         here = Path(__file__).resolve().parent
@@ -139,15 +124,7 @@ def get_config_root() -> str:
 
 
 def get_config_file(config_path: str) -> str:
-    """Return the real path of one of our config files.
-
-    Args:
-        config_path (str): path relative to ``configs/``, e.g.
-            "COCO-InstanceSegmentation/mask_rcnn_R_50_SAFPN_EJHead_1x.py".
-
-    Returns:
-        str: absolute path of the file.
-    """
+    """The path of one of our config files, given relative to ``configs/``."""
     cfg_file = os.path.join(get_config_root(), config_path)
     if not os.path.isfile(cfg_file):
         raise RuntimeError(f"{config_path} is not one of sa-ejhead's configs ({cfg_file}).")
@@ -155,35 +132,21 @@ def get_config_file(config_path: str) -> str:
 
 
 def get_config(config_path: str):
-    """Load one of our configs.
+    """Load one of our configs (path relative to ``configs/``), a LazyConfig or a yacs
+    ``CfgNode``, with :func:`sa_ejhead.engine.load_config`."""
+    from .engine import load_config
 
-    Args:
-        config_path (str): path relative to ``configs/``; a ``.py`` file is a LazyConfig, a
-            ``.yaml`` file a yacs config (Detectron2's defaults + :func:`add_sa_ejhead_config`).
-
-    Returns:
-        omegaconf.DictConfig or CfgNode: the config, not yet instantiated.
-    """
-    cfg_file = get_config_file(config_path)
-    if cfg_file.endswith(".py"):
-        return LazyConfig.load(cfg_file)
-    cfg = get_cfg()
-    add_sa_ejhead_config(cfg)
-    cfg.merge_from_file(cfg_file)
-    return cfg
+    return load_config(get_config_file(config_path))
 
 
 def format_paper_table(our_ap=None, link_prefix: str = "../") -> str:
-    """Format ``PAPER_ROWS`` as a Markdown table (the one in ``docs/configs.md``).
+    """``PAPER_ROWS`` as the Markdown table of ``docs/configs.md``.
 
     Args:
         our_ap (dict or None): config path -> (box AP, mask AP) we measured; rows without an
             entry say they were not trained.
-        link_prefix (str): prefix of the links to the config files: "../" from ``docs/``,
-            "" from the repository root (README.md).
-
-    Returns:
-        str: the table, one line per paper row.
+        link_prefix (str): prefix of the links to the configs: "../" from ``docs/``, "" from
+            the repository root.
     """
     our_ap = our_ap or {}
     lines = [

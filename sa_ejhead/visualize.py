@@ -1,12 +1,9 @@
 """Predictions drawn on images: the library behind ``tools/demo.py``.
 
-Images in (a file, a folder, a glob), Detectron2 ``Visualizer`` pictures out (boxes, masks,
-class names, scores). Works with LazyConfig (``.py`` or saved ``.yaml``) and yacs (``.yaml``)
-configs. An image that cannot be read or predicted on is reported with its path and skipped; the
-run goes on with the other images (see :func:`draw_images`). :func:`draw_predictions` is the one
-drawing function; ``make demo``'s pictures (:mod:`sa_ejhead.demo`) use it too. A checkpoint that lacks weights of the
-model (no checkpoint, or ImageNet weights of the backbone only) gets a warning naming the untrained
-parts, since the pictures would show the predictions of random heads.
+Images in (files, folders, globs), Detectron2 ``Visualizer`` pictures out, for LazyConfig and
+yacs configs. An image that cannot be read or predicted on is reported and skipped
+(:func:`draw_images`). :func:`draw_predictions` is the one drawing function (``make demo`` uses it
+too). A checkpoint that lacks weights of the model gets a warning naming the untrained parts.
 """
 
 import argparse
@@ -41,6 +38,7 @@ __all__ = [
     "draw_images",
     "draw_predictions",
     "expand_inputs",
+    "first_test_dataset",
     "get_demo_parser",
     "read_image",
 ]
@@ -56,18 +54,8 @@ class ImageReadError(SAEJHeadError, IOError):
 
 
 def read_image(path, format="BGR"):
-    """Read an image file, with an error that names the file when it cannot be decoded.
-
-    Args:
-        path (str): image file.
-        format (str): ``"BGR"``, ``"RGB"`` or another PIL mode.
-
-    Returns:
-        np.ndarray: H x W x C uint8 image.
-
-    Raises:
-        ImageReadError: missing, unreadable, truncated or non-image file.
-    """
+    """Detectron2's ``read_image`` (H x W x C uint8), raising :class:`ImageReadError` naming the
+    file for a missing, unreadable, truncated or non-image file."""
     try:
         image = _d2_read_image(path, format=format)
     except Exception as e:  # PIL raises OSError, ValueError, SyntaxError, ... for broken files
@@ -78,20 +66,12 @@ def read_image(path, format="BGR"):
 
 
 def expand_inputs(inputs):
-    """Expand ``--input`` values (files, folders, globs) into a sorted list of image paths.
+    """Expand ``--input`` values into image paths: without duplicates, in the order given,
+    sorted within each value; FileNotFoundError for a value that matches nothing.
 
     A folder gives its files with an image extension (not recursive); a value containing
     ``*``, ``?`` or ``[`` is a glob; anything else must be an existing file (any extension, so
     that a misnamed or corrupt file is reported by :func:`read_image` rather than ignored).
-
-    Args:
-        inputs (str or list[str]): the values.
-
-    Returns:
-        list[str]: image paths, without duplicates, in the order given (sorted within each value).
-
-    Raises:
-        FileNotFoundError: a value that matches nothing.
     """
     if isinstance(inputs, str):
         inputs = [inputs]
@@ -115,6 +95,14 @@ def expand_inputs(inputs):
             raise FileNotFoundError(f"--input {value!r}: no such file, folder or glob match")
         paths.extend(p for p in found if p not in paths)
     return paths
+
+
+def first_test_dataset(cfg):
+    """The first dataset of a LazyConfig's ``dataloader.test``, or None."""
+    names = cfg.dataloader.test.dataset.get("names", None)
+    if names is not None and not isinstance(names, str):
+        names = names[0] if len(names) else None
+    return names
 
 
 def _metadata(dataset_name):
@@ -142,13 +130,8 @@ def _untrained_parts(missing_keys):
 
 
 def _warn_if_untrained(model, missing_keys, option, path):
-    """Warn that the predictions come from untrained layers when the checkpoint lacked weights.
-
-    Args:
-        model (nn.Module): the model.
-        missing_keys (list[str]): from :func:`load_weights`.
-        option (str): the config option that names the checkpoint (for the message).
-        path (str): its value.
+    """Warn that the predictions come from untrained layers when the checkpoint (``path``, set by
+    the config ``option``) lacked weights (``missing_keys``, from :func:`load_weights`).
 
     Returns:
         list[str]: the untrained parts (empty when the checkpoint had every weight).
@@ -181,18 +164,12 @@ def _warn_if_untrained(model, missing_keys, option, path):
 
 
 class LazyPredictor:
-    """:class:`detectron2.engine.DefaultPredictor` for a LazyConfig.
-
-    Loads ``train.init_checkpoint``, resizes as ``dataloader.test.mapper.augmentations`` and
-    takes one BGR image per call. ``missing_weights`` lists the weights the checkpoint lacked.
+    """:class:`detectron2.engine.DefaultPredictor` for a LazyConfig (``model``, ``train``,
+    ``dataloader.test``): loads ``train.init_checkpoint``, resizes as the test mapper's
+    ``augmentations``, takes one BGR image per call. ``missing_weights``: as :func:`load_weights`.
     """
 
     def __init__(self, cfg):
-        """
-        Args:
-            cfg (omegaconf.DictConfig): a LazyConfig with ``model``, ``train`` and
-                ``dataloader.test``.
-        """
         self.cfg = cfg
         device = check_device(cfg.train.get("device", "cuda"))
         self.model = instantiate(cfg.model).to(device).eval()
@@ -200,20 +177,10 @@ class LazyPredictor:
         mapper = cfg.dataloader.test.mapper
         self.aug = T.AugmentationList(list(instantiate(mapper.get("augmentations", []))))
         self.input_format = mapper.get("image_format", "BGR")
-        names = cfg.dataloader.test.dataset.get("names", None)
-        if names is not None and not isinstance(names, str):
-            names = names[0] if len(names) else None
-        self.metadata = _metadata(names)
+        self.metadata = _metadata(first_test_dataset(cfg))
 
     def __call__(self, original_image):
-        """Predict on one image.
-
-        Args:
-            original_image (np.ndarray): H x W x 3 image in BGR order.
-
-        Returns:
-            dict: the model's output for the image (``{"instances": Instances}``).
-        """
+        """H x W x 3 BGR image -> the model's output for it (``{"instances": Instances}``)."""
         with torch.no_grad():
             image = original_image
             if self.input_format == "RGB":
@@ -226,18 +193,12 @@ class LazyPredictor:
 
 
 def build_predictor(config_file, opts=None):
-    """Build a predictor for a LazyConfig or yacs config file.
-
-    Args:
-        config_file (str): ``.py`` / ``.yaml`` config.
-        opts (list[str] or None): overrides (``key=value`` for LazyConfig, ``KEY VALUE`` pairs
-            for yacs); the weights come from ``train.init_checkpoint`` / ``MODEL.WEIGHTS``.
+    """A predictor for a LazyConfig or yacs config file with overrides ``opts``.
 
     Returns:
         callable: BGR image -> ``{"instances": ...}`` (a :class:`LazyPredictor`, or Detectron2's
-        ``DefaultPredictor`` for yacs), with ``metadata`` and ``missing_weights`` attributes. A
-        warning names the untrained parts of the model when the checkpoint does not have all its
-        weights (e.g. none given, or ImageNet weights of the backbone only).
+        ``DefaultPredictor`` for yacs), with ``metadata`` and ``missing_weights`` attributes; a
+        warning names the parts of the model that the checkpoint has no weights for.
     """
     cfg = load_config(config_file, opts)
     if not isinstance(cfg, CfgNode):
@@ -258,16 +219,8 @@ def build_predictor(config_file, opts=None):
 def draw_predictions(
     image, instances, metadata, confidence_threshold=0.5, *, scale=1.0, mode=ColorMode.IMAGE
 ):
-    """Draw the instances scoring at least ``confidence_threshold`` on an image.
-
-    Args:
-        image (np.ndarray): H x W x 3 BGR image.
-        instances (Instances): predictions in the image's coordinates (``pred_boxes``,
-            ``scores``, ``pred_classes``, optionally ``pred_masks``).
-        metadata (Metadata): gives the class names (``thing_classes``).
-        confidence_threshold (float): lowest score drawn.
-        scale (float): size of the picture relative to the image.
-        mode (ColorMode): Detectron2's ``Visualizer`` colouring.
+    """Draw the instances (in the image's coordinates) scoring at least ``confidence_threshold``
+    on a BGR image with Detectron2's ``Visualizer`` (``scale``, colour ``mode``).
 
     Returns:
         tuple[np.ndarray, Instances]: the BGR picture and the instances drawn.
@@ -299,26 +252,15 @@ def _output_paths(paths, output):
 
 
 def draw_images(predictor, inputs, output, confidence_threshold=0.5):
-    """Predict on every input image and write the pictures.
+    """Predict on every input image (:func:`expand_inputs`) and write the pictures to
+    ``output``, a folder or, for a single image, a file name.
 
-    An image that cannot be read, or on which the predictor raises an exception, is logged with
-    its path and skipped; the other images are still processed.
-
-    Args:
-        predictor (callable): from :func:`build_predictor`.
-        inputs (str or list[str]): files, folders or globs.
-        output (str): a folder, or a file name when there is a single input image.
-        confidence_threshold (float): lowest score drawn.
+    An image that cannot be read, or on which the predictor raises, is logged and skipped. When
+    none could be processed: :class:`ImageReadError` if none could be read, else RuntimeError.
 
     Returns:
         tuple[list[str], list[tuple[str, str]]]: the pictures written, and ``(input path,
         error message)`` for each image that failed.
-
-    Raises:
-        FileNotFoundError: an input that matches nothing.
-        ImageReadError: when no image at all could be read.
-        RuntimeError: when no image at all could be processed, some because the predictor
-            failed.
     """
     paths = expand_inputs(inputs)
     written, failures = [], []
@@ -357,11 +299,7 @@ def draw_images(predictor, inputs, output, confidence_threshold=0.5):
 
 
 def get_demo_parser():
-    """The command-line parser of ``tools/demo.py``.
-
-    Returns:
-        argparse.ArgumentParser: the parser.
-    """
+    """The command-line parser of ``tools/demo.py``."""
     parser = argparse.ArgumentParser(
         description="Draw the predictions of a model (boxes, masks, classes, scores) on images."
     )
@@ -388,15 +326,8 @@ def get_demo_parser():
 
 
 def demo_main(args):
-    """Run ``tools/demo.py``.
-
-    Args:
-        args (argparse.Namespace): from :func:`get_demo_parser`.
-
-    Returns:
-        int: exit status; 0 when every image was drawn, 1 when some could not be read or
-        predicted on (when none could, :func:`draw_images` raises).
-    """
+    """Run ``tools/demo.py``; exit status 1 when some images could not be drawn (when none
+    could, :func:`draw_images` raises)."""
     register_datasets_from_args(args)
     predictor = build_predictor(args.config_file, args.opts)
     written, failures = draw_images(predictor, args.input, args.output, args.confidence_threshold)

@@ -68,9 +68,8 @@ def test_unknown_config_is_explained():
         specs.build_model_from_spec("no/such/config.py")
 
 
-@pytest.fixture(scope="module")
-def tiny_rows(tiny):
-    """Two tiny configs measured in-process (no subprocess) at 64x96 with 20 RoIs / 5 dets."""
+def _tiny_options(**changes):
+    """Measurement options for the tiny configs: 64x96 images, 20 RoIs / 5 dets, one call."""
     options = {
         "input_size": (64, 96),
         "proposals": 20,
@@ -84,11 +83,22 @@ def tiny_rows(tiny):
         "flops": True,
         "cuda": False,
     }
-    config_specs = [
+    options.update(changes)
+    return options
+
+
+def _tiny_specs(tiny):
+    return [
         specs.parse_spec(f"a={tiny}"),
         specs.parse_spec(f"b={tiny},model.roi_heads.box_head.fc_dims=[64,64,64]"),
     ]
-    rows = measure.measure(config_specs, options, isolate=False, log=lambda *_: None)
+
+
+@pytest.fixture(scope="module")
+def tiny_rows(tiny):
+    """Two tiny configs measured in-process (no subprocess)."""
+    options = _tiny_options()
+    rows = measure.measure(_tiny_specs(tiny), options, isolate=False, log=lambda *_: None)
     return rows, options
 
 
@@ -268,3 +278,48 @@ def test_rounds_interleave_the_configs(monkeypatch):
         {"cpu_latency": 3.0, "train_peak_mb": 4.0},
         {"cpu_latency": 7.0, "train_peak_mb": 8.0},
     ]
+
+
+def test_time_calls_gives_the_steps_turns():
+    order = []
+    timed = measure.time_calls(
+        {"a": lambda: order.append("a"), "b": lambda: order.append("b")}, runs=2, warmup=1
+    )
+    assert order == ["a", "b"] * 3  # one call each, in turn, warm-up included
+    assert [len(timed[k]["times"]) for k in "ab"] == [2, 2]
+
+
+def test_paired_ratios_pair_call_by_call():
+    ratio = measure.paired_ratios([2.0, 4.0, 3.0], [1.0, 2.0, 2.0])
+    assert ratio == {"median": 2.0, "min": 1.5, "max": 2.0, "ratios": [2.0, 2.0, 1.5]}
+
+
+def test_measure_paired_times_every_config_in_one_process(tiny):
+    rows = measure.measure_paired(_tiny_specs(tiny), _tiny_options(paired=2, threads=1))
+    assert [r["label"] for r in rows] == ["a", "b"]
+    for key in ("cpu_latency", "train_step"):
+        assert rows[0][key]["ratio"]["ratios"] == [1.0, 1.0]
+        times, base = rows[1][key]["times"], rows[0][key]["times"]
+        assert rows[1][key]["ratio"]["ratios"] == [t / b for t, b in zip(times, base)]
+    table = report.format_paired_table(rows)
+    assert "| b " in table and "1.00x (1.00-1.00x)" in table
+
+
+def test_same_boxes_gives_every_model_the_same_proposals_and_detections(tiny):
+    inputs = measure.random_inputs(64, 96)
+    seen = {}
+    for seed in (0, 1):  # two random models: different objectness and class scores
+        for same in (False, True):
+            model = specs.build_model_from_spec(tiny, seed=seed)
+            measure.fix_roi_counts(model, proposals=20, detections=5, same_boxes=same)
+            boxes = {}
+            model.roi_heads.register_forward_hook(
+                lambda m, inp, out: boxes.update(proposals=inp[2][0].proposal_boxes.tensor)
+            )
+            with torch.no_grad():
+                boxes["detections"] = model(inputs)[0]["instances"].pred_boxes.tensor
+            seen[seed, same] = boxes
+    for key in ("proposals", "detections"):
+        assert torch.equal(seen[0, True][key], seen[1, True][key])
+        assert not torch.equal(seen[0, False][key], seen[1, False][key])
+    assert len(seen[0, True]["proposals"]) == 20 and len(seen[0, True]["detections"]) == 5

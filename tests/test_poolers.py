@@ -103,3 +103,25 @@ def test_threaded_pooler_matches_detectron2_pooler(four_threads):
     assert not any(isinstance(m, ThreadedROIAlign) for m in pool.level_poolers)
     legacy = use_threaded_roi_align(ROIPooler(7, scales, 0, "ROIAlign"))
     assert all(isinstance(m, ThreadedROIAlign) and not m.aligned for m in legacy.level_poolers)
+
+
+def test_threaded_roi_align_workers_start_no_thread_teams_of_their_own(four_threads):
+    # A worker with the caller's intra-op count would start its own OpenMP team (the RoIAlign's
+    # zero fill is a parallel op); the extra threads made libgomp slow every other op on 2 cores.
+    import threading
+
+    from sa_ejhead.modeling.poolers import _executor
+
+    x, rois = torch.randn(2, 8, 20, 24), _rois(300)
+    threaded = ThreadedROIAlign((7, 7), 0.25, 2, min_rois_per_thread=16)
+    with torch.no_grad():
+        threaded(x, rois)
+    pool = _executor(4)
+    assert [pool.submit(torch.get_num_threads).result() for _ in range(8)] == [1] * 8
+    # the caller's count and the default of new threads are unchanged
+    assert torch.get_num_threads() == 4
+    seen = []
+    other = threading.Thread(target=lambda: seen.append(torch.get_num_threads()))
+    other.start()
+    other.join()
+    assert seen == [4]

@@ -31,6 +31,7 @@ import sys
 import torch
 
 from sa_ejhead.analysis import measure, report, specs
+from sa_ejhead.engine.args import add_debug_argument
 from sa_ejhead.errors import run_tool
 from sa_ejhead.evaluation import time_coco_eval
 
@@ -120,9 +121,17 @@ def get_parser():
         help="also export each config to TorchScript and ONNX and time eager, TorchScript and "
         "onnxruntime on the CPU side by side, with the exports' parity (sa_ejhead.export)",
     )
+    parser.add_argument(
+        "--paired",
+        type=int,
+        default=0,
+        metavar="N",
+        help="also time all configs in one process, in turns, N calls each, and report the "
+        "median of the per-call ratios to the first config (the estimate least moved by a "
+        "machine whose speed drifts)",
+    )
     parser.add_argument("--output", default="", help="also write all figures as JSON here")
-    parser.add_argument("--debug", action="store_true", help="show the traceback of an error")
-    return parser
+    return add_debug_argument(parser)
 
 
 def _how(args, phases):
@@ -181,6 +190,8 @@ def main(argv=None):
         parser.error("give --configs or --variants, not both")
     if args.profile and (args.variants or args.deploy or not args.configs):
         parser.error("--profile needs --configs (and neither --variants nor --deploy)")
+    if args.paired < 0 or (args.paired and (args.profile or args.variants)):
+        parser.error("--paired must be >= 0, and 0 with --profile or --variants")
     if args.rounds < 1 or (args.rounds > 1 and (args.profile or args.variants)):
         parser.error("--rounds must be >= 1, and 1 with --profile or --variants")
     if args.threads:
@@ -196,6 +207,7 @@ def main(argv=None):
         "train_steps": args.train_steps,
         "threads": args.threads or torch.get_num_threads(),
         "rounds": args.rounds,
+        "paired": args.paired,
         "flops": not args.no_flops and not args.profile,
         "cuda": not args.no_cuda and not args.variants and not args.profile,
     }
@@ -237,13 +249,22 @@ def main(argv=None):
         else:
             print(_how(args, phases) + "\n")
             print(report.format_cost_table(result["configs"]))
+        if args.paired and len(config_specs) > 1:
+            print(f"[benchmark] paired: every config in one process, {args.paired} calls each ...")
+            result["paired"] = measure.measure_paired(config_specs, options, phases)
+            print(
+                f"\nPaired, in one process: the configs take turns, one call each, "
+                f"{args.paired} calls after {args.warmup} warm-up; ratio = median of the per-call "
+                "ratios to the first config (range):\n"
+            )
+            print(report.format_paired_table(result["paired"]))
         for row in result["configs"]:
             for kind, expected in (("proposals", args.proposals), ("detections", args.detections)):
                 seen = report.get(row, f"flops.counts.{kind}") or report.get(row, f"counts.{kind}")
                 if any(n != expected for n in seen or []):
                     print(f"\nWARNING: {row['label']}: {kind} per image {seen} != {expected}")
         if args.deploy:
-            from sa_ejhead.export import format_deploy_table, measure_deploy_configs
+            from sa_ejhead.export import measure_deploy_configs
 
             print("[benchmark] deploy: export, then eager / TorchScript / onnxruntime ...")
             for row, figures in zip(
@@ -252,7 +273,7 @@ def main(argv=None):
                 row["deploy"] = figures
             h, w = args.input_size
             print(f"\nDeployment (docs/deploy.md), {h}x{w}, the cost table's RoI counts:\n")
-            print(format_deploy_table(result["configs"]))
+            print(report.format_deploy_table(result["configs"]))
     if args.coco_eval:
         result["coco_eval"] = time_coco_eval(args.coco_eval_images, args.coco_eval_dets)
         print("\nCOCO evaluation time on a synthetic results file (single process):\n")

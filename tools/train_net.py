@@ -15,27 +15,8 @@ Examples::
 
 import sys
 
-from detectron2.engine import launch
-
-from sa_ejhead.engine import default_argument_parser
-from sa_ejhead.errors import run_tool
+from sa_ejhead.engine import launch_tool
 from sa_ejhead.engine.trainer import main
 
-
-def invoke_main():
-    """Parse the command line and run :func:`sa_ejhead.engine.trainer.main` in every process."""
-    args = default_argument_parser().parse_args()
-    return run_tool(
-        launch,
-        main,
-        args.num_gpus,
-        args.num_machines,
-        args.machine_rank,
-        args.dist_url,
-        (args,),
-        debug=args.debug,
-    )
-
-
 if __name__ == "__main__":
-    sys.exit(invoke_main())
+    sys.exit(launch_tool(main))

@@ -1,17 +1,8 @@
-"""Measurements of the cost tool: one FLOPs helper, one timing helper, peak memory, and the phases.
+"""Measurements of the cost tool (docs/benchmark.md): one FLOPs helper (:func:`count_flops`), one
+timing helper (:func:`time_calls`), peak memory, and the phases.
 
-* **FLOPs** (:func:`count_flops`): fvcore's count through Detectron2's ``FlopCountAnalysis`` (one
-  multiply-add = one FLOP, as ``tools/analyze_model.py``), one inference forward, with the RoI
-  counts fixed by :func:`fix_roi_counts` so that models compare. Totals per top-level part and
-  per module.
-* **Time** (:func:`time_inference`, :func:`time_training_step`): median wall time after warm-up
-  runs (CUDA synchronised); the demo's time fit uses the training-step one.
-* **Peak memory**: each config and phase runs in a fresh subprocess (:func:`measure`); the peak
-  resident set size minus the RSS just before the phase; on CUDA ``max_memory_allocated``.
-
-:data:`PHASES` maps a phase name to the function that measures it; ``tools/benchmark.py`` runs
-the phases it is asked for, so a new measurement is a new entry there (and its columns a new
-entry of :data:`sa_ejhead.analysis.report.COLUMNS`).
+:data:`PHASES` maps a phase name to the function that measures it: a new measurement is a new
+entry there (and its columns a new entry of :data:`sa_ejhead.analysis.report.COLUMNS`).
 """
 
 import contextlib
@@ -41,28 +32,26 @@ __all__ = [
     "merge_rounds",
     "measure_config",
     "measure",
+    "paired_ratios",
+    "measure_paired",
 ]
 
 PARTS = ("bottom_up", "neck", "proposal_generator", "roi_heads")
 
 
-def fix_roi_counts(model, proposals=1000, detections=100):
+def fix_roi_counts(model, proposals=1000, detections=100, same_boxes=False):
     """Make the ROI heads see exactly ``proposals`` RoIs and ``detections`` outputs per image.
 
-    A randomly initialised RPN predicts huge box deltas: its proposals collapse onto the image
-    border and its NMS leaves a handful, so the ROI heads' cost would depend on the random
-    weights. This zeroes the RPN's box-delta predictor (the proposals are the anchors) and turns
-    its NMS off (threshold 1.0) with ``proposals`` kept; every box predictor (one per cascade
-    stage) keeps exactly ``detections`` boxes (score threshold 0, NMS threshold 1.0). NMS and
-    top-k are not counted as FLOPs by fvcore; their time is small next to the convs.
+    A random RPN's huge box deltas collapse its proposals onto the image border and its NMS
+    leaves a handful, so the ROI heads' cost would depend on the random weights. Hence: the RPN's
+    box deltas zeroed (proposals = anchors), its NMS off; every box predictor (one per cascade
+    stage) with score threshold 0 and NMS off. Changes ``model`` in place and returns it.
 
-    Args:
-        model (nn.Module): a Detectron2 R-CNN; changed in place.
-        proposals (int): RoIs per image at inference.
-        detections (int): detections per image at inference.
-
-    Returns:
-        nn.Module: the same model.
+    ``same_boxes``: also, in inference and outside tracing, replace the RPN's objectness logits
+    and the box predictor's class scores (after computing them) by seeded random values, the same
+    for every model, and the box deltas by zeros: every config then pools the same anchors and
+    the same detections. Without it each random model picks its own anchors, and an adaptive
+    RoIAlign's cost (samples per bin grow with the box) follows its random weights.
     """
     from detectron2.modeling.proposal_generator import RPN
     from detectron2.modeling.roi_heads.fast_rcnn import FastRCNNOutputLayers
@@ -77,11 +66,38 @@ def fix_roi_counts(model, proposals=1000, detections=100):
                 with torch.no_grad():
                     deltas.weight.zero_()
                     deltas.bias.zero_()
+            if same_boxes:
+                module.rpn_head.register_forward_hook(_same_rpn_scores)
         if isinstance(module, FastRCNNOutputLayers):
             module.test_score_thresh = 0.0
             module.test_nms_thresh = 1.0
             module.test_topk_per_image = detections
+            if same_boxes:
+                module.register_forward_hook(_same_box_scores)
     return model
+
+
+def _seeded_like(t, seed):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(t.shape, generator=g, dtype=t.dtype).to(t.device)
+
+
+def _same_rpn_scores(module, _inputs, output):
+    """The RPN head's objectness logits replaced by the same seeded random values for every model
+    (computed first, so their cost stays)."""
+    if module.training or torch.jit.is_tracing():
+        return output
+    logits, deltas = output
+    return [_seeded_like(x, i) for i, x in enumerate(logits)], deltas
+
+
+def _same_box_scores(module, _inputs, output):
+    """The box predictor's class scores replaced by seeded random values, its box deltas by
+    zeros: the detections are the same proposals for every model."""
+    if module.training or torch.jit.is_tracing():
+        return output
+    scores, deltas = output
+    return _seeded_like(scores, 100), torch.zeros_like(deltas)
 
 
 def random_inputs(height, width, batch=1, seed=0):
@@ -98,11 +114,7 @@ def random_inputs(height, width, batch=1, seed=0):
 
 
 def random_training_batch(height, width, num_classes, batch=2, objects=6, seed=0):
-    """Random images with random boxes, classes and masks (``BitMasks``) as ground truth.
-
-    Returns:
-        list[dict]: Detectron2 training inputs with ``image`` and ``instances``.
-    """
+    """Detectron2 training inputs: random images with random boxes, classes and ``BitMasks``."""
     from detectron2.structures import BitMasks, Boxes, Instances
 
     g = torch.Generator().manual_seed(seed)
@@ -125,19 +137,19 @@ def random_training_batch(height, width, num_classes, batch=2, objects=6, seed=0
 @contextlib.contextmanager
 def _record_roi_counts(model, counts):
     """Record, per forward, the RoIs per image entering the ROI heads and the detections out."""
-    handles = []
-    if getattr(model, "proposal_generator", None) is not None:
 
-        def _proposals_hook(_module, _inputs, output):
-            counts["proposals"] = [len(p) for p in output[0]]
+    def hook(key):
+        def record(_module, _inputs, output):
+            counts[key] = [len(x) for x in output[0]]
 
-        handles.append(model.proposal_generator.register_forward_hook(_proposals_hook))
-    if getattr(model, "roi_heads", None) is not None:
+        return record
 
-        def _detections_hook(_module, _inputs, output):
-            counts["detections"] = [len(d) for d in output[0]]
-
-        handles.append(model.roi_heads.register_forward_hook(_detections_hook))
+    parts = (("proposal_generator", "proposals"), ("roi_heads", "detections"))
+    handles = [
+        getattr(model, part).register_forward_hook(hook(key))
+        for part, key in parts
+        if getattr(model, part, None) is not None
+    ]
     try:
         yield counts
     finally:
@@ -170,11 +182,8 @@ def _split_parts(by_module):
 
 
 def count_flops(model, inputs):
-    """fvcore FLOPs (multiply-adds) of one inference forward.
-
-    Args:
-        model (nn.Module): a Detectron2 model in eval mode.
-        inputs (list[dict]): its inputs.
+    """fvcore FLOPs (1 multiply-add = 1 FLOP, as Detectron2's ``tools/analyze_model.py``) of one
+    inference forward of ``model`` (in eval mode) on ``inputs``.
 
     Returns:
         dict: ``total``, ``parts`` (:data:`PARTS`), ``by_module`` (every module's FLOPs, named as
@@ -213,91 +222,72 @@ def _peak_rss_bytes():
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
 
 
-def time_calls(step, runs=3, warmup=1, device="cpu"):
-    """Median wall time of ``step()`` over ``runs`` calls after ``warmup`` untimed ones (CUDA
-    synchronised around each call when ``device`` is CUDA). The one timing helper: inference,
-    training steps and the demo's time fit go through it.
-
-    Returns:
-        dict: ``median``, ``min``, ``times`` (wall seconds) and ``cpu_median`` (median process
-        CPU seconds per call, all threads: less sensitive to other load than wall time).
-    """
-    device = torch.device(device)
-    times, cpu_times = [], []
-    for i in range(warmup + runs):
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        start, cpu_start = time.perf_counter(), time.process_time()
-        step()
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        if i >= warmup:
-            times.append(time.perf_counter() - start)
-            cpu_times.append(time.process_time() - cpu_start)
+def _timing(times, cpu_median):
     return {
         "median": statistics.median(times),
         "min": min(times),
         "times": times,
-        "cpu_median": statistics.median(cpu_times),
+        "cpu_median": cpu_median,
     }
 
 
-def time_inference(model, inputs, runs=5, warmup=1, device="cpu"):
-    """Median wall time of inference forwards.
+def time_calls(steps, runs=3, warmup=1, device="cpu"):
+    """The one timing helper: wall time of ``runs`` calls of each step after ``warmup`` untimed
+    ones (CUDA synchronised around each call when ``device`` is CUDA).
+
+    The steps take turns, one call each, so that a change in the machine's load falls on all of
+    them alike.
 
     Args:
-        model (nn.Module): in eval mode, on ``device``.
-        inputs (list[dict]): model inputs (on the CPU; the model moves them).
-        runs (int): timed forwards.
-        warmup (int): untimed forwards first.
-        device (str): "cpu" or "cuda".
+        steps (dict[str, callable]): name -> function of no arguments.
 
     Returns:
-        dict: ``median``, ``min``, ``times`` (wall seconds) and ``cpu_median`` (median process
-        CPU seconds per run, all threads: less sensitive to other load than wall time).
+        dict: name -> ``median``, ``min``, ``times`` (wall seconds) and ``cpu_median`` (median
+        process CPU seconds per call, all threads: less sensitive to other load than wall time).
     """
+    device = torch.device(device)
+    times = {name: ([], []) for name in steps}
+    for i in range(warmup + runs):
+        for name, step in steps.items():
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            start, cpu_start = time.perf_counter(), time.process_time()
+            step()
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            if i >= warmup:
+                times[name][0].append(time.perf_counter() - start)
+                times[name][1].append(time.process_time() - cpu_start)
+    return {name: _timing(wall, statistics.median(cpu)) for name, (wall, cpu) in times.items()}
+
+
+def time_inference(model, inputs, runs=5, warmup=1, device="cpu"):
+    """:func:`time_calls` of ``model(inputs)`` without gradients (``model`` in eval mode, on
+    ``device``; ``inputs`` on the CPU)."""
     with torch.no_grad():
-        return time_calls(lambda: model(inputs), runs, warmup, device)
+        return time_calls({"": lambda: model(inputs)}, runs, warmup, device)[""]
 
 
 def time_training_step(model, inputs, steps=3, warmup=1, device="cpu", optimizer=None):
-    """Median wall time of a training step (forward, backward, optimizer step).
-
-    Args:
-        model (nn.Module): a Detectron2 model (put in training mode here, eval mode after).
-        inputs (list[dict]): training inputs with ``instances``.
-        steps (int): timed steps.
-        warmup (int): untimed steps first.
-        device (str): "cpu" or "cuda"; the model must be on it.
-        optimizer (torch.optim.Optimizer or None): None: SGD with momentum and learning rate 0,
-            which does all the arithmetic of a step but leaves the random weights unchanged, so
-            the timed steps are alike and cannot diverge on random data.
-
-    Returns:
-        dict: as :func:`time_inference`.
-    """
+    """:func:`time_calls` of :func:`training_step` (the model in training mode meanwhile, in eval
+    mode after; on ``device``)."""
     from detectron2.utils.events import EventStorage
 
     model.train()
     step = training_step(model, inputs, optimizer)
     with EventStorage():
-        result = time_calls(step, steps, warmup, device)
+        result = time_calls({"": step}, steps, warmup, device)[""]
     model.eval()
     return result
 
 
 def training_step(model, inputs, optimizer=None):
-    """One training step as a function of no arguments: forward (the model must be in training
-    mode, inside a Detectron2 ``EventStorage``), backward, optimizer step.
+    """One training step (forward, backward, optimizer step) as a function of no arguments; the
+    model must be in training mode, the call inside a Detectron2 ``EventStorage``.
 
-    Args:
-        model (nn.Module): a Detectron2 model.
-        inputs (list[dict]): training inputs with ``instances``.
-        optimizer (torch.optim.Optimizer or None): None: SGD with momentum and learning rate 0
-            (all the arithmetic of a step, the weights unchanged; see :func:`time_training_step`).
-
-    Returns:
-        callable: the step.
+    ``optimizer`` None: SGD with momentum at learning rate 0, which does all the arithmetic of a
+    step but leaves the random weights unchanged, so that the steps are alike and cannot diverge
+    on random data.
     """
     if optimizer is None:
         params = [p for p in model.parameters() if p.requires_grad]
@@ -316,6 +306,15 @@ def _num_classes(model):
     return int(getattr(getattr(model, "roi_heads", None), "num_classes", 1) or 1)
 
 
+def _with_peak_mb(run, cuda=False):
+    """``run()`` and the peak memory (MiB) above that before it: RSS, or CUDA's allocations."""
+    if cuda:
+        torch.cuda.reset_peak_memory_stats()
+        return run(), torch.cuda.max_memory_allocated() / 2**20
+    rss0 = _rss_bytes()
+    return run(), max(0, _peak_rss_bytes() - rss0) / 2**20
+
+
 def measure_inference(model, options, use_cuda):
     """The "infer" phase: parameters, FLOPs, CPU (and CUDA) latency, inference peak memory."""
     params = count_params(model)
@@ -323,11 +322,11 @@ def measure_inference(model, options, use_cuda):
     h, w = options["input_size"]
     inputs = random_inputs(h, w)
     if options.get("runs", 0) > 0:
-        rss0 = _rss_bytes()
         counts = {}
         with _record_roi_counts(model, counts):
-            out["cpu_latency"] = time_inference(model, inputs, options["runs"], options["warmup"])
-        out["infer_peak_mb"] = max(0, _peak_rss_bytes() - rss0) / 2**20
+            out["cpu_latency"], out["infer_peak_mb"] = _with_peak_mb(
+                lambda: time_inference(model, inputs, options["runs"], options["warmup"])
+            )
         out["counts"] = counts
     if options.get("flops", True):
         out["flops"] = count_flops(model, inputs)
@@ -342,11 +341,10 @@ def measure_inference(model, options, use_cuda):
             }
     if use_cuda:
         model.to("cuda")
-        torch.cuda.reset_peak_memory_stats()
-        out["cuda_latency"] = time_inference(
-            model, inputs, max(options["runs"], 10), max(options["warmup"], 3), "cuda"
+        runs, warmup = max(options["runs"], 10), max(options["warmup"], 3)
+        out["cuda_latency"], out["cuda_infer_peak_mb"] = _with_peak_mb(
+            lambda: time_inference(model, inputs, runs, warmup, "cuda"), True
         )
-        out["cuda_infer_peak_mb"] = torch.cuda.max_memory_allocated() / 2**20
     return out
 
 
@@ -354,18 +352,16 @@ def measure_training(model, options, use_cuda):
     """The "train" phase: training-step time and peak memory (CPU, and CUDA when present)."""
     h, w = options["train_size"]
     inputs = random_training_batch(h, w, _num_classes(model), options["train_batch"])
-    rss0 = _rss_bytes()
-    out = {
-        "train_step": time_training_step(model, inputs, options["train_steps"], options["warmup"])
-    }
-    out["train_peak_mb"] = max(0, _peak_rss_bytes() - rss0) / 2**20
+    steps, warmup = options["train_steps"], options["warmup"]
+    out = {}
+    out["train_step"], out["train_peak_mb"] = _with_peak_mb(
+        lambda: time_training_step(model, inputs, steps, warmup)
+    )
     if use_cuda:
         model.to("cuda")
-        torch.cuda.reset_peak_memory_stats()
-        out["cuda_train_step"] = time_training_step(
-            model, inputs, options["train_steps"], options["warmup"], "cuda"
+        out["cuda_train_step"], out["cuda_train_peak_mb"] = _with_peak_mb(
+            lambda: time_training_step(model, inputs, steps, warmup, "cuda"), True
         )
-        out["cuda_train_peak_mb"] = torch.cuda.max_memory_allocated() / 2**20
     return out
 
 
@@ -384,9 +380,8 @@ def _profile_phase(kind):
     return run
 
 
-# phase -> function(model, options, use_cuda) -> figures; the model is built and its RoI counts
-# fixed before (a fresh model per config and phase). The "profile_*" phases are those of
-# ``tools/benchmark.py --profile`` (CPU only).
+# phase -> function(model, options, use_cuda) -> figures, on a fresh model with its RoI counts
+# fixed. The "profile_*" phases are ``tools/benchmark.py --profile``'s (CPU only).
 PHASES = {
     "infer": measure_inference,
     "train": measure_training,
@@ -396,17 +391,11 @@ PHASES = {
 
 
 def measure_config(spec, phase, options):
-    """Measure one phase of one config in this process.
+    """Measure one phase (a key of :data:`PHASES`) of one config in this process.
 
-    Args:
-        spec (ConfigSpec): the config.
-        phase (str): a key of :data:`PHASES`.
-        options (dict): ``input_size`` (h, w), ``proposals``, ``detections``, ``runs`` (0: no
-            latency), ``warmup``, ``train_size`` (h, w), ``train_batch``, ``train_steps``,
-            ``threads``, ``flops`` (bool), ``cuda`` (bool).
-
-    Returns:
-        dict: the figures of that phase, and ``threads``.
+    ``options``: ``input_size`` (h, w), ``proposals``, ``detections``, ``runs`` (0: no latency),
+    ``warmup``, ``train_size`` (h, w), ``train_batch``, ``train_steps``, ``threads``, ``flops``
+    (bool), ``cuda`` (bool). Returns the figures of that phase, and ``threads``.
     """
     if phase not in PHASES:
         raise ValueError(f"Unknown phase {phase!r}: expected one of {sorted(PHASES)}.")
@@ -414,7 +403,7 @@ def measure_config(spec, phase, options):
         torch.set_num_threads(int(options["threads"]))
     with contextlib.redirect_stdout(io.StringIO()):
         model = build_model_from_spec(spec)
-    fix_roi_counts(model, options["proposals"], options["detections"])
+    fix_roi_counts(model, options["proposals"], options["detections"], same_boxes=True)
     use_cuda = options.get("cuda", True) and torch.cuda.is_available()
     return {"threads": torch.get_num_threads(), **PHASES[phase](model, options, use_cuda)}
 
@@ -447,17 +436,11 @@ _PEAKS = ("infer_peak_mb", "train_peak_mb", "cuda_infer_peak_mb", "cuda_train_pe
 
 
 def merge_rounds(rounds):
-    """One config's figures from several interleaved rounds of the same phase.
+    """One config's figures from several rounds (:func:`measure_config` results) of one phase.
 
     Timings pool their calls (``median`` and ``min`` over all of them; ``cpu_median`` the median
     of the rounds'); a peak memory is the median of the rounds' peaks; every other figure is the
     first round's. ``rounds`` keeps each round's timing medians and peaks.
-
-    Args:
-        rounds (list[dict]): each round's figures (as :func:`measure_config` returns them).
-
-    Returns:
-        dict: the merged figures.
     """
     merged = dict(rounds[0])
     if len(rounds) == 1:
@@ -466,12 +449,7 @@ def merge_rounds(rounds):
     for key in _TIMINGS:
         if key in merged:
             times = [t for r in rounds for t in r[key]["times"]]
-            merged[key] = {
-                "median": statistics.median(times),
-                "min": min(times),
-                "times": times,
-                "cpu_median": statistics.median(r[key]["cpu_median"] for r in rounds),
-            }
+            merged[key] = _timing(times, statistics.median(r[key]["cpu_median"] for r in rounds))
             for out, r in zip(per_round, rounds):
                 out[key] = r[key]["median"]
     for key in _PEAKS:
@@ -492,10 +470,9 @@ def measure(specs, options, isolate=True, phases=("infer", "train"), log=print, 
         isolate (bool): one subprocess per config and phase (peak memory is then meaningful).
         phases (tuple[str]): keys of :data:`PHASES`.
         log (callable): progress messages.
-        rounds (int): interleaved repeats: every config and phase is measured once per round, in
-            the same order, so a machine that slows down or speeds up during the run moves every
-            config alike; :func:`merge_rounds` pools them (FLOPs are counted in the first round
-            only).
+        rounds (int): interleaved repeats: every config and phase once per round, in the same
+            order, so a machine whose speed drifts moves every config alike; pooled by
+            :func:`merge_rounds` (FLOPs counted in the first round only).
 
     Returns:
         list[dict]: per config, ``label``, ``source``, ``overrides`` and the figures.
@@ -524,6 +501,98 @@ def measure(specs, options, isolate=True, phases=("infer", "train"), log=print, 
                 for out, figs in zip(row["rounds"], per_round):
                     out.update(figs)
             row.update(merged)
+        rows.append(row)
+    return rows
+
+
+def paired_ratios(times, base_times):
+    """Per-call ratios of two configs timed in turns (:func:`time_calls`): call ``i`` of one over
+    call ``i`` of the other, which ran just before or after it under the same load.
+
+    Returns:
+        dict: ``median`` (the estimate), ``min``, ``max`` and ``ratios``.
+    """
+    ratios = [t / b for t, b in zip(times, base_times)]
+    return {
+        "median": statistics.median(ratios),
+        "min": min(ratios),
+        "max": max(ratios),
+        "ratios": ratios,
+    }
+
+
+def _measure_paired_here(spec_dicts, options, phases):
+    from detectron2.utils.events import EventStorage
+
+    if options.get("threads"):
+        torch.set_num_threads(int(options["threads"]))
+    models = {}
+    for spec in map(lambda d: ConfigSpec(**d), spec_dicts):
+        with contextlib.redirect_stdout(io.StringIO()):
+            models[spec.label] = fix_roi_counts(
+                build_model_from_spec(spec),
+                options["proposals"],
+                options["detections"],
+                same_boxes=True,
+            )
+    out = {}
+    if "infer" in phases:
+        inputs = random_inputs(*options["input_size"])
+        steps = {label: (lambda m=m: m(inputs)) for label, m in models.items()}
+        with torch.no_grad():
+            out["cpu_latency"] = time_calls(steps, options["paired"], options["warmup"])
+    if "train" in phases:
+        steps = {}
+        for label, m in models.items():
+            m.train()
+            batch = random_training_batch(
+                *options["train_size"], _num_classes(m), options["train_batch"]
+            )
+            steps[label] = training_step(m, batch)
+        with EventStorage():
+            out["train_step"] = time_calls(steps, options["paired"], options["warmup"])
+    return out
+
+
+def _paired_worker(spec_dicts, options, phases, queue):
+    try:
+        queue.put(("ok", _measure_paired_here(spec_dicts, options, phases)))
+    except Exception as e:  # reported by the parent
+        import traceback
+
+        queue.put(("error", f"{type(e).__name__}: {e}\n{traceback.format_exc()}"))
+
+
+def measure_paired(specs, options, phases=("infer", "train")):
+    """Time every config in one fresh process, in turns, one call each (``options["paired"]``
+    calls per config after ``warmup``), and give each config's per-call ratios to the first's.
+
+    Machines whose speed drifts over seconds (a shared VM) move two configs timed minutes apart,
+    in separate processes, by more than the difference to be measured; neighbouring calls share
+    the drift, so the median of the per-call ratios (:func:`paired_ratios`) is the estimate least
+    moved by it. Peak memory cannot be told apart in one process: :func:`measure` gives it.
+
+    Returns:
+        list[dict]: per config, ``label`` and, per phase timed (``cpu_latency``, ``train_step``),
+        the figures of :func:`time_calls` with ``ratio`` (:func:`paired_ratios`; 1 for the first).
+    """
+    ctx = mp.get_context("spawn")
+    queue = ctx.Queue()
+    proc = ctx.Process(
+        target=_paired_worker, args=([asdict(s) for s in specs], options, phases, queue)
+    )
+    proc.start()
+    status, payload = queue.get()
+    proc.join()
+    if status != "ok":
+        raise RuntimeError(f"The paired measurement failed:\n{payload}")
+    base = specs[0].label
+    rows = []
+    for spec in specs:
+        row = {"label": spec.label}
+        for key, timed in payload.items():
+            row[key] = dict(timed[spec.label])
+            row[key]["ratio"] = paired_ratios(timed[spec.label]["times"], timed[base]["times"])
         rows.append(row)
     return rows
 

@@ -1,25 +1,11 @@
-"""Per-op CPU profile of configs: where the time goes that FLOPs do not show.
+"""Per-op CPU profile of configs (``tools/benchmark.py --profile``, docs/benchmark.md): where the
+time goes that FLOPs do not show.
 
-``tools/benchmark.py --profile`` runs, for each config spec, ``--runs`` inference forwards and
-``--train-steps`` training steps after ``--warmup`` untimed ones, under ``torch.profiler`` (CPU
-activity), with the inputs and fixed RoI counts of the cost tool (:mod:`.measure`), and
-aggregates the **self CPU time per op name** (``key_averages()``: the time spent in an op
-itself, not in the ops it calls, so the ops add up without double counting), per run.
-
-Reading the figures:
-
-* an op's self time is the wall time of the thread that called it (intra-op parallel work
-  included), so the ops' total is about the profiled wall time, minus the Python between ops;
-* ``torch.profiler`` records the ops of the threads that call them only while it runs on them:
-  the RoIAlign pieces that :class:`~sa_ejhead.modeling.ThreadedROIAlign` runs on its worker
-  threads are not seen; its calling thread's span is, as ``sa_ejhead::threaded_roi_align``
-  (submitting, waiting, copying the pieces, which are ``aten::copy_``);
-* the profiler's overhead (a few microseconds per op) is in every figure, equally for every
-  config.
-
-:func:`compare_ops` lines the configs up op by op against the first one and marks every op whose
-time differs from the first config's by more than a share (2 % by default) of the first config's
-total; :func:`sa_ejhead.analysis.report.format_profile_tables` writes the tables.
+The figure is the **self CPU time per op name** (``torch.profiler``'s ``key_averages()``: the time
+in an op itself, not in the ops it calls, so the ops add up without double counting), per run.
+An op's self time is its calling thread's wall time; ops that other threads run are not seen:
+:class:`~sa_ejhead.modeling.ThreadedROIAlign`'s worker threads show only as their calling
+thread's span, ``sa_ejhead::threaded_roi_align``.
 """
 
 import time
@@ -35,7 +21,6 @@ from .measure import (
 )
 
 __all__ = [
-    "PROFILE_KINDS",
     "PROFILERS",
     "profile_calls",
     "profile_inference",
@@ -43,16 +28,9 @@ __all__ = [
     "compare_ops",
 ]
 
-PROFILE_KINDS = ("infer", "train")
-
 
 def profile_calls(step, runs=3, warmup=1):
-    """Self CPU time per op name of ``runs`` calls of ``step()`` after ``warmup`` untimed ones.
-
-    Args:
-        step (callable): called without arguments.
-        runs (int): profiled calls (>= 1).
-        warmup (int): calls before the profiler starts.
+    """Self CPU time per op name of ``runs`` (>= 1) calls of ``step()`` after ``warmup`` ones.
 
     Returns:
         dict: ``runs``, ``wall_ms`` (profiled wall time per call), ``total_ms`` (the sum of the
@@ -82,16 +60,9 @@ def profile_calls(step, runs=3, warmup=1):
 
 
 def profile_inference(model, options):
-    """Profile of inference forwards (no gradient) on one random image of ``input_size``.
-
-    Args:
-        model (nn.Module): in eval mode, RoI counts fixed (:func:`.measure.fix_roi_counts`).
-        options (dict): ``input_size`` (h, w), ``runs``, ``warmup``.
-
-    Returns:
-        dict: see :func:`profile_calls`; and ``counts``, the RoIs and detections per image of the
-        last forward.
-    """
+    """:func:`profile_calls` of inference forwards on one random image of ``input_size`` (the
+    ``options`` of :func:`.measure.measure_config`), plus ``counts``, the RoIs and detections
+    per image of the last forward."""
     inputs = random_inputs(*options["input_size"])
     model.eval()
     counts = {}
@@ -101,16 +72,8 @@ def profile_inference(model, options):
 
 
 def profile_training(model, options):
-    """Profile of training steps (forward, backward, SGD step at learning rate 0, as
-    :func:`.measure.time_training_step`) on a random batch of ``train_size``.
-
-    Args:
-        model (nn.Module): a Detectron2 model (put in training mode here, eval mode after).
-        options (dict): ``train_size`` (h, w), ``train_batch``, ``train_steps``, ``warmup``.
-
-    Returns:
-        dict: see :func:`profile_calls`.
-    """
+    """:func:`profile_calls` of :func:`.measure.training_step` on a random batch of
+    ``train_size`` (the model in training mode meanwhile, in eval mode after)."""
     from detectron2.utils.events import EventStorage
 
     h, w = options["train_size"]
@@ -124,18 +87,14 @@ def profile_training(model, options):
         model.eval()
 
 
-# kind -> function(model, options) -> profile (the phases "profile_infer", "profile_train" of
-# sa_ejhead.analysis.measure.PHASES)
+# kind -> function(model, options) -> profile (the "profile_*" phases of measure.PHASES)
 PROFILERS = {"infer": profile_inference, "train": profile_training}
 
 
 def compare_ops(profiles, threshold=0.02):
-    """Line up the per-op profiles of several configs against the first one.
-
-    Args:
-        profiles (list[dict]): :func:`profile_calls` results, the reference first.
-        threshold (float): an op is marked when its time in some config differs from the
-            reference's by more than this share of the reference's total.
+    """Line up per-op profiles (:func:`profile_calls` results) against the first one; an op is
+    marked when its time in some profile differs from the first's by more than ``threshold``
+    times the first's total.
 
     Returns:
         dict: ``ops``: one dict per op name seen in any profile, sorted by the largest absolute

@@ -6,11 +6,15 @@ import platform
 import torch
 from tabulate import tabulate
 
+from .measure import PARTS
+
 __all__ = [
     "COLUMNS",
     "format_cost_table",
+    "format_paired_table",
     "format_variant_table",
     "format_coco_eval_table",
+    "format_deploy_table",
     "format_profile_table",
     "format_profile_tables",
 ]
@@ -33,7 +37,6 @@ COLUMNS = [
     ("Peak RSS train (MiB)", "train_peak_mb", 1, "{:.0f}"),
     ("CUDA peak train (MiB)", "cuda_train_peak_mb", 1, "{:.0f}"),
 ]
-PARTS = ("bottom_up", "neck", "proposal_generator", "roi_heads")
 
 
 def get(row, path, default=None):
@@ -56,15 +59,9 @@ def _markdown(headers, rows):
 
 
 def format_cost_table(rows):
-    """Markdown tables of the figures, each with its ratio to the first config.
-
-    Args:
-        rows (list[dict]): output of :func:`sa_ejhead.analysis.measure.measure`.
-
-    Returns:
-        str: a cost table (columns without any figure left out), then FLOPs per part when FLOPs
-        were counted.
-    """
+    """Markdown tables of :func:`sa_ejhead.analysis.measure.measure` rows, each figure with its
+    ratio to the first row: the cost table (columns without any figure left out), then FLOPs per
+    part when FLOPs were counted."""
     if not rows:
         return ""
     ref = rows[0]
@@ -93,6 +90,28 @@ def format_cost_table(rows):
     return text
 
 
+def format_paired_table(rows):
+    """Markdown table of :func:`sa_ejhead.analysis.measure.measure_paired` rows: per phase, the
+    median time and the median of the per-call ratios to the first row, with their range."""
+    columns = [
+        (title, key)
+        for title, key in (("CPU latency", "cpu_latency"), ("Train step", "train_step"))
+        if any(key in r for r in rows)
+    ]
+    table = []
+    for r in rows:
+        cells = [r["label"]]
+        for _, key in columns:
+            ratio = r[key]["ratio"]
+            cells.append(
+                f"{r[key]['median']:.2f} s, {ratio['median']:.2f}x "
+                f"({ratio['min']:.2f}-{ratio['max']:.2f}x)"
+            )
+        table.append(cells)
+    headers = ["Config"] + [f"{t}: median, paired ratio (range)" for t, _ in columns]
+    return _markdown(headers, table)
+
+
 def _neck_cells(row, ref):
     flops = get(row, "flops.parts.neck")
     p2 = sum(
@@ -109,9 +128,8 @@ def _neck_cells(row, ref):
 
 
 def _head_flops(row):
-    """Box path and mask path FLOPs of the ROI heads of a row (box on the proposals, mask on the
-    detections). A shared refinement's FLOPs are split between the paths by the cells they
-    refine (convolution FLOPs are proportional to them)."""
+    """Box path and mask path FLOPs of the ROI heads of a row; a shared refinement's FLOPs are
+    split by the cells it refines on each path (its conv FLOPs are proportional to them)."""
     by_module = get(row, "flops.by_module", {})
     total = get(row, "flops.parts.roi_heads")
     mask = by_module.get("roi_heads.mask_pooler", 0) + by_module.get("roi_heads.mask_head", 0)
@@ -152,15 +170,8 @@ _VARIANT_LAYOUTS = {
 
 def format_variant_table(kind, rows):
     """The neck (``kind="necks"``) or ROI-head (``"heads"``) table of docs/safpn.md and
-    docs/ejhead.md: the part's parameters and FLOPs, with ratios to the first row.
-
-    Args:
-        kind (str): "necks" or "heads".
-        rows (list[dict]): :func:`sa_ejhead.analysis.measure.measure` rows (with FLOPs).
-
-    Returns:
-        str: the table, then a line for the bottom-up (necks).
-    """
+    docs/ejhead.md: the part's parameters and FLOPs in :func:`sa_ejhead.analysis.measure.measure`
+    rows, with ratios to the first row (necks: then a row for the bottom-up)."""
     headers, cells = _VARIANT_LAYOUTS[kind]
     table = [
         [r["label"], "`" + ", ".join(r["overrides"]) + "`" if r["overrides"] else ""]
@@ -193,14 +204,53 @@ def format_coco_eval_table(rows):
     return _markdown(headers + ["speed-up", "max abs diff of stats"], table)
 
 
+_DEPLOY_RUNTIMES = {"eager": "eager", "torchscript": "TorchScript", "onnxruntime": "onnxruntime"}
+
+
+def _parity_cell(figures):
+    parity = (figures or {}).get("parity")
+    if not parity:
+        return "-"
+    iou = "-" if parity["mask_iou_min"] is None else f"{parity['mask_iou_min']:.3f}"
+    box = "-" if parity["box_max_abs"] is None else f"{parity['box_max_abs']:.1e}"
+    return f"{'ok' if parity['ok'] else 'MISMATCH'} {parity['matched']}/{parity['expected']}, " + (
+        f"box {box} px, IoU >= {iou}"
+    )
+
+
+def format_deploy_table(rows):
+    """Markdown table of rows with ``label`` and ``deploy``
+    (:func:`sa_ejhead.export.measure_deploy_configs`), latencies as ratios to the first row's
+    eager latency."""
+    if not rows:
+        return ""
+    ref, runtimes = rows[0]["deploy"]["eager"], list(_DEPLOY_RUNTIMES)
+    table = []
+    for row in rows:
+        d, cells = row["deploy"], [row["label"]]
+        for key in ("median", "cpu_median"):
+            cells += [_with_ratio(get(d, f"{r}.{key}"), ref[key], 1, "{:.2f}") for r in runtimes]
+        table.append(cells + [_parity_cell(d.get(r)) for r in runtimes[1:]])
+    names = list(_DEPLOY_RUNTIMES.values())
+    headers = ["Config"] + [f"{n} (s)" for n in names] + [f"{n} CPU time (s)" for n in names]
+    headers += [f"{n} vs eager" for n in names[1:]]
+    note = (
+        f"\nLatency: median wall time per image; CPU time: process CPU seconds per image, all "
+        f"threads (less sensitive to other load). {rows[0]['deploy']['threads']} threads (torch "
+        "intra-op = onnxruntime intra_op_num_threads, inter-op 1); rescale and mask paste "
+        "included for every runtime; ratios to the first row's eager figures. Parity: instances "
+        "matched to eager's, largest box difference, smallest mask IoU."
+    )
+    return _markdown(headers, table) + note
+
+
 def format_profile_table(labels, comparison, threshold=0.02, top=25):
-    """Markdown table of one phase of the per-op profile (:func:`.profile.compare_ops`).
+    """Markdown table of one phase of the per-op profile.
 
     Args:
         labels (list[str]): the configs, the reference first.
         comparison (dict): :func:`sa_ejhead.analysis.profile.compare_ops` of their profiles.
-        threshold (float): the share of the reference's total used for the marking (for the
-            header only; the marks are ``comparison``'s).
+        threshold (float): the marking's share of the reference's total (for the header only).
         top (int): besides every marked op, the ``top`` ops with the largest time in any config;
             the others are summed in one row.
 
@@ -242,21 +292,14 @@ _PROFILE_TITLES = {"infer": "Inference forward", "train": "Training step"}
 
 
 def format_profile_tables(rows, threshold=0.02, top=25):
-    """The per-op profile tables of ``tools/benchmark.py --profile``, one per phase.
-
-    Args:
-        rows (list[dict]): :func:`sa_ejhead.analysis.measure.measure` rows with the phases
-            ``profile_infer`` and/or ``profile_train``; the first row is the reference.
-        threshold (float), top (int): see :func:`format_profile_table`.
-
-    Returns:
-        str: per phase, a title line, the table and the list of the marked ops.
-    """
-    from .profile import PROFILE_KINDS, compare_ops
+    """The per-op profile tables of ``tools/benchmark.py --profile`` (rows with ``profile_infer``
+    and/or ``profile_train``, the first the reference): per phase, a title line, the table
+    (:func:`format_profile_table`) and the list of the marked ops."""
+    from .profile import compare_ops
 
     labels = [r["label"] for r in rows]
     parts = []
-    for kind in PROFILE_KINDS:
+    for kind, title in _PROFILE_TITLES.items():
         key = f"profile_{kind}"
         if not rows or not all(key in r for r in rows):
             continue
@@ -264,7 +307,7 @@ def format_profile_tables(rows, threshold=0.02, top=25):
         marked = [e["op"] for e in comparison["ops"] if e["marked"]]
         runs = rows[0][key]["runs"]
         parts.append(
-            f"{_PROFILE_TITLES[kind]}: self CPU time per op, ms per run (mean of {runs} profiled "
+            f"{title}: self CPU time per op, ms per run (mean of {runs} profiled "
             f"runs); marked: the ops whose time differs from {labels[0]}'s by more than "
             f"{100 * threshold:g} % of {labels[0]}'s total ({comparison['threshold_ms']:.1f} ms)."
             + "\n\n"

@@ -31,13 +31,8 @@ D2_PREFIX = "d2://"
 
 @dataclass
 class ConfigSpec:
-    """A config to measure.
-
-    Attributes:
-        label (str): its name in the tables.
-        source (str): ``d2://...``, a file path, or a path under sa-ejhead's configs.
-        overrides (list[str]): ``KEY=VALUE`` overrides.
-    """
+    """A config to measure: its ``label`` in the tables, its ``source`` and ``KEY=VALUE``
+    ``overrides``."""
 
     label: str
     source: str
@@ -65,17 +60,15 @@ def _split_top_level(text, sep=","):
     return parts
 
 
-def parse_spec(text):
-    """Parse ``[LABEL=]SOURCE[,KEY=VALUE...]``; commas inside brackets or quotes do not split.
-
-    Args:
-        text (str): e.g. ``"base=d2://common/models/mask_rcnn_fpn.py"`` or
-            ``"common/models/mask_rcnn_safpn_ejhead.py,model.roi_heads.refinement=null"``.
-
-    Returns:
-        ConfigSpec: the label defaults to the file name without its extension.
-    """
+def _source_and_overrides(text):
     head, *overrides = [t.strip() for t in _split_top_level(text)]
+    return head, overrides
+
+
+def parse_spec(text):
+    """Parse ``[LABEL=]SOURCE[,KEY=VALUE...]`` (commas inside brackets or quotes do not split)
+    into a :class:`ConfigSpec`; the label defaults to the file name without its extension."""
+    head, overrides = _source_and_overrides(text)
     label, source = None, head
     if "=" in head:
         label, source = head.split("=", 1)
@@ -90,14 +83,8 @@ def parse_spec(text):
 
 
 def load_spec_config(spec):
-    """Load the config of a spec, overrides applied.
-
-    Args:
-        spec (ConfigSpec or str): the config.
-
-    Returns:
-        omegaconf.DictConfig or CfgNode: a LazyConfig, or a yacs config with our keys.
-    """
+    """The config (LazyConfig, or yacs with our keys) of a spec (:class:`ConfigSpec` or str),
+    overrides applied."""
     from detectron2 import model_zoo as d2_model_zoo
 
     from sa_ejhead import model_zoo
@@ -126,15 +113,8 @@ def load_spec_config(spec):
 
 
 def build_model_from_spec(spec, seed=0):
-    """Build the model of a config spec on the CPU, randomly initialised, in eval mode.
-
-    Args:
-        spec (ConfigSpec or str): the config.
-        seed (int): torch seed for the initialisation.
-
-    Returns:
-        torch.nn.Module: the model (:func:`sa_ejhead.engine.build_cpu_model`).
-    """
+    """The model of a config spec on the CPU, randomly initialised (torch seed ``seed``), in eval
+    mode (:func:`sa_ejhead.engine.build_cpu_model`)."""
     from sa_ejhead.engine import build_cpu_model
 
     return build_cpu_model(load_spec_config(spec), seed=seed)[0]
@@ -212,8 +192,3 @@ VARIANTS = {
 def variant_specs(kind):
     """The :data:`VARIANTS` of ``kind`` ("necks" or "heads") as :class:`ConfigSpec` objects."""
     return [ConfigSpec(label, *_source_and_overrides(spec)) for label, spec in VARIANTS[kind]]
-
-
-def _source_and_overrides(spec):
-    source, *overrides = [t.strip() for t in _split_top_level(spec)]
-    return source, overrides

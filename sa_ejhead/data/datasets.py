@@ -34,16 +34,10 @@ SA_SHAPES_PRETRAIN = dict(num_train=2000, num_val=100, height=192, width=256, se
 
 
 def default_sa_shapes_root():
-    """Return the SA-Shapes folder, found as Detectron2 finds its built-in datasets.
-
+    """The absolute SA-Shapes folder, found as Detectron2 finds its built-in datasets:
     ``$SA_SHAPES_ROOT`` if set; else ``sa_shapes`` in ``$DETECTRON2_DATASETS`` (default
-    ``datasets``, relative to the current directory: ``datasets/sa_shapes`` of the repository for
-    ``make demo`` and the tests, which run from its root). The pre-training set
-    (``sa_shapes_pretrain``) lives beside it, in the same parent folder.
-
-    Returns:
-        str: an absolute path.
-    """
+    ``datasets``, relative to the current directory: the repository's root for ``make demo`` and
+    the tests). The pre-training set (``sa_shapes_pretrain``) lives beside it."""
     root = os.environ.get("SA_SHAPES_ROOT") or os.path.join(
         os.environ.get("DETECTRON2_DATASETS", "datasets"), "sa_shapes"
     )
@@ -51,17 +45,9 @@ def default_sa_shapes_root():
 
 
 def prepare_sa_shapes(root=None, **gen_kwargs):
-    """Generate the SA-Shapes set if it is not on disk yet, and return its info.
-
-    Args:
-        root (str or None): dataset folder; default :func:`default_sa_shapes_root`.
-        gen_kwargs: overrides of :data:`SA_SHAPES_DEFAULTS` (``num_train``, ``num_val``,
-            ``height``, ``width``, ``seed``).
-
-    Returns:
-        dict: the dataset's ``info.json`` (parameters, per-split image, annotation and
-        small/medium/large counts).
-    """
+    """Generate the SA-Shapes set in ``root`` (default :func:`default_sa_shapes_root`) with
+    ``gen_kwargs`` overriding :data:`SA_SHAPES_DEFAULTS`, unless it is on disk already; return
+    its ``info.json`` (parameters, per-split image, annotation and size counts)."""
     params = {**SA_SHAPES_DEFAULTS, **gen_kwargs}
     return ensure_sa_shapes(root or default_sa_shapes_root(), **params)
 
@@ -74,16 +60,8 @@ def _load_sa_shapes(root, split, name, params):
 
 
 def register_sa_shapes(root=None, *, prefix="sa_shapes", **gen_kwargs):
-    """Register ``{prefix}_train`` and ``{prefix}_val`` (generated on first use).
-
-    Args:
-        root (str or None): dataset folder; default :func:`default_sa_shapes_root`.
-        prefix (str): dataset name prefix.
-        gen_kwargs: overrides of :data:`SA_SHAPES_DEFAULTS`.
-
-    Returns:
-        list[str]: the registered names.
-    """
+    """Register ``{prefix}_train`` and ``{prefix}_val`` (generated on first use, as
+    :func:`prepare_sa_shapes`); return the names."""
     root = os.path.abspath(root or default_sa_shapes_root())
     params = {**SA_SHAPES_DEFAULTS, **gen_kwargs}
     names = []
@@ -107,31 +85,13 @@ def register_sa_shapes(root=None, *, prefix="sa_shapes", **gen_kwargs):
 def register_coco_instances_checked(
     name, json_file, image_root, *, metadata=None, require_annotations=True
 ):
-    """Validate a COCO-format dataset, then register it as Detectron2's ``register_coco_instances``.
+    """Validate a COCO-format dataset (:func:`validate_coco_json`, whose summary is returned),
+    then register it as Detectron2's ``register_coco_instances``.
 
-    The JSON is checked right away (:func:`sa_ejhead.data.validate_coco_json`), so a bad file
-    fails here, with an error that names the file and the field, instead of deep inside training
-    or evaluation. The registered metadata are Detectron2's standard ones (``json_file``,
-    ``image_root``, ``evaluator_type="coco"``, ``thing_classes``,
-    ``thing_dataset_id_to_contiguous_id``), set now rather than on first load, so a Visualizer
-    or ``COCOEvaluator`` can use them at once. Decoding errors of the images themselves are
-    reported by :class:`sa_ejhead.data.CheckedDatasetMapper`. If the JSON holds RLE masks, train
-    with ``instance_mask_format="bitmask"`` (Detectron2's polygon format cannot hold RLE).
-
-    Args:
-        name (str): dataset name, e.g. ``"my_train"``.
-        json_file (str): COCO ``instances`` annotation file.
-        image_root (str): folder that ``images[*].file_name`` are relative to.
-        metadata (dict or None): extra metadata (e.g. ``thing_colors``).
-        require_annotations (bool): reject an empty ``annotations`` list (True for a training
-            set; pass False for an evaluation-only set).
-
-    Returns:
-        dict: the validation summary (see :func:`validate_coco_json`).
-
-    Raises:
-        DatasetFileNotFoundError: missing annotation file, image folder or image file.
-        DatasetFormatError: malformed or inconsistent annotations.
+    A bad file fails here, naming the file and the field, instead of deep inside training. The
+    metadata (Detectron2's, plus the extra ``metadata``) are set now rather than on first load,
+    so a Visualizer or ``COCOEvaluator`` can use them at once. ``require_annotations=False``
+    accepts an empty ``annotations`` list (an evaluation-only set).
     """
     json_file, image_root = os.fspath(json_file), os.fspath(image_root)
     summary = validate_coco_json(json_file, image_root, require_annotations=require_annotations)

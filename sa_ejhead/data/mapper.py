@@ -10,6 +10,7 @@ from .validation import (
     DatasetFormatError,
     DatasetImageError,
     has_segmentation,
+    lacks_segmentation,
 )
 
 __all__ = ["CheckedDatasetMapper"]
@@ -26,37 +27,22 @@ def _describe(anno):
 
 
 class CheckedDatasetMapper(DatasetMapper):
-    """Detectron2's :class:`DatasetMapper` with clear errors for unreadable images and for
-    annotations without a mask where masks are trained.
+    """Detectron2's :class:`DatasetMapper` (same arguments) with errors that name the image file
+    and its ``image_id``.
 
-    Detectron2 reads images with PIL inside the data loader; a truncated or corrupt file raises a
-    PIL error that does not always name the file (e.g. "image file is truncated"), and a
-    worker's traceback hides which dataset entry it came from. This mapper re-raises any error
-    of reading the image as :class:`DatasetImageError` (an ``OSError``) or, for a file that has
-    disappeared since registration, :class:`DatasetFileNotFoundError`, with the image path,
-    ``image_id`` and the original error in the message.
+    Detectron2 reads images with PIL inside the data loader, whose errors do not always name the
+    file (e.g. "image file is truncated"); this mapper re-raises them as
+    :class:`DatasetImageError` (an ``OSError``) or, for a file that has disappeared since
+    registration, :class:`DatasetFileNotFoundError`.
 
-    In training with ``use_instance_mask=True``, every non-crowd annotation of an image must have
-    a segmentation (Detectron2 drops the crowd ones): otherwise Detectron2 fails later with a bare
-    ``KeyError: 'segmentation'`` (in ``annotations_to_instances``, when an earlier annotation of
-    the image has one) or, in the mask head, ``Cannot find field 'gt_masks'`` (box-only images).
-    Data registered with :func:`sa_ejhead.data.register_coco_instances_checked` are checked
-    up front; those of Detectron2's ``register_coco_instances`` or a dataset function are
-    checked here, image by image, and raise :class:`DatasetFormatError` naming the image file,
-    its ``image_id`` and the annotation, with how to train box-only.
-
-    It takes the same arguments as :class:`DatasetMapper` (LazyConfig and yacs ``from_config``).
+    In training with ``use_instance_mask=True``, a non-crowd annotation without a segmentation
+    raises :class:`DatasetFormatError` naming the annotation, with how to train box-only, instead
+    of Detectron2's later bare ``KeyError: 'segmentation'`` or ``Cannot find field 'gt_masks'``
+    (data not checked up front by :func:`sa_ejhead.data.register_coco_instances_checked`).
     """
 
     def _check_masks(self, dataset_dict):
-        """Raise if a non-crowd annotation has no segmentation while masks are trained.
-
-        Args:
-            dataset_dict (dict): metadata of one image, in Detectron2 Dataset format.
-
-        Raises:
-            DatasetFormatError: the first such annotation, with the image file and ``image_id``.
-        """
+        """Raise DatasetFormatError for the first non-crowd annotation without a segmentation."""
         annos = dataset_dict.get("annotations") or ()
         # one pass over the image's annotations; the rest only when there is an error
         missing = next(
@@ -70,10 +56,7 @@ class CheckedDatasetMapper(DatasetMapper):
         if missing is None:
             return
         anno = annos[missing]
-        if "segmentation" not in anno:
-            what = "has no 'segmentation'"
-        else:
-            what = f"has an empty 'segmentation' ({anno['segmentation']!r})"
+        what = "has " + lacks_segmentation(anno, empty="an empty")
         noncrowd = [i for i, a in enumerate(annos) if a.get("iscrowd", 0) == 0]
         with_segm = [i for i in noncrowd if has_segmentation(annos[i])]
         if with_segm:
@@ -97,20 +80,6 @@ class CheckedDatasetMapper(DatasetMapper):
         )
 
     def __call__(self, dataset_dict):
-        """Map one dataset dict (see :meth:`DatasetMapper.__call__`).
-
-        Args:
-            dataset_dict (dict): metadata of one image, in Detectron2 Dataset format.
-
-        Returns:
-            dict: the model's input format.
-
-        Raises:
-            DatasetFileNotFoundError: the image file does not exist.
-            DatasetImageError: the image file cannot be decoded.
-            DatasetFormatError: in training with instance masks, a non-crowd annotation has no
-                segmentation.
-        """
         if self.is_train and self.use_instance_mask:
             self._check_masks(dataset_dict)  # before reading the image
         file_name = dataset_dict.get("file_name", "")

@@ -1,15 +1,9 @@
 """SA-Shapes: a small, deterministic, multi-scale instance-segmentation dataset in COCO format.
 
-The set exists to exercise what SA-FPN and EJ-Head are about, scale variation, on a CPU in
-minutes: every image holds objects from a few pixels (area < 10^2) to most of the image, of five
-classes (``circle``, ``rectangle``, ``triangle``, ``star``, ``ring``) in random colours (so the
-shape, not the colour, gives the class), drawn in depth order over textured backgrounds
-(gradients, stripes, checkerboards, blurred noise), with partial occlusion.
-
-Masks are the *visible* part of each object. An object that is not occluded and has no hole is
-stored as a polygon (the exact polygon it was drawn from); an occluded object, or a ring (a
-shape with a hole), is stored as compressed RLE. Every pixel of an object's mask has that object's
-colour in the image, because the image is painted with the very masks that are written.
+It exercises scale variation, what SA-FPN and EJ-Head are about, on a CPU in minutes (docs/demo.md,
+"The dataset"). Masks are the *visible* part of each object: a polygon (the exact one it was
+drawn from) when it is neither occluded nor holed, else compressed RLE; the image is painted with
+the very masks that are written.
 
 Layout written by :func:`generate_sa_shapes`::
 
@@ -82,9 +76,6 @@ def _split_seed(seed, split, index):
     return [int(seed), zlib.crc32(split.encode("utf-8")), int(index)]
 
 
-# ---------------------------------------------------------------------------------------------
-# Backgrounds
-# ---------------------------------------------------------------------------------------------
 def _muted_color(rng):
     """A low-saturation mid-tone colour (RGB floats), so saturated objects stand out."""
     base = rng.uniform(70, 180)
@@ -92,11 +83,7 @@ def _muted_color(rng):
 
 
 def _background(rng, height, width):
-    """Draw one textured background.
-
-    Returns:
-        ndarray: H x W x 3 float32 RGB image.
-    """
+    """One textured background: an H x W x 3 float32 RGB image."""
     yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
     c0, c1 = _muted_color(rng), _muted_color(rng)
     kind = rng.integers(4)
@@ -119,9 +106,6 @@ def _background(rng, height, width):
     return img.astype(np.float32)
 
 
-# ---------------------------------------------------------------------------------------------
-# Shapes
-# ---------------------------------------------------------------------------------------------
 def _regular_points(cx, cy, radii, angle0):
     """Vertices of a star-like polygon: ``radii[k]`` at angle ``angle0 + 2*pi*k/len(radii)``."""
     n = len(radii)
@@ -134,17 +118,11 @@ def _circle_vertices(radius):
 
 
 def _shape_geometry(rng, name, area):
-    """Sample a shape of the given class and area, centred at the origin.
-
-    Args:
-        rng (np.random.Generator): random source.
-        name (str): class name.
-        area (float): the target area in pixels.
+    """Sample a shape of class ``name`` and ``area`` pixels, centred at the origin.
 
     Returns:
         tuple(list[ndarray], ndarray|None, float): the outer polygon(s) as N x 2 arrays, an inner
-        polygon to cut out (``ring`` only) or None, and the shape's half-extent (radius of its
-        circumscribed circle), used to keep it inside the image.
+        polygon to cut out (``ring`` only) or None, and the radius of its circumscribed circle.
     """
     angle = rng.uniform(0, 2 * math.pi)
     if name == "circle":
@@ -231,13 +209,8 @@ def _object_color(rng):
 
 
 def _render_image(rng, height, width):
-    """Render one image and its objects.
-
-    Returns:
-        tuple(ndarray, list[dict]): the H x W x 3 uint8 RGB image and, in depth order, one dict
-        per object: ``category_id``, ``full`` (bool mask before occlusion), ``visible`` (bool
-        mask), ``polygons`` (COCO flat polygons) and ``has_hole``.
-    """
+    """Render one image: the H x W x 3 uint8 RGB image and, in depth order, one dict per object
+    (``category_id``, ``full`` and ``visible`` bool masks, COCO ``polygons``, ``has_hole``...)."""
     img = _background(rng, height, width)
     num = int(rng.integers(_OBJECTS_PER_IMAGE[0], _OBJECTS_PER_IMAGE[1] + 1))
     buckets = rng.choice(3, size=num, p=_BUCKET_PROBS)
@@ -323,14 +296,7 @@ def _annotation(obj, ann_id, image_id, height, width):
 
 
 def size_counts(annotations):
-    """Count annotations per COCO size bucket (by their ``area`` field).
-
-    Args:
-        annotations (list[dict]): COCO annotations.
-
-    Returns:
-        dict: ``{"small": n, "medium": n, "large": n}``.
-    """
+    """Count COCO annotations per size bucket (by ``area``): ``{"small", "medium", "large"}``."""
     counts = {"small": 0, "medium": 0, "large": 0}
     for a in annotations:
         if a["area"] < SMALL_MAX_AREA:
@@ -381,22 +347,11 @@ def _params(num_train, num_val, height, width, seed):
 
 
 def generate_sa_shapes(root, *, num_train=400, num_val=80, height=192, width=256, seed=0):
-    """Generate an SA-Shapes dataset into ``root`` (atomically) and return its info.
+    """Generate an SA-Shapes dataset into the new folder ``root``; return its ``info.json``.
 
-    ``root`` must not exist: the files are written to a temporary folder beside it, which is then
-    renamed to ``root``. If another process created ``root`` meanwhile, its copy is kept and ours
-    is discarded.
-
-    Args:
-        root (str): the folder to create.
-        num_train (int): number of training images.
-        num_val (int): number of validation images.
-        height (int): image height in pixels (>= 64).
-        width (int): image width in pixels (>= 64).
-        seed (int): random seed; the same arguments give byte-identical files.
-
-    Returns:
-        dict: the contents of ``root/info.json`` (parameters and per-split size counts).
+    The files are written to a temporary folder beside ``root``, then renamed to it; if another
+    process created ``root`` meanwhile, its copy is kept. Images are at least 64 x 64; the same
+    arguments give byte-identical files.
     """
     if min(height, width) < 64:
         raise ValueError(f"SA-Shapes images must be at least 64x64, got {height}x{width}")
@@ -446,31 +401,24 @@ def _read_info(root):
 
 
 def ensure_sa_shapes(root, *, num_train=400, num_val=80, height=192, width=256, seed=0):
-    """Return the info of the SA-Shapes set at ``root``, generating it first if needed.
-
-    A folder written with other parameters or by another generator version is replaced (the new
-    set is generated beside it first, then swapped in).
-
-    Args:
-        root (str): dataset folder.
-        num_train, num_val, height, width, seed: as :func:`generate_sa_shapes`.
-
-    Returns:
-        dict: the contents of ``root/info.json``.
-    """
+    """The ``info.json`` of the SA-Shapes set at ``root`` (arguments as
+    :func:`generate_sa_shapes`), generated first if missing. A folder written with other
+    parameters or by another generator version is replaced (the new set generated beside it
+    first, then swapped in)."""
     root = os.path.abspath(root)
     want = _params(num_train, num_val, height, width, seed)
     info = _read_info(root)
     if info is not None and all(info.get(k) == v for k, v in want.items()):
         return info
+    params = {k: v for k, v in want.items() if k != "version"}
     if os.path.exists(root):
         logger.warning(f"{root} holds another SA-Shapes version or parameters: regenerating it")
         new = root + f".new-{os.getpid()}"
-        info = generate_sa_shapes(new, **{k: v for k, v in want.items() if k != "version"})
+        info = generate_sa_shapes(new, **params)
         old = root + f".old-{os.getpid()}"
         os.rename(root, old)
         os.rename(new, root)
         shutil.rmtree(old, ignore_errors=True)
         return info
     logger.info(f"Generating the SA-Shapes dataset in {root} ...")
-    return generate_sa_shapes(root, **{k: v for k, v in want.items() if k != "version"})
+    return generate_sa_shapes(root, **params)

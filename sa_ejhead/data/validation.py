@@ -1,18 +1,10 @@
 """Up-front checks of a user's COCO-format instance annotations.
 
-:func:`validate_coco_json` reads a COCO ``instances`` JSON file and raises, at the first problem, an
-error whose message names the file and the field (``annotations[12].category_id``), before any
-model is built. The checks are those that otherwise surface late and obscurely in Detectron2's
-loader, mapper or evaluator: malformed JSON, missing or mistyped fields, duplicate ids, undeclared
-categories or images, missing image files, boxes outside their image, malformed segmentations
-(among them polygons of fewer than 3 points, which the loader drops with only a warning), non-crowd
-annotations of which only some have a segmentation, and an empty annotation list where a training
-set needs annotations.
-
-What is accepted (as Detectron2's ``load_coco_json`` handles it): non-contiguous category ids,
-images without annotations, polygon and RLE (compressed or not) segmentations, box-only data (no
-non-crowd annotation has a ``segmentation``), crowd annotations without a segmentation, grayscale
-or RGB image files.
+:func:`validate_coco_json` raises, at the first problem, an error whose message names the file
+and the field (``annotations[12].category_id``), before any model is built: the problems that
+otherwise surface late and obscurely in Detectron2's loader, mapper or evaluator. What is checked
+and what is accepted (as Detectron2's ``load_coco_json`` handles it): docs/demo.md, "Your own
+COCO-format data".
 """
 
 import json
@@ -29,6 +21,7 @@ __all__ = [
     "DatasetImageError",
     "BOX_ONLY_ADVICE",
     "has_segmentation",
+    "lacks_segmentation",
     "validate_coco_json",
 ]
 
@@ -49,13 +42,8 @@ BOX_ONLY_ADVICE = (
 
 
 class DatasetError(SAEJHeadError):
-    """Base of the dataset errors; ``file`` and ``field`` say where the problem is.
-
-    Args:
-        message (str): the full message (it already names the file and the field).
-        file (str): the offending file.
-        field (str or None): the JSON field, e.g. ``"annotations[3].bbox"``.
-    """
+    """Base of the dataset errors; ``file`` and ``field`` (e.g. ``"annotations[3].bbox"``) say
+    where the problem is (the message names them too)."""
 
     def __init__(self, message, file=None, field=None):
         super().__init__(message)
@@ -169,31 +157,29 @@ def has_segmentation(anno):
     return not (segm is None or (isinstance(segm, (list, tuple, dict)) and len(segm) == 0))
 
 
+def lacks_segmentation(anno, empty="empty"):
+    """How an annotation without a mask (:func:`has_segmentation`) lacks it, for the errors."""
+    if "segmentation" not in anno:
+        return "no 'segmentation'"
+    return f"{empty} 'segmentation' ({anno['segmentation']!r})"
+
+
 def _check_masks_consistent(c, anns, with_segm, without_segm):
-    """Fail if some, but not all, non-crowd annotations have a segmentation.
+    """Fail if some (``with_segm``), but not all (``without_segm``: the others), non-crowd
+    annotations have a segmentation.
 
     Detectron2's mapper reads ``segmentation`` from every non-crowd annotation of an image when
     the first one has it (a bare ``KeyError: 'segmentation'`` otherwise), and the mask head needs
     ``gt_masks`` on every training image (``Cannot find field 'gt_masks'``).
-
-    Args:
-        c (_Checker): the checker of the file.
-        anns (list[dict]): the annotations.
-        with_segm (list[int]): indices of the non-crowd annotations with a segmentation.
-        without_segm (list[int]): indices of those without one.
     """
     if not with_segm or not without_segm:
         return
     i, k = without_segm[0], with_segm[0]
     ann = anns[i]
-    if "segmentation" not in ann:
-        what = "no 'segmentation'"
-    else:
-        what = f"empty 'segmentation' ({ann['segmentation']!r})"
     field = f"annotations[{i}].segmentation"
     raise DatasetFormatError(
-        f"{c.json_file}: annotations[{i}] (id {ann['id']}): {what}, while annotations[{k}] "
-        f"(id {anns[k]['id']}) has one: {len(without_segm)} of the "
+        f"{c.json_file}: annotations[{i}] (id {ann['id']}): {lacks_segmentation(ann)}, "
+        f"while annotations[{k}] (id {anns[k]['id']}) has one: {len(without_segm)} of the "
         f"{len(with_segm) + len(without_segm)} non-crowd annotations have no segmentation. "
         "Detectron2 trains masks from every non-crowd annotation, so give each a segmentation; "
         f"box-only data must have none, and {BOX_ONLY_ADVICE}.",
@@ -202,15 +188,12 @@ def _check_masks_consistent(c, anns, with_segm, without_segm):
     )
 
 
-def validate_coco_json(json_file, image_root, *, require_annotations=True, check_files=True):
-    """Check a COCO instances annotation file (and that its images exist).
+def validate_coco_json(json_file, image_root, *, require_annotations=True):
+    """Check a COCO instances annotation file, and that its images exist under ``image_root``.
 
     Args:
-        json_file (str): the COCO ``instances`` JSON file.
-        image_root (str): the folder that ``images[*].file_name`` are relative to.
         require_annotations (bool): raise if ``annotations`` is empty (a training set must have
             annotations; an evaluation-only set may not).
-        check_files (bool): check that every image file exists.
 
     Returns:
         dict: ``categories`` (list of ``{"id", "name"}`` sorted by id), ``num_images``,
@@ -218,11 +201,7 @@ def validate_coco_json(json_file, image_root, *, require_annotations=True, check
 
     Raises:
         DatasetFileNotFoundError: the JSON file, ``image_root`` or an image file is missing.
-        DatasetFormatError: the JSON is malformed or inconsistent; the message names the file and
-            the field, e.g. ``ann.json: annotations[12].category_id=7 is not declared in
-            categories (declared ids: 1, 2, 3)``, or the first non-crowd annotation without a
-            segmentation when others have one (``ann.json: annotations[12] (id 57): no
-            'segmentation', ...``).
+        DatasetFormatError: the JSON is malformed or inconsistent.
     """
     json_file = os.fspath(json_file)
     image_root = os.fspath(image_root)
@@ -234,7 +213,7 @@ def validate_coco_json(json_file, image_root, *, require_annotations=True, check
         if key not in data:
             c.fail(
                 key,
-                "is missing: a COCO instances file has 'images', 'annotations' and " "'categories'",
+                "is missing: a COCO instances file has 'images', 'annotations' and 'categories'",
             )
         if not isinstance(data[key], list):
             c.fail(key, f"must be a list, got {type(data[key]).__name__}")
@@ -252,7 +231,7 @@ def validate_coco_json(json_file, image_root, *, require_annotations=True, check
         cat_names[cid] = cat["name"]
 
     # images
-    if check_files and not os.path.isdir(image_root):
+    if not os.path.isdir(image_root):
         raise DatasetFileNotFoundError(
             f"{json_file}: the image folder {image_root} does not exist", file=image_root
         )
@@ -268,14 +247,13 @@ def validate_coco_json(json_file, image_root, *, require_annotations=True, check
         if iid in images:
             c.fail(f"{f}.id", f"duplicate image id {iid} (also images[{images[iid][0]}])")
         images[iid] = (i, img)
-        if check_files:
-            path = os.path.join(image_root, file_name)
-            if not os.path.isfile(path):
-                raise DatasetFileNotFoundError(
-                    f"{json_file}: {f}.file_name={file_name!r}: image file not found: {path}",
-                    file=path,
-                    field=f"{f}.file_name",
-                )
+        path = os.path.join(image_root, file_name)
+        if not os.path.isfile(path):
+            raise DatasetFileNotFoundError(
+                f"{json_file}: {f}.file_name={file_name!r}: image file not found: {path}",
+                file=path,
+                field=f"{f}.file_name",
+            )
 
     # annotations
     anns = data["annotations"]

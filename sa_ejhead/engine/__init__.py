@@ -1,16 +1,13 @@
 """Training and evaluation engine of sa-ejhead, used by ``tools/`` and the demo pipeline.
 
-* LazyConfig: :func:`do_train`, :func:`do_test` (Detectron2's ``lazyconfig_train_net.py``);
-* yacs: :class:`Trainer` (``DefaultTrainer`` + ``COCOEvaluator``);
-* both: :func:`load_config` (either kind, overrides checked), :func:`build_cpu_model` (seeded,
-  eval mode, optional checkpoint), :func:`default_argument_parser` (Detectron2's plus
-  ``--coco-dataset``), :func:`register_datasets_from_args`, :class:`AtomicDetectionCheckpointer`,
-  :func:`create_ddp_model` (also on CPU processes), exact resume
-  (:class:`ResumableTrainingSampler`, :class:`IterationSeeder`).
+LazyConfig: :func:`do_train`, :func:`do_test`; yacs: :class:`Trainer`; both: config loading with
+checked overrides, models, ``--coco-dataset``, atomic checkpoints, CPU DDP and exact resume
+(docs/tools.md, "Library API").
 """
 
 from .args import (
     default_argument_parser,
+    launch_tool,
     parse_coco_dataset_spec,
     register_coco_dataset_specs,
     register_datasets_from_args,
@@ -44,6 +41,7 @@ __all__ = [
     "do_train",
     "export_submodule_weights",
     "is_lazy_config",
+    "launch_tool",
     "load_config",
     "load_weights",
     "apply_lazy_overrides",

@@ -4,11 +4,13 @@ import os
 
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.engine import default_argument_parser as _d2_default_argument_parser
+from detectron2.engine import launch
 
-from ..errors import ConfigError
+from ..errors import ConfigError, run_tool
 
 __all__ = [
     "default_argument_parser",
+    "launch_tool",
     "add_coco_dataset_argument",
     "add_debug_argument",
     "parse_coco_dataset_spec",
@@ -20,14 +22,8 @@ _SPEC_FORMAT = "NAME=ANNOTATIONS.json,IMAGE_DIR"
 
 
 def add_coco_dataset_argument(parser):
-    """Add the repeatable ``--coco-dataset NAME=ANNOTATIONS.json,IMAGE_DIR`` option to a parser.
-
-    Args:
-        parser (argparse.ArgumentParser): changed in place.
-
-    Returns:
-        argparse.ArgumentParser: the same parser.
-    """
+    """Add the repeatable ``--coco-dataset NAME=ANNOTATIONS.json,IMAGE_DIR`` option to
+    ``parser``; return it."""
     parser.add_argument(
         "--coco-dataset",
         action="append",
@@ -40,11 +36,7 @@ def add_coco_dataset_argument(parser):
 
 
 def add_debug_argument(parser):
-    """Add ``--debug``: show the traceback of an input error (see :func:`sa_ejhead.errors.run_tool`).
-
-    Returns:
-        argparse.ArgumentParser: the same parser.
-    """
+    """Add ``--debug`` (the traceback of an input error, :func:`sa_ejhead.errors.run_tool`)."""
     parser.add_argument(
         "--debug", action="store_true", help="on a bad input, show the error's full traceback"
     )
@@ -53,31 +45,30 @@ def add_debug_argument(parser):
 
 def default_argument_parser(epilog=None):
     """Detectron2's :func:`~detectron2.engine.default_argument_parser` plus ``--coco-dataset``
-    and ``--debug``.
-
-    Args:
-        epilog (str or None): text shown after the help.
-
-    Returns:
-        argparse.ArgumentParser: with ``--config-file``, ``--resume``, ``--eval-only``,
-        ``--num-gpus``, ``--num-machines``, ``--machine-rank``, ``--dist-url``,
-        ``--coco-dataset``, ``--debug`` and the trailing config overrides ``opts``.
-    """
+    and ``--debug``."""
     return add_debug_argument(add_coco_dataset_argument(_d2_default_argument_parser(epilog)))
 
 
+def launch_tool(main, argv=None):
+    """Parse a training tool's command line (:func:`default_argument_parser`) and run
+    ``main(args)`` in every process of Detectron2's ``launch``, through
+    :func:`sa_ejhead.errors.run_tool`; return the exit status."""
+    args = default_argument_parser().parse_args(argv)
+    return run_tool(
+        launch,
+        main,
+        args.num_gpus,
+        args.num_machines,
+        args.machine_rank,
+        args.dist_url,
+        (args,),
+        debug=args.debug,
+    )
+
+
 def parse_coco_dataset_spec(spec):
-    """Split ``NAME=ANNOTATIONS.json,IMAGE_DIR`` into its three parts and check them.
-
-    Args:
-        spec (str): the value given to ``--coco-dataset``.
-
-    Returns:
-        tuple[str, str, str]: ``(name, json_file, image_root)``.
-
-    Raises:
-        ConfigError (a ValueError): malformed spec, or a file / folder that does not exist.
-    """
+    """Split a ``--coco-dataset`` value into ``(name, json_file, image_root)``; a
+    :class:`ConfigError` (a ValueError) if it is malformed or a file or folder does not exist."""
     name, sep, rest = spec.partition("=")
     name = name.strip()
     if not sep or not name:
@@ -97,16 +88,10 @@ def parse_coco_dataset_spec(spec):
 
 
 def register_coco_dataset_specs(specs):
-    """Register every ``NAME=ANNOTATIONS.json,IMAGE_DIR`` spec as a COCO instances dataset.
+    """Register every ``--coco-dataset`` spec as a COCO instances dataset; return the names.
 
     Registering the same name again with the same files is a no-op (each process of a
     distributed job registers its datasets); with other files it is an error.
-
-    Args:
-        specs (list[str]): the ``--coco-dataset`` values.
-
-    Returns:
-        list[str]: the dataset names, in order.
     """
     from sa_ejhead.data import register_coco_instances_checked
 
@@ -130,14 +115,6 @@ def register_coco_dataset_specs(specs):
 
 
 def register_datasets_from_args(args):
-    """Register the datasets given with ``--coco-dataset`` on the command line.
-
-    Call it in the function that ``launch`` runs, so that every process registers them.
-
-    Args:
-        args (argparse.Namespace): parsed arguments; ``args.coco_dataset`` may be missing.
-
-    Returns:
-        list[str]: the names registered (or already registered with the same files).
-    """
+    """Register the ``--coco-dataset`` datasets of ``args`` (which may lack the option); call it
+    in the function that ``launch`` runs, so that every process registers them."""
     return register_coco_dataset_specs(getattr(args, "coco_dataset", None) or [])

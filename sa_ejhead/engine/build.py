@@ -21,14 +21,8 @@ _TagBlindLoader.add_multi_constructor("", lambda loader, suffix, node: None)
 
 
 def is_lazy_config(config_file):
-    """Whether ``config_file`` is a LazyConfig (``.py``, or a ``.yaml`` saved by LazyConfig).
-
-    Args:
-        config_file (str): path of the config.
-
-    Returns:
-        bool: True for LazyConfig, False for a yacs YAML.
-    """
+    """Whether ``config_file`` is a LazyConfig (``.py``, or a ``.yaml`` saved by LazyConfig)
+    rather than a yacs YAML."""
     if config_file.endswith(".py"):
         return True
     with open(config_file) as f:
@@ -63,16 +57,9 @@ class _RecordingCheckpointer(DetectionCheckpointer):
 
 
 def load_weights(model, path):
-    """Load a checkpoint into ``model`` as Detectron2 does; return the weights it did not have.
-
-    Args:
-        model (nn.Module): the model.
-        path (str): checkpoint path or URL (``detectron2://...``); "" loads nothing.
-
-    Returns:
-        list[str]: the ``state_dict`` keys of ``model`` left at their initial values (not in the
-        checkpoint, or with another shape there).
-    """
+    """Load a checkpoint (path or URL; "" loads nothing) into ``model`` as Detectron2 does;
+    return the ``state_dict`` keys left at their initial values (not in the checkpoint, or with
+    another shape there)."""
     checkpointer = _RecordingCheckpointer(model)
     checkpointer.load(path)
     return checkpointer.missing_keys

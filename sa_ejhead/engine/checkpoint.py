@@ -9,15 +9,11 @@ __all__ = ["AtomicDetectionCheckpointer", "atomic_write", "export_submodule_weig
 
 
 def atomic_write(path, write_fn, *, binary=True):
-    """Write a file atomically: write ``<path>.tmp``, flush it to disk, then rename it to ``path``.
+    """Write a local file atomically: ``write_fn(f)`` into ``<path>.tmp`` (opened in binary mode
+    if ``binary``), flush it to disk, then rename it to ``path``.
 
     A crash (or an exception raised by ``write_fn``) leaves ``path`` untouched: either the old
     file or no file, never a truncated one. The temporary file is removed on failure.
-
-    Args:
-        path (str): local path of the file to write.
-        write_fn (callable): called as ``write_fn(f)`` with the open temporary file.
-        binary (bool): open the temporary file in binary mode.
     """
     tmp = path + ".tmp"
     try:
@@ -40,21 +36,13 @@ def atomic_write(path, write_fn, *, binary=True):
 
 
 def export_submodule_weights(checkpoint, dst, *, prefix, dtype=None):
-    """Write the weights of one part of a trained model as a checkpoint of its own.
+    """Write the weights of one part of a trained model as a checkpoint of its own; return its
+    sha256.
 
-    Keeps the entries of ``checkpoint["model"]`` whose names start with ``prefix`` (names
-    unchanged, so the file loads into any model that has the same part, e.g. every detector with
-    the same ``backbone.bottom_up``), without BatchNorm's ``num_batches_tracked``; floating
-    tensors are cast to ``dtype`` if given. The file is written atomically.
-
-    Args:
-        checkpoint (str): a Detectron2 checkpoint (``{"model": state_dict, ...}``).
-        dst (str): the file to write.
-        prefix (str): e.g. ``"backbone.bottom_up."``.
-        dtype (torch.dtype or None): e.g. ``torch.float16`` to halve the file.
-
-    Returns:
-        str: the sha256 of the written file.
+    Keeps the entries of the Detectron2 ``checkpoint``'s ``"model"`` whose names start with
+    ``prefix`` (e.g. ``"backbone.bottom_up."``; names unchanged, so the file loads into any model
+    with the same part), without BatchNorm's ``num_batches_tracked``; floating tensors are cast
+    to ``dtype`` if given (``torch.float16`` halves the file). ``dst`` is written atomically.
     """
     from sa_ejhead.pretrained import sha256_of
 
@@ -69,7 +57,8 @@ def export_submodule_weights(checkpoint, dst, *, prefix, dtype=None):
     if not part:
         raise ValueError(f"{checkpoint}: no weights start with {prefix!r}")
     os.makedirs(os.path.dirname(os.path.abspath(dst)), exist_ok=True)
-    atomic_write(dst, _TorchSave({"model": part, "__author__": "sa_ejhead"}))
+    data = {"model": part, "__author__": "sa_ejhead"}
+    atomic_write(dst, lambda f: torch.save(data, f))
     return sha256_of(dst)
 
 
@@ -78,23 +67,15 @@ def _is_local(path):
 
 
 class AtomicDetectionCheckpointer(DetectionCheckpointer):
-    """A :class:`DetectionCheckpointer` whose files are written atomically.
+    """A :class:`DetectionCheckpointer` whose files are written atomically (:func:`atomic_write`).
 
-    ``save("model_0004999")`` writes ``model_0004999.pth.tmp`` and renames it to
-    ``model_0004999.pth`` only once it is complete; ``last_checkpoint`` is replaced the same way
-    and only after the checkpoint itself is in place. A job killed while saving therefore keeps
-    its previous ``last_checkpoint``, which still points at a complete file, and ``--resume``
-    continues from it. Non-local save directories (``manifold://`` and the like) fall back to
-    Detectron2's behaviour.
+    ``last_checkpoint`` is replaced only after the checkpoint itself is in place, so a job killed
+    while saving keeps a ``last_checkpoint`` that points at a complete file. Non-local save
+    directories (``manifold://`` and the like) fall back to Detectron2's behaviour.
     """
 
     def save(self, name, **kwargs):
-        """Dump the model and the checkpointables to ``<save_dir>/<name>.pth``, atomically.
-
-        Args:
-            name (str): file name without the ``.pth`` extension.
-            kwargs: extra data to save, as in :meth:`fvcore.common.checkpoint.Checkpointer.save`.
-        """
+        # a copy of fvcore 0.1.5.post20221221 Checkpointer.save, writing through atomic_write
         if not self.save_dir or not self.save_to_disk:
             return
         if not _is_local(self.save_dir):
@@ -109,36 +90,11 @@ class AtomicDetectionCheckpointer(DetectionCheckpointer):
         save_file = os.path.join(self.save_dir, basename)
         assert os.path.basename(save_file) == basename, basename
         self.logger.info("Saving checkpoint to {}".format(save_file))
-        atomic_write(save_file, _TorchSave(data))
+        atomic_write(save_file, lambda f: torch.save(data, f))
         self.tag_last_checkpoint(basename)
 
     def tag_last_checkpoint(self, last_filename_basename):
-        """Point ``<save_dir>/last_checkpoint`` at ``last_filename_basename``, atomically.
-
-        Args:
-            last_filename_basename (str): basename of the checkpoint file.
-        """
         if not _is_local(self.save_dir):
             return super().tag_last_checkpoint(last_filename_basename)
         save_file = os.path.join(self.save_dir, "last_checkpoint")
-        atomic_write(save_file, _TextWrite(last_filename_basename), binary=False)
-
-
-class _TorchSave:
-    """``torch.save(data, f)`` as a picklable callable."""
-
-    def __init__(self, data):
-        self.data = data
-
-    def __call__(self, f):
-        torch.save(self.data, f)
-
-
-class _TextWrite:
-    """``f.write(text)`` as a picklable callable."""
-
-    def __init__(self, text):
-        self.text = text
-
-    def __call__(self, f):
-        f.write(self.text)
+        atomic_write(save_file, lambda f: f.write(last_filename_basename), binary=False)

@@ -6,20 +6,9 @@ __all__ = ["create_ddp_model"]
 
 
 def create_ddp_model(model, *, fp16_compression=False, **kwargs):
-    """Wrap ``model`` in DistributedDataParallel when there are several processes.
-
-    Same as :func:`detectron2.engine.create_ddp_model`, except that a model on the CPU gets
+    """:func:`detectron2.engine.create_ddp_model`, except that a model on the CPU gets
     ``device_ids=None`` (PyTorch refuses device ids for CPU modules), so that Detectron2's
-    ``launch`` with the gloo backend trains on CPU processes too.
-
-    Args:
-        model (nn.Module): the model, already on its device.
-        fp16_compression (bool): add fp16 compression hooks to the DDP object.
-        kwargs: other arguments of :class:`torch.nn.parallel.DistributedDataParallel`.
-
-    Returns:
-        nn.Module: ``model`` itself in a single process, else the DDP wrapper.
-    """
+    ``launch`` with the gloo backend trains on CPU processes too."""
     params = list(model.parameters())
     if params and params[0].device.type == "cpu":
         kwargs.setdefault("device_ids", None)

@@ -25,9 +25,10 @@ from ..errors import ConfigError
 from .args import register_datasets_from_args
 from .checkpoint import AtomicDetectionCheckpointer
 from .ddp import create_ddp_model
-from .resume import IterationSeeder, ResumableTrainingSampler
+from .resume import IterationSeeder, ResumableTrainingSampler, process_seed, run_seed
 
 __all__ = [
+    "apply_lazy_overrides",
     "build_lazy_model",
     "build_lazy_train_loader",
     "check_device",
@@ -41,14 +42,8 @@ logger = logging.getLogger("detectron2")
 
 
 def check_device(device):
-    """Fail early, with the fix in the message, when ``device`` is CUDA and there is none.
-
-    Args:
-        device (str or torch.device): the configured device.
-
-    Returns:
-        torch.device: the device.
-    """
+    """Return ``torch.device(device)``; fail early, with the fix in the message, when it is CUDA
+    and there is none."""
     device = torch.device(device)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise RuntimeError(
@@ -109,19 +104,10 @@ def _target_keywords(node):
 
 
 def _missing_part(cfg, key, target_args=True):
-    """Check that ``key`` (``a.b.0.c``) names an existing entry of ``cfg``.
-
-    Args:
-        cfg (omegaconf.DictConfig): the config.
-        key (str): dotted key.
-        target_args (bool): whether a keyword argument of a LazyCall's ``_target_`` that the
-            config does not set counts as existing.
-
-    Returns:
-        tuple or None: None if it exists; otherwise ``(reason, parent, addable)``: why not,
-        the longest existing prefix of ``key`` ("" for the root), and whether ``+`` can add it
-        (its parent is a mapping).
-    """
+    """None if the dotted ``key`` (``a.b.0.c``) names an entry of ``cfg`` (or, with
+    ``target_args``, a keyword argument of a LazyCall's ``_target_`` that the config leaves unset);
+    otherwise ``(reason, parent, addable)``: why not, the longest existing prefix of ``key`` (""
+    for the root), and whether ``+`` can add it (its parent is a mapping)."""
     node, parts = cfg, key.split(".")
     for i, part in enumerate(parts):
         parent = ".".join(parts[:i])
@@ -174,42 +160,19 @@ def _closest_key(cfg, key, parent):
 
 
 def load_lazy_config(config_file, opts=None):
-    """Load a LazyConfig file and apply ``key=value`` overrides, refusing unknown keys.
-
-    Every override must name a key that the loaded config already has (an item of a list by its
-    index, ``dataloader.train.mapper.augmentations.0.max_size``), a keyword argument of the
-    ``_target_`` of the mapping it sits in (``dataloader.train.mapper.instance_mask_format``
-    sets an argument of ``DatasetMapper`` that the config leaves at its default), or one of the
-    optional keys the engine reads (``train.seed``, ``train.device``). A misspelled key such as
-    ``train.max_iterr=5`` is an error, which names the key and the config file and suggests the
-    closest existing key, rather than a new key that nothing reads.
-
-    As in Hydra, a leading ``+`` adds a key on purpose (``+train.new_key=1``; an error if the
-    key exists) and ``++`` sets a key whether or not it exists. A mapping value
-    (``train.checkpointer={period: 5}``) is merged into the existing mapping, as Detectron2's
-    :meth:`LazyConfig.apply_overrides` does; only its key is checked.
-
-    Args:
-        config_file (str): path of the ``.py`` (or ``.yaml``) LazyConfig.
-        opts (list[str] or None): overrides such as ``["train.max_iter=10"]``, applied in order
-            (a key added by ``+`` can be overridden by a later one).
-
-    Returns:
-        omegaconf.DictConfig: the config.
-
-    Raises:
-        ConfigError (a KeyError): an override of a key that does not exist (without ``+``), or
-            ``+`` on a key that exists.
-    """
+    """Load a LazyConfig file and apply ``key=value`` overrides (:func:`apply_lazy_overrides`)."""
     return apply_lazy_overrides(LazyConfig.load(config_file), opts, config_file)
 
 
 def apply_lazy_overrides(cfg, opts, config_file="<config>"):
-    """Apply ``key=value`` overrides to a loaded LazyConfig with the checks of
-    :func:`load_lazy_config` (``config_file`` only names the config in the errors).
+    """Apply ``key=value`` overrides, in order, to a loaded LazyConfig, refusing unknown keys.
 
-    Returns:
-        omegaconf.DictConfig: the config with the overrides applied.
+    An override must name an existing key (a list item by its index), a keyword argument of the
+    ``_target_`` of the mapping it sits in, or an optional key the engine reads (``train.seed``,
+    ``train.device``); otherwise a :class:`ConfigError` (a KeyError) names the key and
+    ``config_file`` and suggests the closest key. As in Hydra, ``+key=value`` adds a key (an error
+    if it exists) and ``++key=value`` sets it either way. A mapping value is merged into the
+    existing mapping, as :meth:`LazyConfig.apply_overrides` does. See docs/tools.md.
     """
     for override in opts or []:
         prefix, key, assignment = _parse_override(override)
@@ -236,14 +199,7 @@ def apply_lazy_overrides(cfg, opts, config_file="<config>"):
 
 
 def build_lazy_model(cfg):
-    """Instantiate ``cfg.model`` and move it to ``cfg.train.device``.
-
-    Args:
-        cfg (omegaconf.DictConfig): a LazyConfig with ``model`` and ``train.device``.
-
-    Returns:
-        nn.Module: the model.
-    """
+    """Instantiate ``cfg.model`` and move it to ``cfg.train.device`` (default CUDA)."""
     device = check_device(cfg.train.get("device", "cuda"))
     model = instantiate(cfg.model)
     logger.info("Model:\n{}".format(model))
@@ -256,23 +212,10 @@ def _is_d2_train_loader(target):
     return target is build_detection_train_loader
 
 
-def _run_seed(cfg):
-    seed = cfg.train.get("seed", -1)
-    if seed is None or seed < 0:
-        seed = comm.shared_random_seed()
-    return int(seed)
-
-
 def build_lazy_train_loader(cfg, seed):
-    """Instantiate ``cfg.dataloader.train`` with a :class:`ResumableTrainingSampler`.
-
-    The sampler is used when the loader is Detectron2's ``build_detection_train_loader`` with a
-    map-style dataset and no sampler of its own; otherwise the config is instantiated as it is
-    and the data stream restarts on resume (a warning says so).
-
-    Args:
-        cfg (omegaconf.DictConfig): a LazyConfig with ``dataloader.train``.
-        seed (int): the run's base seed (same on every rank).
+    """Instantiate ``cfg.dataloader.train`` with a :class:`ResumableTrainingSampler` seeded by
+    the run's ``seed``, if it is Detectron2's ``build_detection_train_loader`` on a map-style
+    dataset without a sampler of its own; otherwise as it is (its stream restarts on resume).
 
     Returns:
         tuple: ``(data_loader, sampler or None, samples_per_iter)``; ``samples_per_iter`` is the
@@ -296,7 +239,7 @@ def build_lazy_train_loader(cfg, seed):
     sampler = ResumableTrainingSampler(len(dataset), seed=seed)
     kwargs.update(dataset=dataset, sampler=sampler)
     # The loader's own generator, so that starting it draws nothing from the global one.
-    kwargs.setdefault("seed", (seed + comm.get_rank()) % 2**31)
+    kwargs.setdefault("seed", process_seed(seed))
     if kwargs.get("single_gpu_batch_size"):
         samples_per_iter = int(kwargs["single_gpu_batch_size"])
     else:
@@ -307,13 +250,9 @@ def build_lazy_train_loader(cfg, seed):
 def do_test(cfg, model):
     """Evaluate ``model`` on ``cfg.dataloader.test`` with ``cfg.dataloader.evaluator``.
 
-    Args:
-        cfg (omegaconf.DictConfig): a LazyConfig.
-        model (nn.Module): the model, with its weights loaded.
-
     Returns:
-        dict: the evaluator's results (e.g. ``{"bbox": {"AP": ...}, "segm": {...}}``) on the main
-        process; ``{}`` on other processes or when the config has no evaluator.
+        dict: the evaluator's results on the main process; ``{}`` on other processes or when the
+        config has no evaluator.
     """
     if "evaluator" not in cfg.dataloader:
         return {}
@@ -328,24 +267,18 @@ def do_test(cfg, model):
 def do_train(cfg, resume=False, extra_hooks=None):
     """Train the model of a LazyConfig; evaluate every ``train.eval_period`` and at the end.
 
-    Checkpoints go to ``train.output_dir`` (atomically), every ``train.checkpointer.period``
-    iterations and at the end. With ``resume=True`` and a ``last_checkpoint`` there, training
-    continues from it exactly (same data, same random draws); otherwise it starts from
+    With ``resume=True`` and a ``last_checkpoint`` in ``train.output_dir``, training continues
+    from it exactly (same data, same random draws); otherwise it starts from
     ``train.init_checkpoint``. ``train.seed`` (>= 0) fixes the data order and random state;
-    without it a seed is drawn and kept in the checkpoints.
-
-    Args:
-        cfg (omegaconf.DictConfig): a LazyConfig with ``model``, ``optimizer``,
-            ``lr_multiplier``, ``dataloader`` and ``train`` (Detectron2's ``common/train.py``).
-        resume (bool): resume from the last checkpoint in ``train.output_dir`` if there is one.
-        extra_hooks (list[HookBase] or None): hooks run after the default ones.
+    without it a seed is drawn and kept in the checkpoints. ``extra_hooks`` run after the
+    default ones.
 
     Returns:
         dict: the results of the last evaluation (main process), ``{}`` if none ran.
     """
-    seed = _run_seed(cfg)
+    seed = run_seed(cfg.train.get("seed", -1))
     # The model's initialisation too (default_setup may have done it; do_train can run alone).
-    seed_all_rng((seed + comm.get_rank()) % 2**31)
+    seed_all_rng(process_seed(seed))
     model = build_lazy_model(cfg)
     cfg.optimizer.params.model = model
     optim = instantiate(cfg.optimizer)
@@ -392,14 +325,7 @@ def do_train(cfg, resume=False, extra_hooks=None):
 
 
 def main(args):
-    """Entry point of ``tools/lazyconfig_train_net.py``, run in every process by ``launch``.
-
-    Args:
-        args (argparse.Namespace): from :func:`sa_ejhead.engine.default_argument_parser`.
-
-    Returns:
-        dict: evaluation results (main process).
-    """
+    """Entry point of ``tools/lazyconfig_train_net.py``, run in every process by ``launch``."""
     register_datasets_from_args(args)
     cfg = load_lazy_config(args.config_file, args.opts)
     default_setup(cfg, args)

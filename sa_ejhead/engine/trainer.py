@@ -12,10 +12,9 @@ from detectron2.data import (
     build_detection_train_loader,
     get_detection_dataset_dicts,
 )
-from detectron2.engine import AMPTrainer, DefaultTrainer, SimpleTrainer, TrainerBase
+from detectron2.engine import AMPTrainer, DefaultTrainer, SimpleTrainer, TrainerBase, default_setup
 from detectron2.solver import get_default_optimizer_params
 from detectron2.solver.build import maybe_add_gradient_clipping
-from detectron2.engine import default_setup
 from detectron2.utils import comm
 from detectron2.utils.env import seed_all_rng
 from detectron2.utils.logger import setup_logger
@@ -30,28 +29,19 @@ from .args import register_datasets_from_args
 from .checkpoint import AtomicDetectionCheckpointer
 from .ddp import create_ddp_model
 from .lazy import check_device
-from .resume import IterationSeeder, ResumableTrainingSampler
+from .resume import IterationSeeder, ResumableTrainingSampler, process_seed, run_seed
 
 __all__ = ["Trainer", "load_yacs_config", "setup_yacs_config", "main"]
 
 
 class Trainer(DefaultTrainer):
-    """Detectron2's ``DefaultTrainer`` evaluating with ``COCOEvaluator``.
-
-    Differences from ``DefaultTrainer``: the train and test loaders map images with
-    :class:`CheckedDatasetMapper` (a missing or corrupt image raises an error naming its file);
-    :class:`sa_ejhead.evaluation.COCOEvaluator` evaluates with faster-coco-eval; checkpoints are
-    written atomically (:class:`AtomicDetectionCheckpointer`); with the default
-    ``TrainingSampler``, ``--resume`` continues the data stream and random state exactly
-    (:class:`IterationSeeder`, seeded by ``cfg.SEED`` or a drawn seed kept in the checkpoints);
-    DistributedDataParallel also works on CPU (gloo) processes.
+    """Detectron2's ``DefaultTrainer`` with :class:`CheckedDatasetMapper` loaders, our
+    ``COCOEvaluator``, atomic checkpoints, exact ``--resume`` with the default ``TrainingSampler``
+    (:class:`IterationSeeder`, seeded by ``cfg.SEED`` or a drawn seed kept in the checkpoints) and
+    DistributedDataParallel on CPU (gloo) processes too.
     """
 
     def __init__(self, cfg):
-        """
-        Args:
-            cfg (CfgNode): a full config (``get_cfg()`` + ``add_sa_ejhead_config`` + a YAML).
-        """
         # A copy of detectron2.engine.DefaultTrainer.__init__ (Detectron2 0.7.2), in the same
         # order, with: the seed set before the model is built, a resumable sampler, our
         # create_ddp_model (which also wraps CPU models; Detectron2's calls its own module-level
@@ -63,9 +53,9 @@ class Trainer(DefaultTrainer):
         cfg = DefaultTrainer.auto_scale_workers(cfg, comm.get_world_size())
         check_device(cfg.MODEL.DEVICE)
 
-        self.seed = cfg.SEED if cfg.SEED >= 0 else comm.shared_random_seed()
+        self.seed = run_seed(cfg.SEED)
         # The model's initialisation too (as default_setup; the Trainer can be built alone).
-        seed_all_rng((self.seed + comm.get_rank()) % 2**31)
+        seed_all_rng(process_seed(self.seed))
         model = self.build_model(cfg)
         optimizer = self.build_optimizer(cfg, model)
         dataset, self.train_sampler = self.build_train_sampler(cfg, self.seed)
@@ -113,17 +103,9 @@ class Trainer(DefaultTrainer):
 
     @classmethod
     def build_train_sampler(cls, cfg, seed):
-        """Build the training dataset and a :class:`ResumableTrainingSampler` over it.
-
-        Args:
-            cfg (CfgNode): the config.
-            seed (int): the run's base seed (same on every rank).
-
-        Returns:
-            tuple: ``(dataset dicts, sampler)``, or ``(None, None)`` when
-            ``DATALOADER.SAMPLER_TRAIN`` is not ``TrainingSampler`` (Detectron2 then builds its
-            own sampler, whose stream restarts on resume).
-        """
+        """``(dataset dicts, ResumableTrainingSampler)`` from the run's ``seed``, or ``(None,
+        None)`` when ``DATALOADER.SAMPLER_TRAIN`` is not ``TrainingSampler`` (Detectron2 then
+        builds its own sampler, whose stream restarts on resume)."""
         if cfg.DATALOADER.SAMPLER_TRAIN != "TrainingSampler":
             logging.getLogger(__name__).warning(
                 f"{cfg.DATALOADER.SAMPLER_TRAIN}: --resume will restart its data stream."
@@ -141,63 +123,31 @@ class Trainer(DefaultTrainer):
 
     @classmethod
     def build_train_loader(cls, cfg, dataset=None, sampler=None):
-        """Detectron2's train loader with :class:`CheckedDatasetMapper`, optionally on a given
-        dataset and sampler.
-
-        Args:
-            cfg (CfgNode): the config.
-            dataset (list[dict] or None): dataset dicts; ``None`` reads ``DATASETS.TRAIN``.
-            sampler (Sampler or None): ``None`` uses ``DATALOADER.SAMPLER_TRAIN``.
-
-        Returns:
-            iterable: batches (lists of dicts).
-        """
+        """Detectron2's train loader with :class:`CheckedDatasetMapper`, on ``dataset`` and
+        ``sampler`` if given (else ``DATASETS.TRAIN``, ``DATALOADER.SAMPLER_TRAIN``)."""
         mapper = CheckedDatasetMapper(cfg, is_train=True)
         if sampler is None:
             return build_detection_train_loader(cfg, mapper=mapper)
         # The loader's own generator, so that starting it draws nothing from the global one.
-        seed = (sampler.seed + comm.get_rank()) % 2**31
         return build_detection_train_loader(
-            cfg, mapper=mapper, dataset=dataset, sampler=sampler, seed=seed
+            cfg, mapper=mapper, dataset=dataset, sampler=sampler, seed=process_seed(sampler.seed)
         )
 
     @classmethod
     def build_test_loader(cls, cfg, dataset_name):
-        """Detectron2's test loader with :class:`CheckedDatasetMapper`.
-
-        Args:
-            cfg (CfgNode): the config.
-            dataset_name (str): a registered dataset.
-
-        Returns:
-            iterable: batches of one image.
-        """
+        """Detectron2's test loader with :class:`CheckedDatasetMapper`."""
         return build_detection_test_loader(
             cfg, dataset_name, mapper=CheckedDatasetMapper(cfg, is_train=False)
         )
 
     def build_hooks(self):
-        """Detectron2's default hooks, preceded by the :class:`IterationSeeder`.
-
-        Returns:
-            list[HookBase]: the hooks.
-        """
+        """Detectron2's default hooks, preceded by the :class:`IterationSeeder`."""
         per_iter = self.cfg.SOLVER.IMS_PER_BATCH // comm.get_world_size()
         return [IterationSeeder(self.seed, self.train_sampler, per_iter)] + super().build_hooks()
 
     @classmethod
     def build_evaluator(cls, cfg, dataset_name, output_folder=None):
-        """A :class:`COCOEvaluator` for ``dataset_name`` (boxes and masks, per ``cfg``).
-
-        Args:
-            cfg (CfgNode): the config.
-            dataset_name (str): a registered COCO-format dataset.
-            output_folder (str or None): where to write predictions; defaults to
-                ``OUTPUT_DIR/inference``.
-
-        Returns:
-            COCOEvaluator: the evaluator.
-        """
+        """A :class:`COCOEvaluator` writing to ``output_folder`` (``OUTPUT_DIR/inference``)."""
         if output_folder is None:
             output_folder = os.path.join(cfg.OUTPUT_DIR, "inference")
         return COCOEvaluator(dataset_name, output_dir=output_folder)
@@ -208,19 +158,9 @@ def _message(error):
 
 
 def load_yacs_config(config_file="", opts=None):
-    """``get_cfg()`` + :func:`add_sa_ejhead_config` + a YAML file + ``KEY VALUE`` overrides.
-
-    Args:
-        config_file (str): YAML path ('' for the defaults only).
-        opts (list[str] or None): overrides such as ``["SOLVER.MAX_ITER", "10"]``.
-
-    Returns:
-        CfgNode: the config (not frozen).
-
-    Raises:
-        ConfigError (a KeyError and a ValueError): an unknown key or a value of the wrong type,
-            with the file (or the command line) that set it.
-    """
+    """``get_cfg()`` + :func:`add_sa_ejhead_config` + a YAML file ('' for none) + ``KEY VALUE``
+    overrides; not frozen. An unknown key or a value of the wrong type raises a
+    :class:`ConfigError` (a KeyError and a ValueError) naming the file or the command line."""
     cfg = add_sa_ejhead_config(get_cfg())
     if config_file:
         where = f"in config file {config_file!r} (or one of its _BASE_ files)"
@@ -246,14 +186,8 @@ def load_yacs_config(config_file="", opts=None):
 
 
 def setup_yacs_config(args):
-    """Build the frozen config of ``tools/train_net.py`` and run Detectron2's ``default_setup``.
-
-    Args:
-        args (argparse.Namespace): with ``config_file`` and ``opts``.
-
-    Returns:
-        CfgNode: the frozen config.
-    """
+    """The frozen config of ``tools/train_net.py`` (``args.config_file``, ``args.opts``), after
+    Detectron2's ``default_setup``."""
     cfg = load_yacs_config(args.config_file, args.opts)
     cfg.freeze()
     default_setup(cfg, args)
@@ -262,14 +196,7 @@ def setup_yacs_config(args):
 
 
 def main(args):
-    """Entry point of ``tools/train_net.py``, run in every process by ``launch``.
-
-    Args:
-        args (argparse.Namespace): from :func:`sa_ejhead.engine.default_argument_parser`.
-
-    Returns:
-        dict: evaluation results (main process), or None when training without evaluation.
-    """
+    """Entry point of ``tools/train_net.py``, run in every process by ``launch``."""
     register_datasets_from_args(args)
     cfg = setup_yacs_config(args)
     if args.eval_only:

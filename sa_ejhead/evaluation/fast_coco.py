@@ -1,11 +1,8 @@
 """COCO evaluation with ``faster-coco-eval`` when it is installed.
 
-Detectron2's fast COCOeval (``detectron2.evaluation.fast_eval_api.COCOeval_opt``) needs Detectron2's
-compiled ``_C`` extension; without it ``COCOEvaluator`` silently falls back to pycocotools' pure
-Python ``COCOeval``, which takes minutes on COCO val. ``faster-coco-eval`` (PyPI) implements the
-same matching and accumulation in C++ and gives the same numbers. :class:`COCOEvaluator` below is
-Detectron2's evaluator that uses it when importable (``use_fast_impl=True``, the default) and
-pycocotools otherwise.
+Detectron2's fast ``COCOeval_opt`` needs its compiled ``_C`` extension; without it
+``COCOEvaluator`` falls back to pycocotools' pure Python ``COCOeval`` (minutes on COCO val).
+``faster-coco-eval`` does the same matching and accumulation in C++, with the same numbers.
 """
 
 import contextlib
@@ -43,21 +40,10 @@ FASTER_COCO_EVAL_AVAILABLE = faster_coco_eval is not None
 if FASTER_COCO_EVAL_AVAILABLE:
 
     class FasterCOCOeval(_COCOevalFaster):
-        """``faster_coco_eval.COCOeval_faster`` taking pycocotools ``COCO`` objects too.
-
-        Same constructor, ``params``, ``evaluate()``, ``accumulate()``, ``summarize()``,
-        ``stats`` and ``eval["precision"]`` (iou x recall x class x area x max-dets) as
-        pycocotools' ``COCOeval``, so Detectron2's evaluation code can use it unchanged.
-        """
+        """``faster_coco_eval.COCOeval_faster`` taking pycocotools ``COCO`` objects too; its
+        interface is pycocotools' ``COCOeval``'s, so Detectron2's evaluation code uses it as is."""
 
         def __init__(self, cocoGt=None, cocoDt=None, iouType="segm", **kwargs):
-            """
-            Args:
-                cocoGt (COCO): ground truth, a pycocotools or faster-coco-eval ``COCO``.
-                cocoDt (COCO): detections (``cocoGt.loadRes(...)``), either kind.
-                iouType (str): "bbox", "segm" or "keypoints".
-                kwargs: more arguments of ``faster_coco_eval.COCOeval_faster``.
-            """
             super().__init__(_as_faster_coco(cocoGt), _as_faster_coco(cocoDt), iouType, **kwargs)
 
 else:  # pragma: no cover - depends on the environment
@@ -75,29 +61,20 @@ def _as_faster_coco(coco):
 
 
 def get_cocoeval_class(use_fast_impl=True):
-    """Return the COCOeval class to use.
-
-    Args:
-        use_fast_impl (bool): prefer faster-coco-eval when it is installed.
-
-    Returns:
-        type: :class:`FasterCOCOeval` if ``use_fast_impl`` and faster-coco-eval is importable,
-        else pycocotools' ``COCOeval``.
-    """
+    """:class:`FasterCOCOeval` if ``use_fast_impl`` and faster-coco-eval is importable, else
+    pycocotools' ``COCOeval``."""
     if use_fast_impl and FASTER_COCO_EVAL_AVAILABLE:
         return FasterCOCOeval
     return PyCOCOeval
 
 
 def evaluate_coco_results(gt, results, iou_type, use_fast_impl=True, quiet=True):
-    """Evaluate a COCO results list (or file) against a ground truth dict (or file).
+    """Evaluate COCO results (Detectron2's ``coco_instances_results.json``, path or list) against
+    a ground truth (COCO ``instances`` json, path or dict).
 
     Args:
-        gt (str or dict): a COCO ``instances`` json path or the loaded dict.
-        results (str or list[dict]): a results json path (Detectron2's
-            ``coco_instances_results.json``) or the loaded list.
-        iou_type (str): "bbox" or "segm". For "segm", boxes are dropped from the results so that
-            areas come from the masks, as Detectron2's ``COCOEvaluator`` does.
+        iou_type (str): "bbox" or "segm" (boxes dropped from the results, so that areas come from
+            the masks, as Detectron2's ``COCOEvaluator`` does).
         use_fast_impl (bool): use faster-coco-eval when installed, else pycocotools.
         quiet (bool): silence pycocotools' prints.
 
@@ -123,21 +100,13 @@ def evaluate_coco_results(gt, results, iou_type, use_fast_impl=True, quiet=True)
 
 
 class COCOEvaluator(_D2COCOEvaluator):
-    """Detectron2's ``COCOEvaluator`` evaluating with faster-coco-eval when it is installed.
-
-    Arguments, outputs and metrics are Detectron2's. With ``use_fast_impl=True`` (the default) the
-    C++ evaluation of faster-coco-eval replaces Detectron2's missing ``COCOeval_opt``; it gives the
-    same AP as pycocotools (tested to 1e-4). ``max_dets_per_image`` other than 100 and keypoints
-    use pycocotools, as in Detectron2.
+    """Detectron2's ``COCOEvaluator`` (same arguments, outputs and metrics) evaluating with
+    faster-coco-eval when it is installed and ``use_fast_impl=True`` (the default): the same AP as
+    pycocotools (tested to 1e-4). ``max_dets_per_image`` other than 100 and keypoints use
+    pycocotools, as in Detectron2.
     """
 
     def __init__(self, dataset_name, tasks=None, distributed=True, output_dir=None, **kwargs):
-        """
-        Args:
-            dataset_name, tasks, distributed, output_dir, kwargs: as Detectron2's
-                ``COCOEvaluator`` (``max_dets_per_image``, ``use_fast_impl``, ``kpt_oks_sigmas``,
-                ``allow_cached_coco``).
-        """
         use_fast_impl = kwargs.pop("use_fast_impl", True)
         super().__init__(
             dataset_name, tasks, distributed, output_dir, use_fast_impl=False, **kwargs
@@ -147,13 +116,10 @@ class COCOEvaluator(_D2COCOEvaluator):
             self._logger.info("faster-coco-eval is not installed; using pycocotools' COCOeval.")
 
     def _eval_predictions(self, predictions, img_ids=None):
-        """Detectron2's ``_eval_predictions``, with the COCOeval of :func:`get_cocoeval_class`.
-
-        Detectron2 0.7.2's method evaluates with its module's ``COCOeval_opt`` (the compiled
-        evaluator, which needs ``detectron2._C``) when ``_use_fast_impl``; during the call that
-        name is faster-coco-eval's (keypoints stay on pycocotools). A class id that the dataset
-        does not have raises ValueError (Detectron2 asserts).
-        """
+        """Detectron2's ``_eval_predictions`` with its module's ``COCOeval_opt`` (the compiled
+        evaluator, used when ``_use_fast_impl``) replaced by faster-coco-eval during the call
+        (keypoints stay on pycocotools). A class id that the dataset does not have raises
+        ValueError (Detectron2 asserts)."""
         id_map = self._metadata.get("thing_dataset_id_to_contiguous_id", None)
         for result in itertools.chain(*[x["instances"] for x in predictions]):
             if id_map is not None and not 0 <= result["category_id"] < len(id_map):

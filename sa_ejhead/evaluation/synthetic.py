@@ -25,20 +25,14 @@ def _rle_from_polygon(polygon, height, width):
 def make_synthetic_coco(
     num_images=20, num_classes=4, max_objects=8, dets_per_image=20, image_size=(128, 160), seed=0
 ):
-    """Build a COCO ground-truth dict and a matching results list.
+    """Build a COCO ground-truth dict and a matching results list; the same arguments give the
+    same data.
 
-    Ground truth mixes polygons, uncompressed RLE and a few crowd regions, with objects from a few
-    pixels to most of the image, so the small/medium/large ranges are all populated when the image
-    size allows. Detections are jittered copies of the ground truth (boxes and RLE masks) plus
-    false positives, with random scores, capped at ``dets_per_image`` per image.
-
-    Args:
-        num_images (int): number of images.
-        num_classes (int): number of categories (ids 1..num_classes).
-        max_objects (int): at most this many ground-truth objects per image (at least 1).
-        dets_per_image (int): number of detections per image.
-        image_size (tuple[int, int]): (height, width) of every image.
-        seed (int): random seed; the same arguments give the same data.
+    Ground truth (1 to ``max_objects`` objects per image, category ids 1..``num_classes``) mixes
+    polygons, uncompressed RLE and a few crowd regions, with objects from a few pixels to most of
+    the image, so the small/medium/large ranges are all populated when ``image_size`` (h, w)
+    allows. Detections are jittered copies of the ground truth (boxes and RLE masks) plus false
+    positives, with random scores, at most ``dets_per_image`` per image.
 
     Returns:
         tuple[dict, list[dict]]: the ground truth (a COCO ``instances`` dict) and the results
@@ -63,16 +57,14 @@ def make_synthetic_coco(
             rx, ry = scale * rng.uniform(0.6, 1.4), scale * rng.uniform(0.6, 1.4)
             category_id = int(rng.randint(1, num_classes + 1))
             polygon = _polygon(rng, cx, cy, rx, ry, rng.randint(5, 12))
-            rle = mask_util.merge(mask_util.frPyObjects([polygon], height, width))
+            rle = _rle_from_polygon(polygon, height, width)
             area = float(mask_util.area(rle))
             if area < 1:
                 continue
             x, y, w, h = mask_util.toBbox(rle).tolist()
             iscrowd = int(rng.rand() < 0.05)
-            if iscrowd or rng.rand() < 0.3:
-                # uncompressed RLE, as COCO stores crowd regions
-                binary = mask_util.decode(rle)
-                segmentation = _uncompressed_rle(binary)
+            if iscrowd or rng.rand() < 0.3:  # uncompressed RLE, as COCO stores crowd regions
+                segmentation = _uncompressed_rle(mask_util.decode(rle))
             else:
                 segmentation = [polygon]
             annotations.append(

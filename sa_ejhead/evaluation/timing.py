@@ -12,14 +12,8 @@ __all__ = ["time_coco_eval"]
 
 
 def time_coco_eval(num_images=500, dets_per_image=100, image_size=(480, 640), seed=0, log=print):
-    """Time pycocotools' COCOeval and faster-coco-eval on the same synthetic results file.
-
-    Args:
-        num_images (int): images of the synthetic ground truth.
-        dets_per_image (int): detections (with RLE masks) per image.
-        image_size (tuple[int, int]): (height, width).
-        seed (int): random seed.
-        log (callable): progress messages.
+    """Time pycocotools' COCOeval and faster-coco-eval on the same synthetic results file
+    (:func:`make_synthetic_coco` with these arguments).
 
     Returns:
         list[dict]: per IoU type, ``iou_type``, ``num_images``, ``num_dets``, the seconds of

@@ -1,16 +1,14 @@
-"""Deployment: export to TorchScript and ONNX by tracing, run in onnxruntime, check, measure.
-
-See docs/deploy.md. ``tools/deploy/export_model.py`` is the command-line tool
-(:mod:`sa_ejhead.export.cli`); ``tools/benchmark.py --deploy`` adds the latency of the exported
-models to the cost table (:func:`measure_deploy`). onnx and onnxruntime come with the ``deploy``
-extra (``pip install -e .[deploy]``); TorchScript export needs neither.
+"""Deployment (docs/deploy.md): export to TorchScript and ONNX by tracing, run in onnxruntime,
+check, measure. ``tools/deploy/export_model.py`` is the command line (:mod:`.cli`). onnx and
+onnxruntime come with the ``deploy`` extra; TorchScript export needs neither.
 """
+
+from sa_ejhead.analysis.report import format_deploy_table
 
 from .measure import (
     RUNTIMES,
     check_parity,
     export_formats,
-    format_deploy_table,
     limit_nms_candidates,
     measure_deploy,
     measure_deploy_configs,

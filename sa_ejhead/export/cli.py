@@ -1,10 +1,8 @@
 """The command line of ``tools/deploy/export_model.py`` (Detectron2's tool of the same name).
 
-Loads a LazyConfig (``.py``) or yacs (``.yaml``) config and a checkpoint, prepares a sample
-image as the config's test loader does, exports by tracing to TorchScript or ONNX
-(:func:`sa_ejhead.export.export_model`), checks the exported model against the eager one on the
-sample image and on a resized copy of it (another input size), and with ``--run-eval`` evaluates
-the exported model on the config's test dataset (COCO box and mask AP).
+Exports a config's model by tracing (:func:`sa_ejhead.export.export_model`) on a sample image
+prepared as the config's test loader does, checks it against the eager model on that image and a
+resized copy (another input size), and with ``--run-eval`` evaluates it (COCO box and mask AP).
 """
 
 import argparse
@@ -31,7 +29,7 @@ logger = logging.getLogger("sa_ejhead.export")
 
 def get_parser():
     """The argument parser of ``tools/deploy/export_model.py``."""
-    from sa_ejhead.engine.args import add_coco_dataset_argument
+    from sa_ejhead.engine.args import add_coco_dataset_argument, add_debug_argument
 
     parser = argparse.ArgumentParser(
         description="Export a Detectron2 / sa-ejhead model to TorchScript or ONNX by tracing.",
@@ -78,8 +76,7 @@ def get_parser():
         action="store_true",
         help="evaluate the exported model on the config's test dataset (COCO box and mask AP)",
     )
-    add_coco_dataset_argument(parser)
-    parser.add_argument("--debug", action="store_true", help="show the traceback of an error")
+    add_debug_argument(add_coco_dataset_argument(parser))
     parser.add_argument(
         "opts",
         default=None,
@@ -126,16 +123,9 @@ def _test_loader(cfg):
 
 
 def sample_inputs(cfg, model, sample_image=None):
-    """The input to trace with, as the test loader gives it: ``{"image", "height", "width"}``.
-
-    Args:
-        cfg: the config.
-        model: the model (its ``input_format`` if the config names none).
-        sample_image (str or None): an image file; None: the first image of the test dataset.
-
-    Returns:
-        dict: a Detectron2 input (image resized by the config's test augmentations).
-    """
+    """The Detectron2 input (``image``, ``height``, ``width``) to trace with, as the config's test
+    loader gives it: ``sample_image`` (a file) resized by the test augmentations, or (None) the
+    first image of the test dataset."""
     import detectron2.data.transforms as T
     from detectron2.data import detection_utils
 
@@ -160,11 +150,8 @@ def _other_size(inputs, factor=0.75):
 
 
 def evaluate(cfg, exported, output_dir):
-    """COCO box and mask AP of an exported model on the config's test dataset.
-
-    Returns:
-        dict: the evaluator's results.
-    """
+    """COCO box and mask AP (the evaluator's results) of an exported model on the config's test
+    dataset."""
     from detectron2.config import CfgNode, instantiate
     from detectron2.evaluation import inference_on_dataset, print_csv_format
 
@@ -180,12 +167,8 @@ def evaluate(cfg, exported, output_dir):
 
 
 def main(argv=None):
-    """Run ``tools/deploy/export_model.py``.
-
-    Returns:
-        dict: the metadata written beside the exported model (with the parity check and, with
-        ``--run-eval``, the evaluation results).
-    """
+    """Run ``tools/deploy/export_model.py``; return the metadata written beside the exported
+    model (with the parity check and, with ``--run-eval``, the evaluation results)."""
     from detectron2.config import CfgNode
     from detectron2.utils.logger import setup_logger
 

@@ -1,13 +1,7 @@
-"""Does an exported model predict what the eager model predicts?
+"""Does an exported model predict what the eager model predicts? (docs/deploy.md, "Parity")
 
-:func:`compare_instances` matches the instances of two predictions of one image (eager vs
-exported) and reports the largest box and score differences and the smallest mask IoU.
 Instances are matched, not compared in order: instances whose scores differ by less than the
 runtimes' rounding may come out in another order.
-
-:func:`condition_random_heads` makes a randomly initialised model's predictions usable for such a
-comparison (without trained weights, scores saturate at 0 or 1 and ties decide which boxes survive
-NMS and the top-k, so the comparison would measure the tie-breaking, not the export).
 """
 
 from typing import Dict, Iterable, List
@@ -43,18 +37,11 @@ def compare_instances(
     score_atol: float = SCORE_ATOL,
     mask_iou_min: float = MASK_IOU_MIN,
 ) -> Dict:
-    """Match the instances of two predictions of one image and measure their differences.
+    """Match the instances of two predictions of one image (e.g. eager, after
+    ``detector_postprocess``, and exported) and measure their differences.
 
-    Each expected instance is matched to the closest (largest box coordinate difference) unmatched
-    actual instance of the same class whose score is within ``score_atol`` and box within
-    ``box_atol``.
-
-    Args:
-        expected (Instances): e.g. the eager model's, after ``detector_postprocess``.
-        actual (Instances): e.g. the exported model's.
-        box_atol (float): largest box coordinate difference (pixels) of a match.
-        score_atol (float): largest score difference of a match.
-        mask_iou_min (float): smallest mask IoU of a matched pair for ``ok``.
+    Pairs: same class, score within ``score_atol``, every box coordinate within ``box_atol``
+    pixels; the closest (largest coordinate difference) first, greedily.
 
     Returns:
         dict: ``expected``, ``actual`` and ``matched`` counts; ``box_max_abs``,
@@ -155,21 +142,15 @@ _TARGET_STD = {
 
 @torch.no_grad()
 def condition_random_heads(model, images: Iterable[torch.Tensor]):
-    """Rescale the output layers of a randomly initialised R-CNN so that its predictions look
-    like a trained model's: spread-out scores, proposals near their anchors, masks with
-    structure. For parity checks and latency measurements without trained weights only.
+    """Rescale the output layers of a randomly initialised R-CNN (in eval mode; changed in place
+    and returned) so that its predictions look like a trained model's, for parity checks and
+    latency measurements without trained weights: without it, scores saturate at 0 or 1 and ties
+    decide which boxes survive NMS and the top-k.
 
     Each output layer (RPN objectness and deltas, box classifier and regressor of every stage,
     mask predictor) is scaled, weight and bias, so that its output's standard deviation on
-    ``images`` is a fixed target; the layers are done in the order of inference, each after a
-    forward with the previous ones scaled.
-
-    Args:
-        model (GeneralizedRCNN): in eval mode; changed in place.
-        images (iterable[Tensor]): 3 x H x W images (model input format).
-
-    Returns:
-        GeneralizedRCNN: the same model.
+    ``images`` (3 x H x W, model input format) is a fixed target; the layers are done in the
+    order of inference, each after a forward with the previous ones scaled.
     """
     images = list(images)
     inputs = [{"image": image} for image in images]

@@ -1,15 +1,10 @@
 """Run a model exported by :func:`sa_ejhead.export.export_model`: TorchScript or onnxruntime.
 
-:class:`ExportedModel` loads either file and behaves like the Detectron2 model it came from in
-inference: ``model([{"image": ..., "height": h, "width": w}])`` returns ``[{"instances": ...}]``
-with boxes in the original image and masks pasted at its size, so Detectron2's
-``inference_on_dataset`` evaluates it and its predictions compare with the eager model's.
-
-The paste step (28x28 mask probabilities -> image-size masks) is outside the graph. Two
-implementations: Detectron2's ``detector_postprocess`` (the code the eager model runs, used by
-:class:`ExportedModel`), and :func:`postprocess_numpy` / :func:`paste_masks_numpy` for a
-deployment with onnxruntime and NumPy only (same bilinear sampling; masks agree with Detectron2's
-to a pixel at the 0.5 threshold, see tests/test_deploy.py).
+:class:`ExportedModel` behaves like the Detectron2 model it came from in inference (boxes in the
+original image, masks pasted at its size), so ``inference_on_dataset`` evaluates it. The paste
+step is outside the graph (docs/deploy.md): Detectron2's ``detector_postprocess`` in
+:class:`ExportedModel`, or :func:`postprocess_numpy` / :func:`paste_masks_numpy` with NumPy only,
+for a deployment without torch.
 """
 
 import json
@@ -24,16 +19,9 @@ __all__ = ["ExportedModel", "postprocess_numpy", "paste_masks_numpy", "onnxrunti
 
 
 def onnxruntime_session(path: str, num_threads: Optional[int] = None):
-    """An onnxruntime ``InferenceSession`` on the CPU execution provider.
-
-    Args:
-        path (str): the ``.onnx`` file.
-        num_threads (int or None): intra-op threads (``None``: ``torch.get_num_threads()``, so
-            that eager, TorchScript and onnxruntime compare at the same thread count).
-
-    Returns:
-        onnxruntime.InferenceSession
-    """
+    """An onnxruntime ``InferenceSession`` of ``path`` on the CPU execution provider, with
+    ``num_threads`` intra-op threads (None: ``torch.get_num_threads()``, so that eager,
+    TorchScript and onnxruntime compare at the same thread count)."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
@@ -72,14 +60,8 @@ class ExportedModel:
             self._session = onnxruntime_session(path, num_threads)
 
     def run(self, image) -> Dict[str, torch.Tensor]:
-        """Run the graph on one image.
-
-        Args:
-            image (Tensor or ndarray): 3 x H x W in the model's input format (0..255).
-
-        Returns:
-            dict[str, Tensor]: the graph's outputs by name (see the metadata's ``outputs``).
-        """
+        """The graph's outputs by name on one 3 x H x W image (Tensor or ndarray, the model's
+        input format, 0..255)."""
         if self._session is not None:
             if isinstance(image, torch.Tensor):
                 image = image.numpy()
@@ -92,11 +74,8 @@ class ExportedModel:
         return dict(zip(self.output_names, outputs))
 
     def inference(self, image):
-        """Like ``GeneralizedRCNN.inference(..., do_postprocess=False)`` for one image.
-
-        Returns:
-            Instances: at the input size, ``pred_masks`` as N x 1 x M x M probabilities.
-        """
+        """Like ``GeneralizedRCNN.inference(..., do_postprocess=False)`` for one image: Instances
+        at the input size, ``pred_masks`` as N x 1 x M x M probabilities."""
         from detectron2.structures import Boxes, Instances
 
         outputs = self.run(image)
@@ -107,15 +86,8 @@ class ExportedModel:
         return instances
 
     def __call__(self, batched_inputs: List[Dict]) -> List[Dict]:
-        """Detectron2's model interface: rescale to ``height`` x ``width`` and paste the masks.
-
-        Args:
-            batched_inputs (list[dict]): with ``image`` (3 x H x W) and optionally ``height``
-                and ``width`` (the original image size; default: the input's).
-
-        Returns:
-            list[dict]: ``{"instances": Instances}`` per image, as ``GeneralizedRCNN`` in eval.
-        """
+        """Detectron2's model interface: rescale to each input's ``height`` x ``width`` (default:
+        the image's) and paste the masks; ``[{"instances": Instances}]`` per image."""
         from detectron2.modeling.postprocessing import detector_postprocess
 
         results = []
@@ -132,12 +104,9 @@ class ExportedModel:
 
 
 def _interpolation_matrix(start, stop, lo, hi, size):
-    """Bilinear weights (zero padding, ``align_corners=False``) that sample a ``size``-long grid
-    spanning ``[lo, hi]`` at the pixel centres ``start + 0.5 ... stop - 0.5``.
-
-    Returns:
-        ndarray: (stop - start) x size, float32.
-    """
+    """Bilinear weights, (stop - start) x size float32 (zero padding, ``align_corners=False``),
+    that sample a ``size``-long grid spanning ``[lo, hi]`` at the pixel centres
+    ``start + 0.5 ... stop - 0.5``."""
     centres = np.arange(start, stop, dtype=np.float32) + np.float32(0.5)
     # grid_sample's unnormalisation of (centre - lo) / (hi - lo) * 2 - 1, align_corners=False
     normalised = (centres - np.float32(lo)) / np.float32(hi - lo) * 2 - 1
@@ -155,14 +124,9 @@ def _interpolation_matrix(start, stop, lo, hi, size):
 
 
 def paste_masks_numpy(masks, boxes, height: int, width: int, threshold: float = 0.5):
-    """Paste M x M mask probabilities into an image, as Detectron2's ``paste_masks_in_image``
-    does on the CPU, with NumPy only.
-
-    Args:
-        masks (ndarray): N x M x M (or N x 1 x M x M) probabilities.
-        boxes (ndarray): N x 4 xyxy boxes in the target image's pixels.
-        height, width (int): the image size.
-        threshold (float): a pixel is in the mask when its sampled probability is >= this.
+    """Paste N x M x M (or N x 1 x M x M) mask probabilities into their N x 4 xyxy boxes of a
+    ``height`` x ``width`` image, as Detectron2's ``paste_masks_in_image`` does on the CPU, with
+    NumPy only; a pixel is in a mask when its sampled probability is >= ``threshold``.
 
     Returns:
         ndarray: N x height x width bool.
@@ -186,14 +150,8 @@ def paste_masks_numpy(masks, boxes, height: int, width: int, threshold: float = 
 
 
 def postprocess_numpy(outputs: Dict, output_height: int, output_width: int, threshold=0.5):
-    """Rescale an exported model's outputs to the original image and paste the masks, with NumPy
-    only (Detectron2's ``detector_postprocess``, for a deployment without torch).
-
-    Args:
-        outputs (dict[str, ndarray]): the graph's outputs by name (``pred_boxes``, ``scores``,
-            ``pred_classes``, ``pred_masks``, ``image_size``).
-        output_height, output_width (int): the original image size.
-        threshold (float): mask threshold.
+    """Rescale an exported model's outputs (name -> ndarray) to the original image size and
+    paste the masks, with NumPy only (Detectron2's ``detector_postprocess`` without torch).
 
     Returns:
         dict[str, ndarray]: ``boxes`` (N x 4, original pixels), ``scores``, ``classes`` and
@@ -202,10 +160,7 @@ def postprocess_numpy(outputs: Dict, output_height: int, output_width: int, thre
     """
     in_height, in_width = (int(x) for x in np.asarray(outputs["image_size"]))
     boxes = np.asarray(outputs["pred_boxes"], dtype=np.float32).copy()
-    scale = np.array(
-        [output_width / in_width, output_height / in_height] * 2, dtype=np.float32
-    )  # x, y, x, y
-    boxes *= scale
+    boxes *= np.array([output_width / in_width, output_height / in_height] * 2, dtype=np.float32)
     boxes[:, 0::2] = boxes[:, 0::2].clip(0, output_width)
     boxes[:, 1::2] = boxes[:, 1::2].clip(0, output_height)
     keep = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])

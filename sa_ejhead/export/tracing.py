@@ -1,27 +1,12 @@
 """Export a Detectron2 R-CNN (SA-FPN + EJ-Head or any ``GeneralizedRCNN``) by tracing.
 
-The model is wrapped in Detectron2's :class:`~detectron2.export.TracingAdapter` around
-``model.inference(..., do_postprocess=False)`` and traced once, on a sample image, into
-TorchScript (``torch.jit.trace``) or ONNX (``torch.onnx.export``, TorchScript-based exporter).
-
-What the exported graph computes (see docs/deploy.md):
-
-* input ``image``: one float32 ``3 x H x W`` image in the model's ``input_format`` (BGR for the
-  configs of this project), 0..255, already resized by the caller as the config's test-time
-  resize does; normalisation and padding to ``size_divisibility`` are in the graph. ``H`` and ``W``
-  are dynamic: one file serves every size.
-* outputs ``pred_boxes`` (N x 4, xyxy in input pixels), ``pred_classes`` (N, int64),
-  ``pred_masks`` (N x 1 x 28 x 28, the mask probabilities of the predicted class, in box
-  coordinates), ``scores`` (N) and ``image_size`` (the input's ``(H, W)``). N is dynamic, zero
-  included.
-* not in the graph: the paste of the 28x28 masks into the image and the rescale to the original
-  image size, done by :mod:`sa_ejhead.export.runtime` (Detectron2's ``detector_postprocess``, or
-  :func:`~sa_ejhead.export.runtime.postprocess_numpy` without torch).
-
-RoIAlign and NMS map to ONNX through torchvision's symbolic functions (``RoiAlign`` with
-``coordinate_transformation_mode="half_pixel"`` for ``aligned=True``, which needs opset 16;
-``NonMaxSuppression``). EJ-Head's :class:`~sa_ejhead.modeling.ThreadedROIAlign` takes the plain
-RoIAlign path while tracing, so the graph holds one RoIAlign per pyramid level.
+Detectron2's :class:`~detectron2.export.TracingAdapter` around
+``model.inference(..., do_postprocess=False)`` is traced once, on a sample image, into TorchScript
+(``torch.jit.trace``) or ONNX (``torch.onnx.export``, TorchScript-based exporter). The graph's
+inputs and outputs (dynamic H, W and N), and what stays out of it (the mask paste and the rescale
+to the original image, :mod:`sa_ejhead.export.runtime`): docs/deploy.md and the metadata file.
+EJ-Head's :class:`~sa_ejhead.modeling.ThreadedROIAlign` takes the plain RoIAlign path while
+tracing, so the graph holds one RoIAlign per pyramid level.
 """
 
 import json
@@ -68,16 +53,8 @@ _OUTPUT_DOCS = {
 
 
 def traceable_inference(model, image: torch.Tensor):
-    """The function that is traced: one image in, the detector's raw instances out.
-
-    Args:
-        model (GeneralizedRCNN): in eval mode.
-        image (Tensor): 3 x H x W, the model's input format.
-
-    Returns:
-        Instances: ``pred_boxes``, ``scores``, ``pred_classes`` and (with masks)
-        ``pred_masks`` as M x M probabilities, at the input size (``do_postprocess=False``).
-    """
+    """The function that is traced: one 3 x H x W image in, the detector's instances at the
+    input size out (``do_postprocess=False``: ``pred_masks`` as M x M probabilities)."""
     return model.inference([{"image": image}], do_postprocess=False)[0]
 
 
@@ -157,12 +134,6 @@ def _test_postprocess_settings(model) -> Dict:
     }
 
 
-def _trace_torchscript(adapter, image, path):
-    with torch.no_grad():
-        traced = torch.jit.trace(adapter, (image,), check_trace=False)
-    torch.jit.save(traced, path)
-
-
 def _export_onnx(adapter, image, path, names, opset):
     import onnx
 
@@ -203,18 +174,14 @@ def export_model(
         image (Tensor): 3 x H x W sample image in the model's input format, resized as the
             model's test-time resize does (the graph is dynamic in H and W, but the trace runs
             this image once: use a realistic one).
-        output_dir (str): created if needed.
-        format (str): "torchscript" (``model.ts``) or "onnx" (``model.onnx``).
+        format (str): "torchscript" (``<name>.ts``) or "onnx" (``<name>.onnx``).
         opset (int): ONNX opset, at least :data:`MIN_OPSET`.
-        resize (dict or None): the test-time resize the caller must apply before the model,
-            e.g. ``{"short_edge": 800, "max_size": 1333}``; recorded in the metadata.
-        name (str): file name stem.
+        resize (dict or None): the test-time resize the caller must apply before the model;
+            recorded in the metadata.
         extra_metadata (dict or None): merged into the metadata (e.g. the config file).
 
     Returns:
-        tuple[str, dict]: the exported file and its metadata (also written to
-        ``<file>.json``: inputs, outputs, opset, size policy, post-processing constants,
-        versions).
+        tuple[str, dict]: the exported file and its metadata (also written to ``<file>.json``).
     """
     from detectron2.export import TracingAdapter
 
@@ -240,7 +207,8 @@ def export_model(
             sample_outputs = adapter(image)  # also fills adapter.outputs_schema
         names = _output_names(adapter)
         if format == "torchscript":
-            _trace_torchscript(adapter, image, path)
+            with torch.no_grad():
+                torch.jit.save(torch.jit.trace(adapter, (image,), check_trace=False), path)
         else:
             _export_onnx(adapter, image, path, names, opset)
 

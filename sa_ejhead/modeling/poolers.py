@@ -5,7 +5,7 @@ says. The Enriched Feature pools 1000 box RoIs at 14x14, four times the bins of 
 so on a many-core CPU the RoIAlign becomes the largest single cost of the EJ-Head at inference
 (measured in projects/gpu_checks/README.md). The RoIs are independent, so the work splits exactly:
 the RoIs are cut into contiguous pieces, each piece runs on a Python thread (the op releases the
-GIL) and is copied into one preallocated output. The result is bit-identical to one call.
+GIL) and is copied, by that thread, into one preallocated output. The result is bit-identical to one call.
 
 The threaded path is taken only without autograd (inference: in training, each piece's backward
 would allocate and add a gradient of the whole feature map), on the CPU, outside
@@ -13,7 +13,6 @@ tracing/scripting, with more than one torch thread and enough RoIs; otherwise it
 :class:`ROIAlign` unchanged. There are no parameters, so checkpoints are unaffected.
 """
 
-import collections
 import math
 import os
 import threading
@@ -41,11 +40,43 @@ os.register_at_fork(after_in_child=_reset_pools)
 
 def _executor(workers: int) -> ThreadPoolExecutor:
     """A process-wide pool of exactly ``workers`` threads (so a call never runs on more threads
-    than ``torch.get_num_threads()``)."""
+    than ``torch.get_num_threads()``), each limited to one intra-op thread."""
     with _POOLS_LOCK:
         if workers not in _POOLS:
-            _POOLS[workers] = ThreadPoolExecutor(workers, thread_name_prefix="roi_align")
+            executor = ThreadPoolExecutor(workers, thread_name_prefix="roi_align")
+            _make_workers_serial(executor, workers)
+            _POOLS[workers] = executor
         return _POOLS[workers]
+
+
+def _make_workers_serial(executor: ThreadPoolExecutor, workers: int):
+    """Give every worker thread an intra-op thread count of one.
+
+    torchvision's RoIAlign kernel is serial, but it zero-fills its output with a parallel op, so
+    a worker with the default count starts an OpenMP team of its own. libgomp then manages more
+    threads than there are cores and makes every team, the caller's included, sleep instead of
+    spin between parallel regions (on 2 cores the efficient model's ResNet kept 1.72 cores busy
+    instead of 1.97: projects/cpu_checks/module_parallelism.py). OpenMP's thread count is per thread, PyTorch's
+    default for new threads is process-wide: each worker sets one and makes PyTorch read it
+    (its first query initialises the thread), all while the caller waits, then the caller
+    restores the process-wide count, which leaves the workers' own at one.
+    """
+    previous = torch.get_num_threads()
+    ready = threading.Barrier(workers + 1)
+
+    def serial():
+        try:
+            torch.set_num_threads(1)
+            torch.get_num_threads()  # the first query initialises the thread, from the count set
+        finally:
+            ready.wait()
+
+    try:
+        for _ in range(workers):
+            executor.submit(serial)
+        ready.wait()  # every worker has taken exactly one of the tasks
+    finally:
+        torch.set_num_threads(previous)
 
 
 def _is_tracing() -> bool:
@@ -71,7 +102,7 @@ class ThreadedROIAlign(ROIAlign):
         sampling_ratio,
         aligned=True,
         *,
-        min_rois_per_thread: int = 64,
+        min_rois_per_thread: int = 16,
     ):
         super().__init__(output_size, spatial_scale, sampling_ratio, aligned)
         if min_rois_per_thread < 1:
@@ -102,47 +133,38 @@ class ThreadedROIAlign(ROIAlign):
         if threads == 1:
             return super().forward(input, rois)
         # torch.profiler does not see the ops of the worker threads: this span is the calling
-        # thread's share (submit, wait, copy), so that per-op profiles account for the pooling
+        # thread's share (submit and wait), so that per-op profiles account for the pooling
         with torch.profiler.record_function("sa_ejhead::threaded_roi_align"):
             return self._forward_threaded(input, rois, threads)
 
     def _forward_threaded(self, input, rois, threads):
         inference_mode = torch.is_inference_mode_enabled()
         plain_forward = super().forward
-
-        def pool(part):
-            # grad and inference mode are thread-local: carry the caller's into the worker
-            with torch.inference_mode(inference_mode), torch.no_grad():
-                return plain_forward(input, part)
-
-        # The workers only run the RoIAlign, in pieces of about _PIECE_BYTES; this thread copies
-        # each finished piece, in order, into the one output and drops it. At most two pieces per
-        # thread are submitted ahead, so that finished pieces do not pile up when this thread gets
-        # less CPU than the workers.
         num = rois.shape[0]
         out = input.new_empty((num, input.shape[1]) + tuple(self.output_size))
+
+        def pool(start, end):
+            # grad and inference mode are thread-local: carry the caller's into the worker
+            with torch.inference_mode(inference_mode), torch.no_grad():
+                out[start:end] = plain_forward(input, rois[start:end])
+
+        # Each worker pools a piece of about _PIECE_BYTES and copies it into its rows of the one
+        # output itself (one intra-op thread, see _make_workers_serial); this thread only waits.
+        # Copying here instead would wake this thread's OpenMP team for every piece, and its
+        # threads would spin for the cores the workers need.
         pieces = max(threads, min(num, math.ceil(out.numel() * out.element_size() / _PIECE_BYTES)))
         bounds = torch.linspace(0, num, pieces + 1).long().tolist()
         executor = _executor(threads)
-        ahead = collections.deque()
-
-        def copy_oldest():
-            start, end, future = ahead.popleft()
-            out[start:end] = future.result()
-
-        for start, end in zip(bounds[:-1], bounds[1:]):
-            ahead.append((start, end, executor.submit(pool, rois[start:end])))
-            if len(ahead) > 2 * threads:
-                copy_oldest()
-        while ahead:
-            copy_oldest()
+        futures = [executor.submit(pool, a, b) for a, b in zip(bounds[:-1], bounds[1:])]
+        for future in futures:
+            future.result()
         return out
 
     def __repr__(self):
         return super().__repr__()[:-1] + f", min_rois_per_thread={self.min_rois_per_thread})"
 
 
-def use_threaded_roi_align(pooler: ROIPooler, min_rois_per_thread: int = 64) -> ROIPooler:
+def use_threaded_roi_align(pooler: ROIPooler, min_rois_per_thread: int = 16) -> ROIPooler:
     """Swap, in place, each plain :class:`ROIAlign` level of a Detectron2 ``ROIPooler`` (types
     "ROIAlign" and "ROIAlignV2") for a :class:`ThreadedROIAlign` with the same arguments; other
     pooler types are left as they are.
@@ -167,6 +189,6 @@ class ThreadedROIPooler(ROIPooler):
     name their poolers (e.g. ``model.roi_heads.box_pooler._target_`` of Detectron2's own Mask
     R-CNN). Same arguments, plus ``min_rois_per_thread``."""
 
-    def __init__(self, *args, min_rois_per_thread: int = 64, **kwargs):
+    def __init__(self, *args, min_rois_per_thread: int = 16, **kwargs):
         super().__init__(*args, **kwargs)
         use_threaded_roi_align(self, min_rois_per_thread)

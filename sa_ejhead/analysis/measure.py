@@ -399,36 +399,55 @@ def measure_config(spec, phase, options):
     """
     if phase not in PHASES:
         raise ValueError(f"Unknown phase {phase!r}: expected one of {sorted(PHASES)}.")
-    if options.get("threads"):
-        torch.set_num_threads(int(options["threads"]))
-    with contextlib.redirect_stdout(io.StringIO()):
-        model = build_model_from_spec(spec)
-    fix_roi_counts(model, options["proposals"], options["detections"], same_boxes=True)
+    model = _measured_model(spec, options)
     use_cuda = options.get("cuda", True) and torch.cuda.is_available()
     return {"threads": torch.get_num_threads(), **PHASES[phase](model, options, use_cuda)}
 
 
-def _worker(spec_dict, phase, options, queue):
-    """Subprocess entry: measure and send the result (or the error) back."""
+def _measured_model(spec, options):
+    """``spec``'s model as every measurement takes it: ``options["threads"]`` torch threads (if
+    given), RoI counts fixed and the same boxes as every other config."""
+    if options.get("threads"):
+        torch.set_num_threads(int(options["threads"]))
+    with contextlib.redirect_stdout(io.StringIO()):
+        model = build_model_from_spec(spec)
+    return fix_roi_counts(model, options["proposals"], options["detections"], same_boxes=True)
+
+
+def _worker(fn, args, queue):
+    """Subprocess entry: run ``fn(*args)`` and send the result (or the error) back."""
     try:
-        queue.put(("ok", measure_config(ConfigSpec(**spec_dict), phase, options)))
+        queue.put(("ok", fn(*args)))
     except Exception as e:  # reported by the parent
         import traceback
 
         queue.put(("error", f"{type(e).__name__}: {e}\n{traceback.format_exc()}"))
 
 
-def _measure_isolated(spec, phase, options):
-    """Run :func:`measure_config` in a fresh process, so that peak memory is the config's own."""
+def _in_fresh_process(what, fn, *args):
+    """``fn(*args)`` in a fresh (spawned) process, so that its peak memory is its own; ``fn``
+    and ``args`` must be picklable. An error there is raised here, with ``what`` and its
+    traceback."""
     ctx = mp.get_context("spawn")
     queue = ctx.Queue()
-    proc = ctx.Process(target=_worker, args=(asdict(spec), phase, options, queue))
+    proc = ctx.Process(target=_worker, args=(fn, args, queue))
     proc.start()
     status, payload = queue.get()
     proc.join()
     if status != "ok":
-        raise RuntimeError(f"Measuring {spec.label} ({phase}) failed:\n{payload}")
+        raise RuntimeError(f"{what} failed:\n{payload}")
     return payload
+
+
+def _measure_config_dict(spec_dict, phase, options):
+    return measure_config(ConfigSpec(**spec_dict), phase, options)
+
+
+def _measure_isolated(spec, phase, options):
+    """Run :func:`measure_config` in a fresh process, so that peak memory is the config's own."""
+    return _in_fresh_process(
+        f"Measuring {spec.label} ({phase})", _measure_config_dict, asdict(spec), phase, options
+    )
 
 
 _TIMINGS = ("cpu_latency", "train_step", "cuda_latency", "cuda_train_step")
@@ -524,17 +543,8 @@ def paired_ratios(times, base_times):
 def _measure_paired_here(spec_dicts, options, phases):
     from detectron2.utils.events import EventStorage
 
-    if options.get("threads"):
-        torch.set_num_threads(int(options["threads"]))
-    models = {}
-    for spec in map(lambda d: ConfigSpec(**d), spec_dicts):
-        with contextlib.redirect_stdout(io.StringIO()):
-            models[spec.label] = fix_roi_counts(
-                build_model_from_spec(spec),
-                options["proposals"],
-                options["detections"],
-                same_boxes=True,
-            )
+    specs = [ConfigSpec(**d) for d in spec_dicts]
+    models = {spec.label: _measured_model(spec, options) for spec in specs}
     out = {}
     if "infer" in phases:
         inputs = random_inputs(*options["input_size"])
@@ -554,15 +564,6 @@ def _measure_paired_here(spec_dicts, options, phases):
     return out
 
 
-def _paired_worker(spec_dicts, options, phases, queue):
-    try:
-        queue.put(("ok", _measure_paired_here(spec_dicts, options, phases)))
-    except Exception as e:  # reported by the parent
-        import traceback
-
-        queue.put(("error", f"{type(e).__name__}: {e}\n{traceback.format_exc()}"))
-
-
 def measure_paired(specs, options, phases=("infer", "train")):
     """Time every config in one fresh process, in turns, one call each (``options["paired"]``
     calls per config after ``warmup``), and give each config's per-call ratios to the first's.
@@ -576,16 +577,9 @@ def measure_paired(specs, options, phases=("infer", "train")):
         list[dict]: per config, ``label`` and, per phase timed (``cpu_latency``, ``train_step``),
         the figures of :func:`time_calls` with ``ratio`` (:func:`paired_ratios`; 1 for the first).
     """
-    ctx = mp.get_context("spawn")
-    queue = ctx.Queue()
-    proc = ctx.Process(
-        target=_paired_worker, args=([asdict(s) for s in specs], options, phases, queue)
+    payload = _in_fresh_process(
+        "The paired measurement", _measure_paired_here, [asdict(s) for s in specs], options, phases
     )
-    proc.start()
-    status, payload = queue.get()
-    proc.join()
-    if status != "ok":
-        raise RuntimeError(f"The paired measurement failed:\n{payload}")
     base = specs[0].label
     rows = []
     for spec in specs:

@@ -187,9 +187,10 @@ def measure_deploy_configs(
 ) -> List[Dict]:
     """The figures of ``tools/benchmark.py --deploy`` for several config specs at once.
 
-    Each model is built as the cost table builds it (``fix_roi_counts`` with the ``options``'
-    ``proposals`` and ``detections``), its output layers conditioned (:func:`condition_random_heads`,
-    so that scores are not tied), its score threshold set so that ``nms_candidates`` (box, class)
+    Each model gets the cost table's RoI counts (``fix_roi_counts`` with the ``options``'
+    ``proposals`` and ``detections``; not ``same_boxes``, which replaces scores that the parity
+    check compares), its output layers conditioned (:func:`condition_random_heads`, so that
+    scores are not tied), its score threshold set so that ``nms_candidates`` (box, class)
     pairs enter the box head's NMS (:func:`limit_nms_candidates`; 0: threshold 0); then all are
     measured by :func:`measure_deploy_many` on one random image of ``input_size``, with the
     ``options``' ``runs``, ``warmup`` and ``threads`` (0 or None: torch's).

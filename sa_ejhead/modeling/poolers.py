@@ -5,7 +5,7 @@ says. The Enriched Feature pools 1000 box RoIs at 14x14, four times the bins of 
 so on a many-core CPU the RoIAlign becomes the largest single cost of the EJ-Head at inference
 (measured in projects/gpu_checks/README.md). The RoIs are independent, so the work splits exactly:
 the RoIs are cut into contiguous pieces, each piece runs on a Python thread (the op releases the
-GIL) and is copied, by that thread, into one preallocated output. The result is bit-identical to one call.
+GIL), which copies it into one preallocated output. The result is bit-identical to one call.
 
 The threaded path is taken only without autograd (inference: in training, each piece's backward
 would allocate and add a gradient of the whole feature map), on the CPU, outside
@@ -56,10 +56,10 @@ def _make_workers_serial(executor: ThreadPoolExecutor, workers: int):
     a worker with the default count starts an OpenMP team of its own. libgomp then manages more
     threads than there are cores and makes every team, the caller's included, sleep instead of
     spin between parallel regions (on 2 cores the efficient model's ResNet kept 1.72 cores busy
-    instead of 1.97: projects/cpu_checks/module_parallelism.py). OpenMP's thread count is per thread, PyTorch's
-    default for new threads is process-wide: each worker sets one and makes PyTorch read it
-    (its first query initialises the thread), all while the caller waits, then the caller
-    restores the process-wide count, which leaves the workers' own at one.
+    instead of 1.97: projects/cpu_checks/module_parallelism.py). OpenMP's thread count is per
+    thread, PyTorch's default for new threads is process-wide: each worker sets one and makes
+    PyTorch read it (its first query initialises the thread), all while the caller waits, then
+    the caller restores the process-wide count, which leaves the workers' own at one.
     """
     previous = torch.get_num_threads()
     ready = threading.Barrier(workers + 1)

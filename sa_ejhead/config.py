@@ -51,11 +51,14 @@ def add_sa_ejhead_config(cfg):
     # ROI_BOX_HEAD.POOLER_SAMPLING_RATIO s > 0 the box RoIs are pooled directly at 7x7 with ratio
     # 2s, which gives the same numbers (docs/design.md, "Exact downsampled box pooling").
     cfg.MODEL.EJ_HEAD.BOX_REFINEMENT_DOWNSAMPLE = 1
-    # Speed only, same output: split the CPU RoIAlign of the box/mask poolers over the torch
-    # threads (torchvision's CPU kernel uses one; sa_ejhead/modeling/poolers.py).
+    # Speed only, same output and gradient: split the CPU RoIAlign of the box/mask poolers and
+    # its backward over the torch threads (torchvision's CPU kernels use one; modeling/poolers.py).
     cfg.MODEL.EJ_HEAD.THREADED_POOLING = True
     # memory only: box RoIs refined and classified this many at a time at inference (0: all at once)
     cfg.MODEL.EJ_HEAD.BOX_INFERENCE_CHUNK = 256
+    # memory only, same losses and gradients: in training, recompute the RoI pooling and the
+    # refinement in the backward instead of keeping their activations (activation checkpointing)
+    cfg.MODEL.EJ_HEAD.CHECKPOINT_REFINEMENT = False
 
     # Learning-rate factor of the box head's first fc (each stage's in a cascade), as Detectron2's
     # SOLVER.BIAS_LR_FACTOR: (7/14)^2 = 0.25 when 14x14 RoIs are flattened into it (the EJ-Head

@@ -513,6 +513,35 @@ def test_boundary_refinement_modes():
         BoundaryRefinement(C, mode="conv2", bottleneck_channels=2)
 
 
+@pytest.mark.parametrize("last_relu", [None, True])
+@pytest.mark.parametrize("bottleneck", [0, 2])
+def test_residual_refinement_output_and_gradients_match_the_formula(last_relu, bottleneck):
+    """The block adds the shortcut in place on its last conv's output (no ReLU after it): the
+    same output and the same gradients as the written-out formula, in training and inference."""
+    torch.manual_seed(0)
+    br = BoundaryRefinement(C, bottleneck_channels=bottleneck, last_relu=last_relu)
+    x = torch.randn(3, C, 14, 14, requires_grad=True)
+    convs = [getattr(br, n) for n in br._layer_names]
+
+    def formula(inp):
+        y = inp
+        for i, conv in enumerate(convs):
+            y = conv(y)
+            if i < len(convs) - 1 or last_relu:
+                y = torch.relu(y)
+        return inp + y
+
+    out, expected = br(x), formula(x)
+    assert torch.equal(out, expected)
+    weights = torch.randn_like(out)
+    grads = torch.autograd.grad((out * weights).sum(), [x] + list(br.parameters()))
+    expected_grads = torch.autograd.grad((expected * weights).sum(), [x] + list(br.parameters()))
+    for g, e in zip(grads, expected_grads):
+        assert torch.equal(g, e)
+    with torch.no_grad():
+        assert torch.equal(br(x), expected)
+
+
 @pytest.mark.parametrize(
     "fc_input, fc_in", [("flatten", C * 196), ("avgpool", C * 49), ("stride2conv", C * 49)]
 )

@@ -457,3 +457,75 @@ def test_box_inference_in_chunks_gives_the_same_predictions(downsample):
 def test_box_inference_chunk_is_checked():
     with pytest.raises(ValueError, match="box_inference_chunk"):
         _heads(box_inference_chunk=-1)
+
+
+# --- activation checkpointing of the pooling + refinement in training ------------------------
+
+
+def _saved_bytes(heads):
+    """Bytes of the tensors autograd keeps for the backward of a training forward (parameters
+    and the input feature maps excluded), and the train step's losses and feature gradients."""
+    kept = {id(p.untyped_storage()) for p in heads.parameters()}
+    sizes = {}
+
+    def pack(t):
+        storage = t.untyped_storage()
+        if storage.data_ptr() not in kept:
+            sizes[storage.data_ptr()] = storage.nbytes()
+        return t
+
+    feats = _features(requires_grad=True)
+    kept = {p.untyped_storage().data_ptr() for p in heads.parameters()}
+    kept |= {f.untyped_storage().data_ptr() for f in feats.values()}
+    heads.train()
+    torch.manual_seed(1)
+    with EventStorage(), torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        _, losses = heads(None, feats, _proposals(), _targets())
+    sum(losses.values()).backward()
+    return sum(sizes.values()), losses, feats
+
+
+@pytest.mark.parametrize("cls", [EJROIHeads, EJCascadeROIHeads])
+@pytest.mark.parametrize("downsample", [1, 2])
+def test_checkpointed_refinement_gives_the_same_losses_and_gradients(cls, downsample):
+    heads = _heads(cls, downsample=downsample)
+    checkpointed = copy.deepcopy(heads)
+    checkpointed.checkpoint_refinement = True
+    calls = []
+    # a pre-hook: the recomputation stops once it has rebuilt what the backward needs
+    checkpointed.refinement.register_forward_pre_hook(lambda m, args: calls.append(len(args[0])))
+    plain_bytes, plain_losses, plain_feats = _saved_bytes(heads)
+    ckpt_bytes, ckpt_losses, ckpt_feats = _saved_bytes(checkpointed)
+    # box (per stage) and mask RoIs, each refined twice: in the forward and again in the backward
+    stages = 2 if cls is EJCascadeROIHeads else 1
+    assert len(calls) == 2 * (stages + 1)
+    assert ckpt_losses.keys() == plain_losses.keys() and "loss_mask" in ckpt_losses
+    for k in plain_losses:
+        assert torch.equal(ckpt_losses[k], plain_losses[k]), k
+    for k in plain_feats:
+        assert torch.equal(ckpt_feats[k].grad, plain_feats[k].grad), k
+    for (name, p), q in zip(checkpointed.named_parameters(), heads.parameters()):
+        assert (p.grad is None) == (q.grad is None), name
+        if p.grad is not None:
+            assert torch.equal(p.grad, q.grad), name
+    assert checkpointed.refinement.conv1.weight.grad.abs().sum() > 0
+    # the pooled RoIs and the refinement's inner maps are no longer kept: at least one pooled
+    # box-RoI tensor less (R x C x S x S floats)
+    rois = sum(len(p) for p in _proposals()) if cls is EJROIHeads else 0
+    assert ckpt_bytes < plain_bytes - rois * 4 * C * (14 // downsample) ** 2
+
+
+def test_checkpointed_refinement_is_training_only():
+    heads = _heads(checkpoint_refinement=True).eval()
+    plain = copy.deepcopy(heads)
+    plain.checkpoint_refinement = False
+    with torch.no_grad():
+        a, b = heads._box_predictions(_features(), _proposals()), plain._box_predictions(
+            _features(), _proposals()
+        )
+    assert all(torch.equal(x, y) for x, y in zip(a, b))
+    assert not heads._checkpointing() and not heads._checkpointing(mask=True)
+    heads.train()
+    assert heads._checkpointing() and heads._checkpointing(mask=True)
+    heads.refinement_scope = "box"  # the mask RoIs are not refined: nothing to checkpoint
+    assert heads._checkpointing() and not heads._checkpointing(mask=True)

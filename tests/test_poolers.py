@@ -1,5 +1,5 @@
 """ThreadedROIAlign / ThreadedROIPooler: the same output as Detectron2's, split over the CPU
-threads in inference; the plain call with autograd."""
+threads, forward and backward."""
 
 import pytest
 import torch
@@ -39,19 +39,48 @@ def test_threaded_roi_align_is_bit_identical(four_threads):
     assert torch.equal(threaded(x, rois[:40]), plain(x, rois[:40]))
 
 
-def test_threaded_roi_align_with_autograd_is_the_plain_call(four_threads):
+@pytest.mark.parametrize("ratio, aligned", [(0, True), (2, True), (1, False)])
+def test_threaded_roi_align_with_autograd_gives_torchvisions_gradient(four_threads, ratio, aligned):
+    """Training: RoIs split in the forward, channels in the backward; the output and the
+    feature map's gradient are torchvision's, bit for bit (a non-contiguous upstream gradient,
+    several images, channels not a multiple of the threads)."""
     torch.manual_seed(0)
-    rois = _rois(200)
-    x1 = torch.randn(2, 4, 16, 16, requires_grad=True)
+    rois = _rois(200, images=3)
+    x1 = torch.randn(3, 10, 16, 16, requires_grad=True)
     x2 = x1.detach().clone().requires_grad_(True)
-    w = torch.randn(200, 4, 7, 7)
-    (ROIAlign((7, 7), 0.25, 2)(x1, rois) * w).sum().backward()
-    threaded = ThreadedROIAlign((7, 7), 0.25, 2, min_rois_per_thread=16)
-    assert threaded.num_chunks(x2, 200) == 1  # training: one call, Detectron2's backward
-    (threaded(x2, rois) * w).sum().backward()
+    w = torch.randn(7, 7, 10, 200).permute(3, 2, 0, 1)  # grads arrive non-contiguous
+    out1 = ROIAlign((7, 7), 0.25, ratio, aligned)(x1, rois)
+    threaded = ThreadedROIAlign((7, 7), 0.25, ratio, aligned, min_rois_per_thread=16)
+    assert threaded.num_chunks(x2, 200) == 4
+    out2 = threaded(x2, rois)
+    assert out2.grad_fn is not None and "ThreadedROIAlign" in type(out2.grad_fn).__name__
+    assert torch.equal(out2, out1)
+    (out1 * w).sum().backward()
+    (out2 * w).sum().backward()
     assert torch.equal(x2.grad, x1.grad)
-    with torch.no_grad():
-        assert threaded.num_chunks(x2, 200) == 4
+    assert x2.grad.abs().sum() > 0
+
+
+def test_threaded_roi_align_backward_splits_the_channels_over_the_workers(
+    four_threads, monkeypatch
+):
+    import threading
+
+    import sa_ejhead.modeling.poolers as poolers
+
+    calls = []
+    original = poolers._roi_align_grad
+
+    def recording(grad, *args):
+        calls.append((threading.current_thread().name, grad.shape[1]))
+        return original(grad, *args)
+
+    monkeypatch.setattr(poolers, "_roi_align_grad", recording)
+    x = torch.randn(1, 8, 16, 16, requires_grad=True)
+    threaded = ThreadedROIAlign((7, 7), 0.25, 2, min_rois_per_thread=16)
+    threaded(x, _rois(100, images=1)).sum().backward()
+    assert len(calls) >= 4 and sum(c for _, c in calls) == 8  # every channel, once
+    assert all(name.startswith("roi_align") for name, _ in calls)
 
 
 def test_threaded_roi_align_keeps_the_callers_mode(four_threads):

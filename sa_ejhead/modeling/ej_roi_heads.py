@@ -13,6 +13,7 @@ from typing import Dict, List, Optional, Tuple
 import torch
 from torch import nn
 from torch.nn import functional as F
+from torch.utils.checkpoint import checkpoint
 
 from detectron2.config import configurable
 from detectron2.layers import ROIAlign, cat
@@ -123,6 +124,7 @@ class _EJHeadMixin:
         interleave_max_positives: int = 128,
         threaded_pooling: bool = True,
         box_inference_chunk: int = 256,
+        checkpoint_refinement: bool = False,
         **kwargs,
     ):
         """
@@ -143,13 +145,19 @@ class _EJHeadMixin:
             interleave_append_gt (bool): re-append the GT boxes to the interleaved positives.
             interleave_iou_threshold (float): IoU for a regressed box to be a positive.
             interleave_max_positives (int): at most this many mask positives per image.
-            threaded_pooling (bool): in inference on the CPU, split the RoIAlign of the box/mask
-                poolers over the torch threads (:class:`ThreadedROIAlign`; same output).
+            threaded_pooling (bool): on the CPU, split the RoIAlign of the box/mask poolers,
+                and its backward in training, over the torch threads (:class:`ThreadedROIAlign`;
+                the same output and gradient).
             kwargs: the arguments of :class:`StandardROIHeads` (or :class:`CascadeROIHeads`).
             box_inference_chunk (int): memory only (the same outputs up to float summation
                 order): at inference (no autograd) the box RoIs are refined and run through the
                 box head this many at a time, so the refinement's intermediate tensors exist for
                 one chunk instead of all 1000 RoIs; 0 runs them all at once. Not while tracing.
+            checkpoint_refinement (bool): memory only, in training (same losses and gradients):
+                the RoI pooling and the refinement run under activation checkpointing, so the
+                pooled RoIs and the refinement's inner maps are recomputed in the backward
+                instead of kept from the forward. Costs one more pooling and refinement forward
+                per step.
         """
         super().__init__(**kwargs)
         # a wrong type fails here, not at the first forward (e.g. refinement="none")
@@ -194,14 +202,15 @@ class _EJHeadMixin:
         self.interleave_matcher = Matcher(
             [interleave_iou_threshold], [0, 1], allow_low_quality_matches=False
         )
-        # Speed only (bit-identical output): the RoIAlign levels split their RoIs over the CPU
-        # threads (torchvision's CPU kernel uses one); see poolers.py.
+        # Speed only (bit-identical output and gradient): the RoIAlign levels split their work
+        # over the CPU threads (torchvision's CPU kernels use one); see poolers.py.
         self.threaded_pooling = threaded_pooling
         if int(box_inference_chunk) != box_inference_chunk or box_inference_chunk < 0:
             raise ValueError(
                 f"box_inference_chunk must be an integer >= 0, got {box_inference_chunk}"
             )
         self.box_inference_chunk = int(box_inference_chunk)
+        self.checkpoint_refinement = bool(checkpoint_refinement)
         if threaded_pooling:
             for name in ("box_pooler", "mask_pooler", "keypoint_pooler"):
                 if getattr(self, name, None) is not None:
@@ -228,6 +237,7 @@ class _EJHeadMixin:
             interleave_max_positives=ej.INTERLEAVE_MAX_POSITIVES,
             threaded_pooling=ej.THREADED_POOLING,
             box_inference_chunk=ej.BOX_INFERENCE_CHUNK,
+            checkpoint_refinement=ej.CHECKPOINT_REFINEMENT,
         )
         return ret
 
@@ -285,6 +295,19 @@ class _EJHeadMixin:
             x = self.refinement(x)
         return x
 
+    def _checkpointing(self, mask: bool = False) -> bool:
+        """Whether the pooling + refinement of the box (or mask) RoIs runs checkpointed now."""
+        refined = self.refinement is not None and (not mask or self.refinement_scope == "shared")
+        return self.checkpoint_refinement and refined and self.training and torch.is_grad_enabled()
+
+    def _pooled_refined_box_features(self, features: List[torch.Tensor], boxes: List[Boxes]):
+        """The refined box RoIs: :meth:`_pool_box_features` then the refinement."""
+
+        def pool_and_refine(fs):
+            return self._refine_box_features(self._pool_box_features(fs, boxes))
+
+        return _maybe_checkpointed(pool_and_refine, features, self._checkpointing())
+
     def forward(self, images, features, proposals, targets=None):
         """
         See :meth:`StandardROIHeads.forward`. With interleaving in training, the mask branch
@@ -323,8 +346,14 @@ class _EJHeadMixin:
             # the mask head trains on positives only (interleaved instances are all positive)
             instances, _ = select_foreground_proposals(instances, self.num_classes)
         boxes = [x.proposal_boxes if self.training else x.pred_boxes for x in instances]
-        mask_features = self.mask_pooler([features[f] for f in self.mask_in_features], boxes)
-        mask_features = self._refine_mask_features(mask_features)
+
+        def pool_and_refine(fs):
+            return self._refine_mask_features(self.mask_pooler(fs, boxes))
+
+        features = [features[f] for f in self.mask_in_features]
+        mask_features = _maybe_checkpointed(
+            pool_and_refine, features, self._checkpointing(mask=True)
+        )
         return self.mask_head(mask_features, instances)
 
     @torch.no_grad()
@@ -464,12 +493,16 @@ class EJROIHeads(_EJHeadMixin, StandardROIHeads):
 
     def _box_predictions(self, features: Dict[str, torch.Tensor], proposals: List[Instances]):
         features = [features[f] for f in self.box_in_features]
-        box_features = self._pool_box_features(features, [x.proposal_boxes for x in proposals])
+        boxes = [x.proposal_boxes for x in proposals]
+        if self.training:
+            return self.box_predictor(
+                self.box_head(self._pooled_refined_box_features(features, boxes))
+            )
+        box_features = self._pool_box_features(features, boxes)
         chunk = self.box_inference_chunk
         if (
             chunk > 0
             and box_features.shape[0] > chunk
-            and not self.training
             and not torch.is_grad_enabled()
             and not _is_tracing()
         ):
@@ -529,10 +562,11 @@ class EJCascadeROIHeads(_EJHeadMixin, CascadeROIHeads):
 
     def _run_stage(self, features: List[torch.Tensor], proposals: List[Instances], stage: int):
         """Like :meth:`CascadeROIHeads._run_stage`, with the refinement on the pooled RoIs."""
-        box_features = self._pool_box_features(features, [x.proposal_boxes for x in proposals])
         # The refinement is shared by all stages, like the features: it sees the average of the
         # stage losses, while each stage's head sees its own loss (as CascadeROIHeads).
-        box_features = self._refine_box_features(box_features)
+        box_features = self._pooled_refined_box_features(
+            features, [x.proposal_boxes for x in proposals]
+        )
         if self.training:
             box_features = _ScaleGradient.apply(box_features, 1.0 / self.num_cascade_stages)
         box_features = self.box_head[stage](box_features)
@@ -573,6 +607,14 @@ class EJCascadeROIHeads(_EJHeadMixin, CascadeROIHeads):
                 prev_boxes = self.box_predictor[stage].predict_boxes(predictions, proposals)
         boxes = self._regress_for_gt_classes(self.box_predictor[-1], predictions, proposals)
         return losses, boxes, from_gt
+
+
+def _maybe_checkpointed(fn, features: List[torch.Tensor], on: bool) -> torch.Tensor:
+    """``fn(features)``, under activation checkpointing if ``on`` (non-reentrant, so that the
+    refinement's parameters get their gradients; the feature maps are its inputs)."""
+    if not on:
+        return fn(features)
+    return checkpoint(lambda *fs: fn(list(fs)), *features, use_reentrant=False)
 
 
 def _nonempty_after_clip(boxes: torch.Tensor, image_size) -> torch.Tensor:

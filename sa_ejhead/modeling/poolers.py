@@ -1,14 +1,20 @@
-"""RoIAlign that uses every CPU thread in inference.
+"""RoIAlign that uses every CPU thread, forward and backward.
 
-torchvision's CPU ``roi_align`` kernel runs on one thread whatever ``torch.get_num_threads()``
-says. The Enriched Feature pools 1000 box RoIs at 14x14, four times the bins of Mask R-CNN's 7x7,
-so on a many-core CPU the RoIAlign becomes the largest single cost of the EJ-Head at inference
-(measured in projects/gpu_checks/README.md). The RoIs are independent, so the work splits exactly:
-the RoIs are cut into contiguous pieces, each piece runs on a Python thread (the op releases the
-GIL), which copies it into one preallocated output. The result is bit-identical to one call.
+torchvision's CPU ``roi_align`` kernel, and its backward, run on one thread whatever
+``torch.get_num_threads()`` says. The Enriched Feature pools 1000 box RoIs at 14x14, four times
+the bins of Mask R-CNN's 7x7, so on a many-core CPU the RoIAlign becomes the largest single cost
+of the EJ-Head at inference (measured in projects/gpu_checks/README.md), and in training its
+backward is one of the largest. Both split exactly, on a pool of Python threads (the ops release
+the GIL):
 
-The threaded path is taken only without autograd (inference: in training, each piece's backward
-would allocate and add a gradient of the whole feature map), on the CPU, outside
+* forward: the RoIs are independent; they are cut into contiguous pieces, each pooled by one
+  thread, which copies it into one preallocated output;
+* backward: the channels are independent (the gradient of channel c of the feature map depends
+  only on channel c of the output's); they are cut into pieces, each thread runs torchvision's
+  backward kernel on its channels and copies the result into its channels of the gradient. For
+  every element, the kernel adds the same terms in the same order as in one call.
+
+The results are bit-identical to one call. The threaded path is taken on the CPU, outside
 tracing/scripting, with more than one torch thread and enough RoIs; otherwise it is Detectron2's
 :class:`ROIAlign` unchanged. There are no parameters, so checkpoints are unaffected.
 """
@@ -88,7 +94,7 @@ def _is_tracing() -> bool:
 
 class ThreadedROIAlign(ROIAlign):
     """Detectron2's :class:`ROIAlign`, with the RoIs split over ``torch.get_num_threads()``
-    threads on the CPU in inference. Same arguments, plus:
+    threads on the CPU (forward, and backward by channels). Same arguments, plus:
 
     Args:
         min_rois_per_thread (int): a thread gets at least this many RoIs (fewer RoIs in all:
@@ -111,12 +117,7 @@ class ThreadedROIAlign(ROIAlign):
 
     def num_chunks(self, input: torch.Tensor, num_rois: int) -> int:
         """How many threads this call would use (1: the plain single call)."""
-        if (
-            input.device.type != "cpu"
-            or input.is_quantized
-            or (torch.is_grad_enabled() and input.requires_grad)
-            or _is_tracing()
-        ):
+        if input.device.type != "cpu" or input.is_quantized or _is_tracing():
             return 1
         return max(1, min(torch.get_num_threads(), num_rois // self.min_rois_per_thread))
 
@@ -135,6 +136,8 @@ class ThreadedROIAlign(ROIAlign):
         # torch.profiler does not see the ops of the worker threads: this span is the calling
         # thread's share (submit and wait), so that per-op profiles account for the pooling
         with torch.profiler.record_function("sa_ejhead::threaded_roi_align"):
+            if torch.is_grad_enabled() and input.requires_grad:
+                return _ThreadedROIAlignFunction.apply(input, rois, self, threads)
             return self._forward_threaded(input, rois, threads)
 
     def _forward_threaded(self, input, rois, threads):
@@ -148,20 +151,69 @@ class ThreadedROIAlign(ROIAlign):
             with torch.inference_mode(inference_mode), torch.no_grad():
                 out[start:end] = plain_forward(input, rois[start:end])
 
-        # Each worker pools a piece of about _PIECE_BYTES and copies it into its rows of the one
-        # output itself (one intra-op thread, see _make_workers_serial); this thread only waits.
-        # Copying here instead would wake this thread's OpenMP team for every piece, and its
-        # threads would spin for the cores the workers need.
-        pieces = max(threads, min(num, math.ceil(out.numel() * out.element_size() / _PIECE_BYTES)))
-        bounds = torch.linspace(0, num, pieces + 1).long().tolist()
-        executor = _executor(threads)
-        futures = [executor.submit(pool, a, b) for a, b in zip(bounds[:-1], bounds[1:])]
-        for future in futures:
-            future.result()
+        _run_pieces(pool, num, out, threads)
         return out
+
+    def _backward_threaded(self, grad_out, rois, input_shape, threads):
+        """The gradient of the feature map: torchvision's backward kernel, channels split."""
+        batch, channels, height, width = input_shape
+        grad_in = grad_out.new_empty(input_shape)
+        rois = rois.to(dtype=grad_out.dtype)  # as ROIAlign.forward passes them to the kernel
+        args = (float(self.spatial_scale), *self.output_size)
+        tail = (height, width, int(self.sampling_ratio), bool(self.aligned))
+
+        def grad(start, end):
+            with torch.no_grad():
+                grad_in[:, start:end] = _roi_align_grad(
+                    grad_out[:, start:end], rois, *args, batch, end - start, *tail
+                )
+
+        _run_pieces(grad, channels, grad_in, threads)
+        return grad_in
 
     def __repr__(self):
         return super().__repr__()[:-1] + f", min_rois_per_thread={self.min_rois_per_thread})"
+
+
+def _roi_align_grad(grad, rois, *args):
+    """torchvision's RoIAlign backward kernel (the op its autograd calls)."""
+    return torch.ops.torchvision._roi_align_backward(grad, rois, *args)
+
+
+def _run_pieces(fn, length, out, threads):
+    """``fn(start, end)`` over contiguous pieces of ``range(length)`` on the pool of ``threads``
+    threads, each piece about ``_PIECE_BYTES`` of ``out`` (at least ``threads`` pieces).
+
+    Each worker computes its piece and copies it into ``out`` itself (one intra-op thread, see
+    _make_workers_serial); this thread only waits. Copying here instead would wake this thread's
+    OpenMP team for every piece, and its threads would spin for the cores the workers need.
+    """
+    pieces = math.ceil(out.numel() * out.element_size() / _PIECE_BYTES)
+    pieces = max(threads, min(length, pieces))
+    bounds = torch.linspace(0, length, pieces + 1).long().tolist()
+    executor = _executor(threads)
+    futures = [executor.submit(fn, a, b) for a, b in zip(bounds[:-1], bounds[1:]) if b > a]
+    for future in futures:
+        future.result()
+
+
+class _ThreadedROIAlignFunction(torch.autograd.Function):
+    """:class:`ThreadedROIAlign`'s forward and backward under autograd; the same gradient as
+    torchvision's RoIAlign, bit for bit (none for the boxes, as there)."""
+
+    @staticmethod
+    def forward(ctx, input, rois, module, threads):
+        ctx.save_for_backward(rois)
+        ctx.module, ctx.threads, ctx.input_shape = module, threads, tuple(input.shape)
+        return module._forward_threaded(input, rois, threads)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_out):
+        (rois,) = ctx.saved_tensors
+        with torch.profiler.record_function("sa_ejhead::threaded_roi_align_backward"):
+            grad = ctx.module._backward_threaded(grad_out, rois, ctx.input_shape, ctx.threads)
+        return grad, None, None, None
 
 
 def use_threaded_roi_align(pooler: ROIPooler, min_rois_per_thread: int = 16) -> ROIPooler:

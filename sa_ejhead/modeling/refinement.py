@@ -128,7 +128,13 @@ class BoundaryRefinement(nn.Module):
                 # in place: y is a conv's fresh output, which no backward needs (exact, and one
                 # R x C x H x W tensor less per layer, in training and at inference)
                 y = F.relu(y, inplace=True)
-        return x + y if self.residual else y
+        if not self.residual:
+            return y
+        if self.last_relu:
+            return x + y  # the ReLU's backward needs y: no in-place add on it
+        # in place on the last conv's fresh output, which no backward needs: the same sum
+        # (addition commutes exactly), without a third R x C x H x W tensor at the block's end
+        return y.add_(x)
 
     def extra_repr(self) -> str:
         return (

@@ -465,7 +465,6 @@ def test_box_inference_chunk_is_checked():
 def _saved_bytes(heads):
     """Bytes of the tensors autograd keeps for the backward of a training forward (parameters
     and the input feature maps excluded), and the train step's losses and feature gradients."""
-    kept = {id(p.untyped_storage()) for p in heads.parameters()}
     sizes = {}
 
     def pack(t):

@@ -494,26 +494,22 @@ class EJROIHeads(_EJHeadMixin, StandardROIHeads):
     def _box_predictions(self, features: Dict[str, torch.Tensor], proposals: List[Instances]):
         features = [features[f] for f in self.box_in_features]
         boxes = [x.proposal_boxes for x in proposals]
-        if self.training:
-            return self.box_predictor(
-                self.box_head(self._pooled_refined_box_features(features, boxes))
-            )
-        box_features = self._pool_box_features(features, boxes)
         chunk = self.box_inference_chunk
         if (
             chunk > 0
-            and box_features.shape[0] > chunk
+            and sum(len(b) for b in boxes) > chunk
+            and not self.training
             and not torch.is_grad_enabled()
             and not _is_tracing()
         ):
             # per-RoI operations: the same numbers, the refinement's tensors for one chunk only
+            box_features = self._pool_box_features(features, boxes)
             heads = [
                 self.box_head(self._refine_box_features(part)) for part in box_features.split(chunk)
             ]
             return self.box_predictor(torch.cat(heads))
-        box_features = self._refine_box_features(box_features)  # R x C x S x S
-        box_features = self.box_head(box_features)
-        return self.box_predictor(box_features)
+        box_features = self._pooled_refined_box_features(features, boxes)  # R x C x S x S
+        return self.box_predictor(self.box_head(box_features))
 
     def _forward_box(self, features: Dict[str, torch.Tensor], proposals: List[Instances]):
         """

@@ -8,7 +8,7 @@ ITERS ?=
 PYTEST_ARGS ?=
 JOBS ?= $(shell nproc 2>/dev/null || echo 1)
 
-.PHONY: setup demo test ablation pretrain format lint clean-venv
+.PHONY: setup demo test ablation pretrain pretrain-r34 format lint clean-venv
 
 # The stamp is written only at the end of a successful set-up; a .venv without it is removed and
 # rebuilt. A change of setup.py or of the bootstrap script re-runs the set-up.
@@ -37,6 +37,10 @@ ablation: $(STAMP)
 # Pre-train the demo backbone on sa_shapes_pretrain (resumable), then export its weights.
 pretrain: $(STAMP)
 	$(PY) projects/pretrain_backbone/pretrain.py
+
+# The same for the ResNet-34 layout (the ablation's deeper-backbone rows).
+pretrain-r34: $(STAMP)
+	$(PY) projects/pretrain_backbone/pretrain.py --depth 34
 
 format: $(STAMP)
 	$(PY) -m black -l 100 sa_ejhead tools tests configs projects setup.py

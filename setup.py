@@ -37,7 +37,10 @@ setup(
     "feature pyramid networks and effective joint head)",
     packages=find_packages(include=["sa_ejhead", "sa_ejhead.*"], exclude=["sa_ejhead.configs*"]),
     # the model-zoo configs, and the pre-trained demo backbone (sa_ejhead://pretrained/...)
-    package_data={"sa_ejhead": get_model_zoo_configs() + ["pretrained_weights/*.pth"]},
+    package_data={
+        "sa_ejhead": get_model_zoo_configs()
+        + ["pretrained_weights/*.pth", "pretrained_weights/*.pth.xz"]
+    },
     python_requires=">=3.10",
     install_requires=[
         # a range, so that `pip install -e .` keeps a user's own (e.g. CUDA) build; `make setup`

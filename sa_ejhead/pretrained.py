@@ -9,9 +9,15 @@ config loads it the usual way::
 The handler checks the file's sha256 against :data:`PRETRAINED_BACKBONES` before it hands the
 path to the checkpointer; a file that does not match raises an error naming the file and both
 hashes, instead of loading weights that are not the ones the results were measured with.
+
+A file whose name ends in ``.xz`` is stored xz-compressed (the ResNet-34's, which would exceed
+the repository's 10 MB per weights file otherwise). The handler checks the compressed file's
+sha256, decompresses it once into the cache folder (``$SA_EJHEAD_CACHE``, by default
+``~/.cache/sa_ejhead``; the file's path there contains its hash) and hands out that path.
 """
 
 import hashlib
+import lzma
 import os
 from typing import Any, Dict, List
 
@@ -22,6 +28,7 @@ __all__ = [
     "PRETRAINED_BACKBONES",
     "PRETRAINED_PREFIX",
     "PretrainedWeightsHandler",
+    "cache_dir",
     "pretrained_path",
     "sha256_of",
 ]
@@ -36,6 +43,12 @@ PRETRAINED_BACKBONES: Dict[str, str] = {
         "1534d8e58c159ae6aa150ebc2a485a96a2b6f75ab2f384a06e63ee1c8a29c557"
     ),
 }
+
+
+def cache_dir() -> str:
+    """Where compressed weights are decompressed: ``$SA_EJHEAD_CACHE`` or ``~/.cache/sa_ejhead``."""
+    default = os.path.join(os.path.expanduser("~"), ".cache", "sa_ejhead")
+    return os.environ.get("SA_EJHEAD_CACHE") or default
 
 
 def pretrained_path(name: str) -> str:
@@ -72,6 +85,8 @@ class PretrainedWeightsHandler(PathHandler):
                 f"{local}: sha256 {digest} does not match the recorded "
                 f"{PRETRAINED_BACKBONES[name]} (sa_ejhead.pretrained.PRETRAINED_BACKBONES)"
             )
+        if name.endswith(".xz"):
+            return _decompressed(local, digest)
         return local
 
     def _open(self, path: str, mode: str = "r", **kwargs: Any):
@@ -79,6 +94,20 @@ class PretrainedWeightsHandler(PathHandler):
 
     def _isfile(self, path: str, **kwargs: Any) -> bool:
         return os.path.isfile(pretrained_path(path[len(PRETRAINED_PREFIX) :]))
+
+
+def _decompressed(path: str, digest: str) -> str:
+    """The decompressed copy of the xz file ``path`` (sha256 ``digest``) in the cache, written
+    atomically on first use."""
+    from sa_ejhead.engine.checkpoint import atomic_write
+
+    target = os.path.join(cache_dir(), "pretrained", digest[:16], os.path.basename(path)[:-3])
+    if not os.path.isfile(target):
+        os.makedirs(os.path.dirname(target), exist_ok=True)
+        with open(path, "rb") as f:
+            data = lzma.decompress(f.read())
+        atomic_write(target, lambda f: f.write(data))
+    return target
 
 
 def _register():

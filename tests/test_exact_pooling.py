@@ -486,27 +486,41 @@ def _saved_bytes(heads):
 
 @pytest.mark.parametrize("cls", [EJROIHeads, EJCascadeROIHeads])
 @pytest.mark.parametrize("downsample", [1, 2])
-def test_checkpointed_refinement_gives_the_same_losses_and_gradients(cls, downsample):
+@pytest.mark.parametrize("chunk", [0, 256, 24])
+def test_checkpointed_refinement_gives_the_same_losses_and_gradients(cls, downsample, chunk):
     heads = _heads(cls, downsample=downsample)
     checkpointed = copy.deepcopy(heads)
     checkpointed.checkpoint_refinement = True
+    checkpointed.box_inference_chunk = chunk
     calls = []
     # a pre-hook: the recomputation stops once it has rebuilt what the backward needs
     checkpointed.refinement.register_forward_pre_hook(lambda m, args: calls.append(len(args[0])))
     plain_bytes, plain_losses, plain_feats = _saved_bytes(heads)
     ckpt_bytes, ckpt_losses, ckpt_feats = _saved_bytes(checkpointed)
-    # box (per stage) and mask RoIs, each refined twice: in the forward and again in the backward
+    # box (per stage) and mask RoIs, each refined twice: in the forward and again in the backward;
+    # with chunks of 24, the 64 sampled box RoIs go as 24 + 24 + 16 each time
     stages = 2 if cls is EJCascadeROIHeads else 1
-    assert len(calls) == 2 * (stages + 1)
+    if chunk == 24:
+        assert calls[:3] == [24, 24, 16]
+        assert len(calls) > 2 * (stages + 1)
+    else:
+        assert len(calls) == 2 * (stages + 1)
     assert ckpt_losses.keys() == plain_losses.keys() and "loss_mask" in ckpt_losses
+
+    def same(a, b, name):
+        if chunk == 24:  # per-RoI ops in other batches: the same up to float summation order
+            torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4, msg=name)
+        else:
+            assert torch.equal(a, b), name
+
     for k in plain_losses:
-        assert torch.equal(ckpt_losses[k], plain_losses[k]), k
+        same(ckpt_losses[k], plain_losses[k], k)
     for k in plain_feats:
-        assert torch.equal(ckpt_feats[k].grad, plain_feats[k].grad), k
+        same(ckpt_feats[k].grad, plain_feats[k].grad, k)
     for (name, p), q in zip(checkpointed.named_parameters(), heads.parameters()):
         assert (p.grad is None) == (q.grad is None), name
         if p.grad is not None:
-            assert torch.equal(p.grad, q.grad), name
+            same(p.grad, q.grad, name)
     assert checkpointed.refinement.conv1.weight.grad.abs().sum() > 0
     # the pooled RoIs and the refinement's inner maps are no longer kept: at least one pooled
     # box-RoI tensor less (R x C x S x S floats)

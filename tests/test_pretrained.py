@@ -91,3 +91,61 @@ def test_pretraining_set_shares_no_image_with_the_demo_set():
     img, _ = _render_image(rng, h, w)
     assert hashlib.sha1(np.ascontiguousarray(img).tobytes()).digest() in demo
     assert "sa_shapes_pretrain_train" in DatasetCatalog.list()
+
+
+def test_xz_weights_are_checked_then_decompressed_once_into_the_cache(tmp_path, monkeypatch):
+    """A ``.pth.xz`` file (how export_submodule_weights writes one) is checked by the sha256 of
+    the compressed file and read back as the same tensors, from a cached decompressed copy."""
+    from sa_ejhead.engine import export_submodule_weights
+
+    ckpt = tmp_path / "model_final.pth"
+    weights = {"backbone.bottom_up.stem.conv1.weight": torch.randn(4, 3, 3, 3)}
+    torch.save({"model": {**weights, "roi_heads.x": torch.ones(2)}}, ckpt)
+    name = "tiny.pth.xz"
+    digest = export_submodule_weights(
+        str(ckpt), str(tmp_path / name), prefix="backbone.bottom_up.", dtype=torch.float16
+    )
+    with open(tmp_path / name, "rb") as f:
+        assert f.read(6) == b"\xfd7zXZ\x00"  # really xz
+    monkeypatch.setattr(P, "WEIGHTS_DIR", str(tmp_path))
+    monkeypatch.setitem(P.PRETRAINED_BACKBONES, name, digest)
+    monkeypatch.setenv("SA_EJHEAD_CACHE", str(tmp_path / "cache"))
+    local = PathManager.get_local_path(P.PRETRAINED_PREFIX + name)
+    assert local.startswith(str(tmp_path / "cache")) and local.endswith("tiny.pth")
+    loaded = torch.load(local, map_location="cpu")["model"]
+    assert list(loaded) == list(weights)
+    assert torch.equal(
+        loaded["backbone.bottom_up.stem.conv1.weight"],
+        weights["backbone.bottom_up.stem.conv1.weight"].half(),
+    )
+    # the cached copy is reused (not rewritten) ...
+    mtime = os.path.getmtime(local)
+    assert PathManager.get_local_path(P.PRETRAINED_PREFIX + name) == local
+    assert os.path.getmtime(local) == mtime
+    # ... and a changed compressed file is refused before anything is decompressed
+    with open(tmp_path / name, "ab") as f:
+        f.write(b"x")
+    with pytest.raises(ValueError, match=f"{name}: sha256 .* does not match"):
+        PathManager.get_local_path(P.PRETRAINED_PREFIX + name)
+
+
+def test_r34_pretraining_differs_from_r18_only_in_depth_and_output():
+    from detectron2.config import LazyConfig
+
+    here = os.path.join(REPO, "projects", "pretrain_backbone")
+    r18 = load_lazy_config(os.path.join(here, "pretrain_config.py"), [])
+    r34 = load_lazy_config(os.path.join(here, "pretrain_config_r34.py"), [])
+    stages = r34.model.backbone.bottom_up.stages
+    assert [s.num_blocks for s in stages] == [3, 4, 6, 3]
+    assert [s.stride_per_block for s in stages] == [
+        [1, 1, 1],
+        [2, 1, 1, 1],
+        [2, 1, 1, 1, 1, 1],
+        [2, 1, 1],
+    ]
+    assert r34.train.output_dir != r18.train.output_dir
+    # everything else is the same: put the depth and the output back, and the configs match
+    for s18, s34 in zip(r18.model.backbone.bottom_up.stages, stages):
+        s34.num_blocks, s34.stride_per_block = s18.num_blocks, s18.stride_per_block
+    r34.train.output_dir = r18.train.output_dir
+    assert LazyConfig.to_py(r34) == LazyConfig.to_py(r18)

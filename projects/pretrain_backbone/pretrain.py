@@ -18,12 +18,20 @@ import os
 import sys
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-CONFIG = os.path.join(HERE, "pretrain_config.py")
+# depth -> (config, exported file); the ResNet-34's float16 file (10.7 MB) is stored xz-compressed
+# to stay under the repository's 10 MB per weights file (sa_ejhead.pretrained reads it back)
+DEPTHS = {
+    18: (os.path.join(HERE, "pretrain_config.py"), "sa_shapes_R18half_pretrain.pth"),
+    34: (os.path.join(HERE, "pretrain_config_r34.py"), "sa_shapes_R34half_pretrain.pth.xz"),
+}
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--export-only", action="store_true", help="only export the weights")
+    parser.add_argument(
+        "--depth", type=int, choices=sorted(DEPTHS), default=18, help="ResNet layout (18 or 34)"
+    )
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's own)")
     parser.add_argument("opts", nargs="*", help="config overrides KEY=VALUE")
     args = parser.parse_args(argv)
@@ -36,7 +44,8 @@ def main(argv=None):
 
     if args.threads > 0:
         torch.set_num_threads(args.threads)
-    cfg = load_lazy_config(CONFIG, args.opts)
+    config, name = DEPTHS[args.depth]
+    cfg = load_lazy_config(config, args.opts)
     out = cfg.train.output_dir
     os.makedirs(out, exist_ok=True)
     setup_logger(out, name="detectron2")
@@ -45,7 +54,6 @@ def main(argv=None):
         results = do_train(cfg, resume=True)
         with open(os.path.join(out, "pretrain_eval.json"), "w") as f:
             json.dump(results, f, indent=2)
-    name = "sa_shapes_R18half_pretrain.pth"
     digest = export_submodule_weights(
         os.path.join(out, "model_final.pth"),
         pretrained_path(name),

@@ -1,5 +1,7 @@
 """A checkpointer that never leaves a truncated checkpoint behind."""
 
+import io
+import lzma
 import os
 
 import torch
@@ -42,7 +44,8 @@ def export_submodule_weights(checkpoint, dst, *, prefix, dtype=None):
     Keeps the entries of the Detectron2 ``checkpoint``'s ``"model"`` whose names start with
     ``prefix`` (e.g. ``"backbone.bottom_up."``; names unchanged, so the file loads into any model
     with the same part), without BatchNorm's ``num_batches_tracked``; floating tensors are cast
-    to ``dtype`` if given (``torch.float16`` halves the file). ``dst`` is written atomically.
+    to ``dtype`` if given (``torch.float16`` halves the file). ``dst`` is written atomically, and
+    xz-compressed if its name ends in ``.xz`` (``sa_ejhead://pretrained/`` reads such files).
     """
     from sa_ejhead.pretrained import sha256_of
 
@@ -58,7 +61,13 @@ def export_submodule_weights(checkpoint, dst, *, prefix, dtype=None):
         raise ValueError(f"{checkpoint}: no weights start with {prefix!r}")
     os.makedirs(os.path.dirname(os.path.abspath(dst)), exist_ok=True)
     data = {"model": part, "__author__": "sa_ejhead"}
-    atomic_write(dst, lambda f: torch.save(data, f))
+    if dst.endswith(".xz"):
+        buffer = io.BytesIO()
+        torch.save(data, buffer)
+        packed = lzma.compress(buffer.getvalue(), preset=9 | lzma.PRESET_EXTREME)
+        atomic_write(dst, lambda f: f.write(packed))
+    else:
+        atomic_write(dst, lambda f: torch.save(data, f))
     return sha256_of(dst)
 
 

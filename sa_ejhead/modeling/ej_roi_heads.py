@@ -8,7 +8,7 @@ interleaving is on, because the re-matching needs all the ground truth of each i
 
 import logging
 import math
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, Iterator, List, Optional, Tuple
 
 import torch
 from torch import nn
@@ -150,14 +150,17 @@ class _EJHeadMixin:
                 the same output and gradient).
             kwargs: the arguments of :class:`StandardROIHeads` (or :class:`CascadeROIHeads`).
             box_inference_chunk (int): memory only (the same outputs up to float summation
-                order): at inference (no autograd) the box RoIs are refined and run through the
-                box head this many at a time, so the refinement's intermediate tensors exist for
-                one chunk instead of all 1000 RoIs; 0 runs them all at once. Not while tracing.
-            checkpoint_refinement (bool): memory only, in training (same losses and gradients):
-                the RoI pooling and the refinement run under activation checkpointing, so the
-                pooled RoIs and the refinement's inner maps are recomputed in the backward
-                instead of kept from the forward. Costs one more pooling and refinement forward
-                per step.
+                order): at inference (no autograd) the pooled box RoIs are refined and run
+                through the box head this many at a time, so the refinement's intermediate
+                tensors exist for one chunk instead of all 1000 RoIs; 0 runs them all at once.
+                Not while tracing. With ``checkpoint_refinement``, the
+                checkpointed forward in training (which keeps no graph) pools and refines its
+                box and mask RoIs in chunks of the same size.
+            checkpoint_refinement (bool): memory only, in training (same losses and gradients
+                up to float summation order): the RoI pooling and the refinement run under
+                activation checkpointing, so the pooled RoIs and the refinement's inner maps are
+                recomputed in the backward instead of kept from the forward. Costs one more
+                pooling and refinement forward per step.
         """
         super().__init__(**kwargs)
         # a wrong type fails here, not at the first forward (e.g. refinement="none")
@@ -301,12 +304,18 @@ class _EJHeadMixin:
         return self.checkpoint_refinement and refined and self.training and torch.is_grad_enabled()
 
     def _pooled_refined_box_features(self, features: List[torch.Tensor], boxes: List[Boxes]):
-        """The refined box RoIs: :meth:`_pool_box_features` then the refinement."""
+        """The refined box RoIs: :meth:`_pool_box_features` then the refinement. Checkpointed,
+        the forward (which keeps no graph) pools and refines ``box_inference_chunk`` RoIs at a
+        time, so that the pooled RoIs and the inner maps exist for one chunk only."""
+        on = self._checkpointing()
 
         def pool_and_refine(fs):
-            return self._refine_box_features(self._pool_box_features(fs, boxes))
+            def run(part):
+                return self._refine_box_features(self._pool_box_features(fs, part))
 
-        return _maybe_checkpointed(pool_and_refine, features, self._checkpointing())
+            return _in_chunks(run, boxes, self.box_inference_chunk if on else 0)
+
+        return _maybe_checkpointed(pool_and_refine, features, on)
 
     def forward(self, images, features, proposals, targets=None):
         """
@@ -347,13 +356,16 @@ class _EJHeadMixin:
             instances, _ = select_foreground_proposals(instances, self.num_classes)
         boxes = [x.proposal_boxes if self.training else x.pred_boxes for x in instances]
 
+        on = self._checkpointing(mask=True)
+
         def pool_and_refine(fs):
-            return self._refine_mask_features(self.mask_pooler(fs, boxes))
+            def run(part):
+                return self._refine_mask_features(self.mask_pooler(fs, part))
+
+            return _in_chunks(run, boxes, self.box_inference_chunk if on else 0)
 
         features = [features[f] for f in self.mask_in_features]
-        mask_features = _maybe_checkpointed(
-            pool_and_refine, features, self._checkpointing(mask=True)
-        )
+        mask_features = _maybe_checkpointed(pool_and_refine, features, on)
         return self.mask_head(mask_features, instances)
 
     @torch.no_grad()
@@ -502,7 +514,9 @@ class EJROIHeads(_EJHeadMixin, StandardROIHeads):
             and not torch.is_grad_enabled()
             and not _is_tracing()
         ):
-            # per-RoI operations: the same numbers, the refinement's tensors for one chunk only
+            # per-RoI operations: the same numbers, the refinement's tensors for one chunk only.
+            # The pooling goes at once: pooling in chunks too lowers the live peak further but
+            # raised the peak RSS (glibc keeps more of the freed chunks; docs/design.md)
             box_features = self._pool_box_features(features, boxes)
             heads = [
                 self.box_head(self._refine_box_features(part)) for part in box_features.split(chunk)
@@ -611,6 +625,36 @@ def _maybe_checkpointed(fn, features: List[torch.Tensor], on: bool) -> torch.Ten
     if not on:
         return fn(features)
     return checkpoint(lambda *fs: fn(list(fs)), *features, use_reentrant=False)
+
+
+def _split_boxes(boxes: List[Boxes], chunk: int) -> Iterator[List[Boxes]]:
+    """The RoIs of all images, in order, ``chunk`` at a time: per chunk, one (maybe empty)
+    :class:`Boxes` per image."""
+    sizes = [len(b) for b in boxes]
+    starts = [sum(sizes[:i]) for i in range(len(sizes))]
+    for s in range(0, sum(sizes), chunk):
+        e = s + chunk
+        yield [
+            b[min(max(s - o, 0), n) : min(max(e - o, 0), n)]
+            for b, o, n in zip(boxes, starts, sizes)
+        ]
+
+
+def _in_chunks(fn, boxes: List[Boxes], chunk: int) -> torch.Tensor:
+    """``fn(boxes)`` for per-RoI ``fn`` (R RoIs in -> R rows out), computed ``chunk`` RoIs at a
+    time into one preallocated output (0: all at once). Each chunk's intermediate tensors are
+    freed before the next one runs, unless autograd keeps them."""
+    total = sum(len(b) for b in boxes)
+    if chunk <= 0 or total <= chunk:
+        return fn(boxes)
+    out, start = None, 0
+    for part in _split_boxes(boxes, chunk):
+        y = fn(part)
+        if out is None:
+            out = y.new_empty((total,) + tuple(y.shape[1:]))
+        out[start : start + len(y)] = y
+        start += len(y)
+    return out
 
 
 def _nonempty_after_clip(boxes: torch.Tensor, image_size) -> torch.Tensor:

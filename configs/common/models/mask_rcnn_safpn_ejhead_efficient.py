@@ -20,9 +20,13 @@
 #                           never builds the 14x14 tensor (docs/design.md, "Exact downsampled box
 #                           pooling"). Detectron2's adaptive ratio (0) has no such shortcut; its
 #                           accuracy against ratio 1 is the ablation's table E (docs/ablation.md).
-#   checkpoint_refinement=True         memory only (same losses and gradients): in training the
-#                           RoI pooling and the refinement are recomputed in the backward instead
-#                           of keeping the pooled RoIs and the refinement's inner maps.
+#   checkpoint_refinement=True         memory only (same losses and gradients up to float
+#                           summation order): in training the RoI pooling and the refinement are
+#                           recomputed in the backward instead of keeping the pooled RoIs and the
+#                           refinement's inner maps;
+#   box_inference_chunk=128            memory only: the RoIs are pooled and refined 128 at a time
+#                           at inference and in the checkpointed training forward (256 by
+#                           default), so the refinement's transient maps stay small.
 from detectron2.layers import ShapeSpec
 
 from .mask_rcnn_safpn_ejhead import model
@@ -34,3 +38,4 @@ model.roi_heads.box_refinement_downsample = 2
 model.roi_heads.box_head.input_shape = ShapeSpec(channels=256, height=7, width=7)
 model.roi_heads.box_pooler.sampling_ratio = 1
 model.roi_heads.checkpoint_refinement = True
+model.roi_heads.box_inference_chunk = 128

@@ -42,6 +42,10 @@ PRETRAINED_BACKBONES: Dict[str, str] = {
     "sa_shapes_R18half_pretrain.pth": (
         "1534d8e58c159ae6aa150ebc2a485a96a2b6f75ab2f384a06e63ee1c8a29c557"
     ),
+    # the ResNet-34 layout at half width, the same way; xz-compressed (10.7 MB uncompressed)
+    "sa_shapes_R34half_pretrain.pth.xz": (
+        "3759bbcdd70b8cb390ea5dd5b9c870eadbeac0c21078f568fc3d531906e5dd76"
+    ),
 }
 
 

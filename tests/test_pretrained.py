@@ -21,22 +21,41 @@ URL = P.PRETRAINED_PREFIX + NAME
 V2 = os.path.join(REPO, "projects", "cpu_ablation", "configs_v2")
 
 
-def test_committed_weights_match_their_hash_and_size_limit():
-    path = P.pretrained_path(NAME)
+NAME_R34 = "sa_shapes_R34half_pretrain.pth.xz"
+
+
+@pytest.mark.parametrize("name", [NAME, NAME_R34])
+def test_committed_weights_match_their_hash_and_size_limit(name, tmp_path, monkeypatch):
+    monkeypatch.setenv("SA_EJHEAD_CACHE", str(tmp_path))
+    path = P.pretrained_path(name)
     assert os.path.getsize(path) < 10 * 2**20
-    assert P.sha256_of(path) == P.PRETRAINED_BACKBONES[NAME]
-    assert PathManager.get_local_path(URL) == path
+    assert P.sha256_of(path) == P.PRETRAINED_BACKBONES[name]
+    local = PathManager.get_local_path(P.PRETRAINED_PREFIX + name)
+    if name.endswith(".xz"):
+        assert local.startswith(str(tmp_path)) and local.endswith(name[:-3])
+    else:
+        assert local == path
 
 
-@pytest.mark.parametrize("config", ["baseline", "safpn_ejhead"])
-def test_weights_load_into_the_backbone_and_nothing_else(config):
+@pytest.mark.parametrize(
+    "config, name",
+    [
+        ("baseline", NAME),
+        ("safpn_ejhead", NAME),
+        ("r34_baseline", NAME_R34),
+        ("r34_safpn_ejhead", NAME_R34),
+    ],
+)
+def test_weights_load_into_the_backbone_and_nothing_else(config, name, tmp_path, monkeypatch):
+    monkeypatch.setenv("SA_EJHEAD_CACHE", str(tmp_path))
+    url = P.PRETRAINED_PREFIX + name
     cfg = load_lazy_config(os.path.join(V2, f"{config}.py"), [])
-    assert cfg.train.init_checkpoint == URL
+    assert cfg.train.init_checkpoint == url
     torch.manual_seed(0)
     model = build_lazy_model(cfg)
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    DetectionCheckpointer(model).resume_or_load(URL, resume=False)
-    shipped = torch.load(P.pretrained_path(NAME), map_location="cpu")["model"]
+    DetectionCheckpointer(model).resume_or_load(url, resume=False)
+    shipped = torch.load(PathManager.get_local_path(url), map_location="cpu")["model"]
     after = model.state_dict()
     assert shipped and all(k.startswith("backbone.bottom_up.") for k in shipped)
     # every weight of the ResNet comes from the file (FrozenBN statistics included) ...

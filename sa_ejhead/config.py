@@ -54,10 +54,11 @@ def add_sa_ejhead_config(cfg):
     # Speed only, same output and gradient: split the CPU RoIAlign of the box/mask poolers and
     # its backward over the torch threads (torchvision's CPU kernels use one; modeling/poolers.py).
     cfg.MODEL.EJ_HEAD.THREADED_POOLING = True
-    # memory only: box RoIs refined and classified this many at a time at inference (0: all at once)
+    # memory only: box RoIs refined and classified this many at a time at inference (0: all at
+    # once); with CHECKPOINT_REFINEMENT also the chunk of the checkpointed training forward
     cfg.MODEL.EJ_HEAD.BOX_INFERENCE_CHUNK = 256
-    # memory only, same losses and gradients: in training, recompute the RoI pooling and the
-    # refinement in the backward instead of keeping their activations (activation checkpointing)
+    # memory only, same losses and gradients up to float summation order: in training, recompute
+    # the RoI pooling and the refinement in the backward instead of keeping their activations
     cfg.MODEL.EJ_HEAD.CHECKPOINT_REFINEMENT = False
 
     # Learning-rate factor of the box head's first fc (each stage's in a cascade), as Detectron2's

@@ -303,19 +303,23 @@ class _EJHeadMixin:
         refined = self.refinement is not None and (not mask or self.refinement_scope == "shared")
         return self.checkpoint_refinement and refined and self.training and torch.is_grad_enabled()
 
+    def _pool_and_refine(self, pool, refine, features: List[torch.Tensor], boxes, mask=False):
+        """``refine(pool(features, boxes))``. Checkpointed (:meth:`_checkpointing`), the forward
+        (which keeps no graph) runs ``box_inference_chunk`` RoIs at a time, so that the pooled
+        RoIs and the inner maps exist for one chunk only."""
+        on = self._checkpointing(mask)
+        chunk = self.box_inference_chunk if on else 0
+
+        def run(fs):
+            return _in_chunks(lambda part: refine(pool(fs, part)), boxes, chunk)
+
+        return _maybe_checkpointed(run, features, on)
+
     def _pooled_refined_box_features(self, features: List[torch.Tensor], boxes: List[Boxes]):
-        """The refined box RoIs: :meth:`_pool_box_features` then the refinement. Checkpointed,
-        the forward (which keeps no graph) pools and refines ``box_inference_chunk`` RoIs at a
-        time, so that the pooled RoIs and the inner maps exist for one chunk only."""
-        on = self._checkpointing()
-
-        def pool_and_refine(fs):
-            def run(part):
-                return self._refine_box_features(self._pool_box_features(fs, part))
-
-            return _in_chunks(run, boxes, self.box_inference_chunk if on else 0)
-
-        return _maybe_checkpointed(pool_and_refine, features, on)
+        """The refined box RoIs: :meth:`_pool_box_features` then the refinement."""
+        return self._pool_and_refine(
+            self._pool_box_features, self._refine_box_features, features, boxes
+        )
 
     def forward(self, images, features, proposals, targets=None):
         """
@@ -356,16 +360,10 @@ class _EJHeadMixin:
             instances, _ = select_foreground_proposals(instances, self.num_classes)
         boxes = [x.proposal_boxes if self.training else x.pred_boxes for x in instances]
 
-        on = self._checkpointing(mask=True)
-
-        def pool_and_refine(fs):
-            def run(part):
-                return self._refine_mask_features(self.mask_pooler(fs, part))
-
-            return _in_chunks(run, boxes, self.box_inference_chunk if on else 0)
-
         features = [features[f] for f in self.mask_in_features]
-        mask_features = _maybe_checkpointed(pool_and_refine, features, on)
+        mask_features = self._pool_and_refine(
+            self.mask_pooler, self._refine_mask_features, features, boxes, mask=True
+        )
         return self.mask_head(mask_features, instances)
 
     @torch.no_grad()

@@ -24,9 +24,10 @@
 #                           summation order): in training the RoI pooling and the refinement are
 #                           recomputed in the backward instead of keeping the pooled RoIs and the
 #                           refinement's inner maps;
-#   box_inference_chunk=128            memory only: the RoIs are pooled and refined 128 at a time
-#                           at inference and in the checkpointed training forward (256 by
-#                           default), so the refinement's transient maps stay small.
+#   box_inference_chunk=128            memory only: the box RoIs are refined 128 at a time at
+#                           inference, and the RoIs are pooled and refined 128 at a time in the
+#                           checkpointed training forward (256 by default), so the refinement's
+#                           transient maps stay small.
 from detectron2.layers import ShapeSpec
 
 from .mask_rcnn_safpn_ejhead import model

@@ -54,12 +54,18 @@ def add_sa_ejhead_config(cfg):
     # Speed only, same output and gradient: split the CPU RoIAlign of the box/mask poolers and
     # its backward over the torch threads (torchvision's CPU kernels use one; modeling/poolers.py).
     cfg.MODEL.EJ_HEAD.THREADED_POOLING = True
+    # with THREADED_POOLING: False splits only the training pooling and its backward, and pools
+    # in one call at inference (less peak memory, more latency)
+    cfg.MODEL.EJ_HEAD.THREADED_INFERENCE_POOLING = True
     # memory only: box RoIs refined and classified this many at a time at inference (0: all at
-    # once); with CHECKPOINT_REFINEMENT also the chunk of the checkpointed training forward
+    # once)
     cfg.MODEL.EJ_HEAD.BOX_INFERENCE_CHUNK = 256
     # memory only, same losses and gradients up to float summation order: in training, recompute
     # the RoI pooling and the refinement in the backward instead of keeping their activations
     cfg.MODEL.EJ_HEAD.CHECKPOINT_REFINEMENT = False
+    # with CHECKPOINT_REFINEMENT: the checkpointed forward pools and refines the box and mask
+    # RoIs this many at a time (0: all at once)
+    cfg.MODEL.EJ_HEAD.CHECKPOINT_CHUNK = 256
 
     # Learning-rate factor of the box head's first fc (each stage's in a cascade), as Detectron2's
     # SOLVER.BIAS_LR_FACTOR: (7/14)^2 = 0.25 when 14x14 RoIs are flattened into it (the EJ-Head

@@ -242,6 +242,18 @@ def test_threaded_pooling_is_the_default_and_keeps_the_state_dict(name):
             isinstance(m, ThreadedROIAlign) for m in getattr(plain, pooler).level_poolers
         )
     assert threaded.state_dict().keys() == plain.state_dict().keys()
+    assert all(m.threaded_inference for m in threaded.box_pooler.level_poolers)
+    # threaded in training only: every level, the exact 7x7 box pooler's too
+    cfg.MODEL.EJ_HEAD.THREADED_POOLING = True
+    cfg.MODEL.EJ_HEAD.THREADED_INFERENCE_POOLING = False
+    cfg.MODEL.EJ_HEAD.BOX_REFINEMENT_DOWNSAMPLE = 2
+    cfg.MODEL.ROI_BOX_HEAD.POOLER_SAMPLING_RATIO = 1
+    cfg.MODEL.ROI_BOX_HEAD.POOLER_RESOLUTION = 14
+    training_only = build_roi_heads(cfg, SHAPES)
+    poolers = [training_only.box_pooler, training_only.mask_pooler]
+    poolers.append(training_only.box_direct_pooler)
+    levels = [m for p in poolers for m in p.level_poolers]
+    assert levels and all(type(m) is ThreadedROIAlign and not m.threaded_inference for m in levels)
 
 
 def test_invalid_arguments():

@@ -457,6 +457,8 @@ def test_box_inference_in_chunks_gives_the_same_predictions(downsample):
 def test_box_inference_chunk_is_checked():
     with pytest.raises(ValueError, match="box_inference_chunk"):
         _heads(box_inference_chunk=-1)
+    with pytest.raises(ValueError, match="checkpoint_chunk"):
+        _heads(checkpoint_chunk=2.5)
 
 
 # --- activation checkpointing of the pooling + refinement in training ------------------------
@@ -491,7 +493,9 @@ def test_checkpointed_refinement_gives_the_same_losses_and_gradients(cls, downsa
     heads = _heads(cls, downsample=downsample)
     checkpointed = copy.deepcopy(heads)
     checkpointed.checkpoint_refinement = True
-    checkpointed.box_inference_chunk = chunk
+    checkpointed.checkpoint_chunk = chunk
+    # the inference chunk plays no part in training
+    checkpointed.box_inference_chunk = 16 if chunk != 24 else 0
     calls = []
     # a pre-hook: the recomputation stops once it has rebuilt what the backward needs
     checkpointed.refinement.register_forward_pre_hook(lambda m, args: calls.append(len(args[0])))

@@ -154,3 +154,37 @@ def test_threaded_roi_align_workers_start_no_thread_teams_of_their_own(four_thre
     other.start()
     other.join()
     assert seen == [4]
+
+
+def test_threaded_inference_false_splits_only_what_autograd_records(four_threads, monkeypatch):
+    """threaded_inference=False: inference (nothing recorded) is one plain call, training is
+    still split, forward and backward; the numbers are the same either way."""
+    x = torch.randn(2, 8, 20, 24)
+    rois = _rois(300)
+    threaded = ThreadedROIAlign((7, 7), 0.25, 2, min_rois_per_thread=16, threaded_inference=False)
+    assert "threaded_inference=False" in repr(threaded)
+    expected = ROIAlign((7, 7), 0.25, 2)(x, rois)
+    calls = []
+    forward = ThreadedROIAlign._forward_threaded
+    monkeypatch.setattr(
+        ThreadedROIAlign,
+        "_forward_threaded",
+        lambda self, *a: calls.append(a[-1]) or forward(self, *a),
+    )
+    with torch.no_grad():
+        assert torch.equal(threaded(x, rois), expected)
+    assert torch.equal(threaded(x, rois), expected)  # grad mode, but x needs no gradient
+    assert calls == []
+    x2 = x.clone().requires_grad_(True)
+    out = threaded(x2, rois)
+    assert calls == [4] and "ThreadedROIAlign" in type(out.grad_fn).__name__
+    assert torch.equal(out, expected)
+    # the default splits inference too
+    calls.clear()
+    with torch.no_grad():
+        ThreadedROIAlign((7, 7), 0.25, 2, min_rois_per_thread=16)(x, rois)
+    assert calls == [4]
+    pooler = use_threaded_roi_align(ROIPooler(7, (0.25,), 0, "ROIAlignV2"), 8, False)
+    assert not pooler.level_poolers[0].threaded_inference
+    pooler = ThreadedROIPooler(7, (0.25,), 0, "ROIAlignV2", threaded_inference=False)
+    assert not pooler.level_poolers[0].threaded_inference

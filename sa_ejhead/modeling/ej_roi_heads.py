@@ -73,7 +73,7 @@ def direct_box_pooler(pooler: ROIPooler, factor: int) -> Optional[ROIPooler]:
     Returns:
         ROIPooler or None: a pooler with the same scales, level assignment (canonical box size
         and level), ``aligned`` flag and RoIAlign class (a :class:`ThreadedROIAlign` keeps its
-        ``min_rois_per_thread``), at ``output_size // factor`` and sampling ratio
+        ``min_rois_per_thread`` and ``threaded_inference``), at ``output_size // factor`` and sampling ratio
         ``factor * s``; None when ``factor == 1``, the ratio is adaptive (0), the levels are not
         RoIAlign (RoIPool, rotated RoIAlign), ``output_size`` is not divisible by ``factor``, or
         ``pooler`` overrides :meth:`ROIPooler.forward`.
@@ -104,7 +104,9 @@ def direct_box_pooler(pooler: ROIPooler, factor: int) -> Optional[ROIPooler]:
     )
     threaded = [level for level in levels if isinstance(level, ThreadedROIAlign)]
     if threaded:
-        use_threaded_roi_align(direct, threaded[0].min_rois_per_thread)
+        use_threaded_roi_align(
+            direct, threaded[0].min_rois_per_thread, threaded[0].threaded_inference
+        )
     return direct
 
 
@@ -123,8 +125,10 @@ class _EJHeadMixin:
         interleave_iou_threshold: float = 0.5,
         interleave_max_positives: int = 128,
         threaded_pooling: bool = True,
+        threaded_inference_pooling: bool = True,
         box_inference_chunk: int = 256,
         checkpoint_refinement: bool = False,
+        checkpoint_chunk: int = 256,
         **kwargs,
     ):
         """
@@ -148,19 +152,25 @@ class _EJHeadMixin:
             threaded_pooling (bool): on the CPU, split the RoIAlign of the box/mask poolers,
                 and its backward in training, over the torch threads (:class:`ThreadedROIAlign`;
                 the same output and gradient).
+            threaded_inference_pooling (bool): with ``threaded_pooling``, False splits only
+                the pooling that autograd records (training) and pools in one call at
+                inference: less peak memory, more latency (``ThreadedROIAlign``'s
+                ``threaded_inference``).
             kwargs: the arguments of :class:`StandardROIHeads` (or :class:`CascadeROIHeads`).
             box_inference_chunk (int): memory only (the same outputs up to float summation
                 order): at inference (no autograd) the pooled box RoIs are refined and run
                 through the box head this many at a time, so the refinement's intermediate
                 tensors exist for one chunk instead of all 1000 RoIs; 0 runs them all at once.
-                Not while tracing. With ``checkpoint_refinement``, the
-                checkpointed forward in training (which keeps no graph) pools and refines its
-                box and mask RoIs in chunks of the same size.
+                Not while tracing.
             checkpoint_refinement (bool): memory only, in training (same losses and gradients
                 up to float summation order): the RoI pooling and the refinement run under
                 activation checkpointing, so the pooled RoIs and the refinement's inner maps are
                 recomputed in the backward instead of kept from the forward. Costs one more
                 pooling and refinement forward per step.
+            checkpoint_chunk (int): memory only, with ``checkpoint_refinement``: the
+                checkpointed forward (which keeps no graph) pools and refines the box and mask
+                RoIs this many at a time (0: all at once), and so does the backward's
+                recomputation.
         """
         super().__init__(**kwargs)
         # a wrong type fails here, not at the first forward (e.g. refinement="none")
@@ -208,16 +218,22 @@ class _EJHeadMixin:
         # Speed only (bit-identical output and gradient): the RoIAlign levels split their work
         # over the CPU threads (torchvision's CPU kernels use one); see poolers.py.
         self.threaded_pooling = threaded_pooling
+        self.threaded_inference_pooling = bool(threaded_inference_pooling)
         if int(box_inference_chunk) != box_inference_chunk or box_inference_chunk < 0:
             raise ValueError(
                 f"box_inference_chunk must be an integer >= 0, got {box_inference_chunk}"
             )
+        if int(checkpoint_chunk) != checkpoint_chunk or checkpoint_chunk < 0:
+            raise ValueError(f"checkpoint_chunk must be an integer >= 0, got {checkpoint_chunk}")
         self.box_inference_chunk = int(box_inference_chunk)
         self.checkpoint_refinement = bool(checkpoint_refinement)
+        self.checkpoint_chunk = int(checkpoint_chunk)
         if threaded_pooling:
             for name in ("box_pooler", "mask_pooler", "keypoint_pooler"):
                 if getattr(self, name, None) is not None:
-                    use_threaded_roi_align(getattr(self, name))
+                    use_threaded_roi_align(
+                        getattr(self, name), threaded_inference=threaded_inference_pooling
+                    )
         # Box RoIs pooled straight to the downsampled size where that is exact (same numbers as
         # the box pooler + average pool, docs/design.md); None: the box pooler + average pool.
         self.box_direct_pooler = None
@@ -239,8 +255,10 @@ class _EJHeadMixin:
             interleave_iou_threshold=ej.INTERLEAVE_IOU_THRESHOLD,
             interleave_max_positives=ej.INTERLEAVE_MAX_POSITIVES,
             threaded_pooling=ej.THREADED_POOLING,
+            threaded_inference_pooling=ej.THREADED_INFERENCE_POOLING,
             box_inference_chunk=ej.BOX_INFERENCE_CHUNK,
             checkpoint_refinement=ej.CHECKPOINT_REFINEMENT,
+            checkpoint_chunk=ej.CHECKPOINT_CHUNK,
         )
         return ret
 
@@ -305,10 +323,10 @@ class _EJHeadMixin:
 
     def _pool_and_refine(self, pool, refine, features: List[torch.Tensor], boxes, mask=False):
         """``refine(pool(features, boxes))``. Checkpointed (:meth:`_checkpointing`), the forward
-        (which keeps no graph) runs ``box_inference_chunk`` RoIs at a time, so that the pooled
+        (which keeps no graph) runs ``checkpoint_chunk`` RoIs at a time, so that the pooled
         RoIs and the inner maps exist for one chunk only."""
         on = self._checkpointing(mask)
-        chunk = self.box_inference_chunk if on else 0
+        chunk = self.checkpoint_chunk if on else 0
 
         def run(fs):
             return _in_chunks(lambda part: refine(pool(fs, part)), boxes, chunk)

@@ -17,6 +17,12 @@ the GIL):
 The results are bit-identical to one call. The threaded path is taken on the CPU, outside
 tracing/scripting, with more than one torch thread and enough RoIs; otherwise it is Detectron2's
 :class:`ROIAlign` unchanged. There are no parameters, so checkpoints are unaffected.
+
+``threaded_inference=False`` keeps the split for the forward and backward that autograd records
+(training) and pools in one call where it records nothing (inference). It trades latency for
+memory: the workers' allocations at inference leave glibc with more freed memory that it keeps,
+which on 2 cores raised the efficient model's inference peak RSS by about 80 MiB on average, with
+more spread (docs/benchmark.md).
 """
 
 import math
@@ -99,6 +105,9 @@ class ThreadedROIAlign(ROIAlign):
     Args:
         min_rois_per_thread (int): a thread gets at least this many RoIs (fewer RoIs in all:
             one call, as Detectron2 does).
+        threaded_inference (bool): False: a forward that autograd does not record (no grad
+            mode, or an input that needs no gradient) is one call, as Detectron2's; only the
+            training forward and its backward are split.
     """
 
     def __init__(
@@ -109,11 +118,13 @@ class ThreadedROIAlign(ROIAlign):
         aligned=True,
         *,
         min_rois_per_thread: int = 16,
+        threaded_inference: bool = True,
     ):
         super().__init__(output_size, spatial_scale, sampling_ratio, aligned)
         if min_rois_per_thread < 1:
             raise ValueError(f"min_rois_per_thread must be >= 1, got {min_rois_per_thread}")
         self.min_rois_per_thread = int(min_rois_per_thread)
+        self.threaded_inference = bool(threaded_inference)
 
     def num_chunks(self, input: torch.Tensor, num_rois: int) -> int:
         """How many threads this call would use (1: the plain single call)."""
@@ -131,12 +142,13 @@ class ThreadedROIAlign(ROIAlign):
             Tensor: B x C x output_size, identical to :class:`ROIAlign`'s.
         """
         threads = self.num_chunks(input, rois.shape[0])
-        if threads == 1:
+        recorded = torch.is_grad_enabled() and input.requires_grad
+        if threads == 1 or not (recorded or self.threaded_inference):
             return super().forward(input, rois)
         # torch.profiler does not see the ops of the worker threads: this span is the calling
         # thread's share (submit and wait), so that per-op profiles account for the pooling
         with torch.profiler.record_function("sa_ejhead::threaded_roi_align"):
-            if torch.is_grad_enabled() and input.requires_grad:
+            if recorded:
                 return _ThreadedROIAlignFunction.apply(input, rois, self, threads)
             return self._forward_threaded(input, rois, threads)
 
@@ -172,7 +184,10 @@ class ThreadedROIAlign(ROIAlign):
         return grad_in
 
     def __repr__(self):
-        return super().__repr__()[:-1] + f", min_rois_per_thread={self.min_rois_per_thread})"
+        return (
+            super().__repr__()[:-1] + f", min_rois_per_thread={self.min_rois_per_thread}, "
+            f"threaded_inference={self.threaded_inference})"
+        )
 
 
 def _roi_align_grad(grad, rois, *args):
@@ -216,10 +231,12 @@ class _ThreadedROIAlignFunction(torch.autograd.Function):
         return grad, None, None, None
 
 
-def use_threaded_roi_align(pooler: ROIPooler, min_rois_per_thread: int = 16) -> ROIPooler:
+def use_threaded_roi_align(
+    pooler: ROIPooler, min_rois_per_thread: int = 16, threaded_inference: bool = True
+) -> ROIPooler:
     """Swap, in place, each plain :class:`ROIAlign` level of a Detectron2 ``ROIPooler`` (types
-    "ROIAlign" and "ROIAlignV2") for a :class:`ThreadedROIAlign` with the same arguments; other
-    pooler types are left as they are.
+    "ROIAlign" and "ROIAlignV2") for a :class:`ThreadedROIAlign` with the same arguments (and
+    ``min_rois_per_thread``, ``threaded_inference``); other pooler types are left as they are.
 
     Returns:
         ROIPooler: ``pooler``.
@@ -232,6 +249,7 @@ def use_threaded_roi_align(pooler: ROIPooler, min_rois_per_thread: int = 16) -> 
                 level.sampling_ratio,
                 level.aligned,
                 min_rois_per_thread=min_rois_per_thread,
+                threaded_inference=threaded_inference,
             )
     return pooler
 
@@ -239,8 +257,10 @@ def use_threaded_roi_align(pooler: ROIPooler, min_rois_per_thread: int = 16) -> 
 class ThreadedROIPooler(ROIPooler):
     """Detectron2's :class:`ROIPooler` with :class:`ThreadedROIAlign` levels, for configs that
     name their poolers (e.g. ``model.roi_heads.box_pooler._target_`` of Detectron2's own Mask
-    R-CNN). Same arguments, plus ``min_rois_per_thread``."""
+    R-CNN). Same arguments, plus ``min_rois_per_thread`` and ``threaded_inference``."""
 
-    def __init__(self, *args, min_rois_per_thread: int = 16, **kwargs):
+    def __init__(
+        self, *args, min_rois_per_thread: int = 16, threaded_inference: bool = True, **kwargs
+    ):
         super().__init__(*args, **kwargs)
-        use_threaded_roi_align(self, min_rois_per_thread)
+        use_threaded_roi_align(self, min_rois_per_thread, threaded_inference)

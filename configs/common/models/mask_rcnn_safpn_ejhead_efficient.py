@@ -24,10 +24,15 @@
 #                           summation order): in training the RoI pooling and the refinement are
 #                           recomputed in the backward instead of keeping the pooled RoIs and the
 #                           refinement's inner maps;
-#   box_inference_chunk=128            memory only: the box RoIs are refined 128 at a time at
-#                           inference, and the RoIs are pooled and refined 128 at a time in the
-#                           checkpointed training forward (256 by default), so the refinement's
-#                           transient maps stay small.
+#   checkpoint_chunk=128               memory only: the checkpointed training forward pools and
+#                           refines the box and mask RoIs 128 at a time (256 by default), so the
+#                           pooled RoIs and the refinement's transient maps stay small. At
+#                           inference the box RoIs are refined box_inference_chunk=256 at a time
+#                           (the default; docs/benchmark.md has both chunks' measurements);
+#   threaded_inference_pooling=False   memory for latency: the RoIAlign is split over the CPU
+#                           threads in training (forward and backward) but is one call at
+#                           inference, as in Detectron2; the threads' allocations at inference
+#                           raised the peak RSS by about 80 MiB on average on 2 cores.
 from detectron2.layers import ShapeSpec
 
 from .mask_rcnn_safpn_ejhead import model
@@ -39,4 +44,5 @@ model.roi_heads.box_refinement_downsample = 2
 model.roi_heads.box_head.input_shape = ShapeSpec(channels=256, height=7, width=7)
 model.roi_heads.box_pooler.sampling_ratio = 1
 model.roi_heads.checkpoint_refinement = True
-model.roi_heads.box_inference_chunk = 128
+model.roi_heads.checkpoint_chunk = 128
+model.roi_heads.threaded_inference_pooling = False

@@ -18,13 +18,11 @@ freed memory differently from process to process: run a config several times bef
 """
 
 import argparse
-import contextlib
-import io
 
 import torch
 
-from sa_ejhead.analysis.measure import _peak_rss_bytes, _rss_bytes, fix_roi_counts, random_inputs
-from sa_ejhead.analysis.specs import build_model_from_spec, parse_spec
+from sa_ejhead.analysis.measure import _measured_model, _peak_rss_bytes, _rss_bytes, random_inputs
+from sa_ejhead.analysis.specs import parse_spec
 
 
 def _mib(x):
@@ -42,10 +40,9 @@ def _traced(name):
 def trace(spec, calls=4, threads=2, size=(800, 1216)):
     """Returns one dict per call: ``start`` and ``peak`` (MiB above the built model's RSS) and
     ``steps``, the (module event, RSS, peak) where the peak grew."""
-    torch.set_num_threads(threads)
-    with contextlib.redirect_stdout(io.StringIO()):
-        model = build_model_from_spec(parse_spec(spec))
-    model = fix_roi_counts(model, 1000, 100, same_boxes=True).eval()
+    # built as tools/benchmark.py builds it: the thread count, fixed RoI counts, the same boxes
+    options = {"threads": threads, "proposals": 1000, "detections": 100}
+    model = _measured_model(parse_spec(spec), options).eval()
     inputs = random_inputs(*size)
     log = []
 

@@ -263,6 +263,16 @@ def test_verdicts_use_two_standard_errors(tmp_path):
     claims = [line.split("|")[1].strip() for line in only_3.splitlines()[4:]]
     assert claims and set(claims) == {"3"}
 
+    # --configs limits the claims to those between the given configs, and the rows and the count
+    pair = T.verdicts(P.PROTOCOLS["v2"], store, [0, 1, 2], 5, configs=["safpn", "baseline"])
+    rows = [line.split("|")[3].strip() for line in pair.splitlines()[4:]]
+    assert rows and set(rows) == {"safpn vs baseline"}
+    text = T.format_tables(P.PROTOCOLS["v2"], store, ["2"], [0, 1, 2], 5, configs=["safpn"])
+    assert text.startswith("_3 of 3 runs finished (1 config x 3 seeds")
+    assert [line.split(" | ")[0] for line in text.splitlines() if line.startswith("| Mask")] == [
+        "| Mask R-CNN + SA-FPN"
+    ]
+
 
 def test_markdown_between_markers_and_links_relative_to_the_file(tmp_path, monkeypatch):
     doc = tmp_path / "ablation.md"

@@ -146,7 +146,12 @@ def get_parser():
     parser.add_argument(
         "--tables", nargs="+", default=None, help="which tables (default: the protocol's)"
     )
-    parser.add_argument("--configs", nargs="*", default=None, help="only these configs")
+    parser.add_argument(
+        "--configs",
+        nargs="*",
+        default=None,
+        help="only these configs: their runs, table rows and claims",
+    )
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument(
         "--iters", type=int, default=None, help="iterations per run (default: the protocol's)"
@@ -275,20 +280,22 @@ def main(argv=None):
         print(f"[ablation] pinned: {store.pin(configs)}")
     if not args.table_only and not args.pin:
         run_sweep(args, store.plan(configs, args.seeds, args.iters))
-    print(format_tables(protocol, store, tables, args.seeds, args.iters))
+    # --configs also limits the tables' rows and the claims to those configs
+    only = args.configs or None
+    print(format_tables(protocol, store, tables, args.seeds, args.iters, configs=only))
     if protocol.claims:
-        print("\n" + verdicts(protocol, store, args.seeds, args.iters, tables))
+        print("\n" + verdicts(protocol, store, args.seeds, args.iters, tables, only))
     for path in args.markdown:
         # the config links are relative to the Markdown file
         link_root = os.path.relpath(REPO_ROOT, os.path.dirname(os.path.abspath(path)))
         link_root = "" if link_root == "." else link_root.replace(os.sep, "/") + "/"
-        text = format_tables(protocol, store, tables, args.seeds, args.iters, link_root)
+        text = format_tables(protocol, store, tables, args.seeds, args.iters, link_root, only)
         markers = args.markers or protocol.markers
         write_markdown(path, text, markers)
         if protocol.claims:
             write_markdown(
                 path,
-                verdicts(protocol, store, args.seeds, args.iters, tables),
+                verdicts(protocol, store, args.seeds, args.iters, tables, only),
                 markers + "-verdicts",
             )
     return 0

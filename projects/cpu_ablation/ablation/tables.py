@@ -51,9 +51,10 @@ def _cell(mean_std_pair, n):
     return f"{mean:.1f}" if n == 1 else f"{mean:.1f} ± {std:.1f}"
 
 
-def format_table(protocol, store, table, seeds, iters, link_root=""):
+def format_table(protocol, store, table, seeds, iters, link_root="", configs=None):
     """One table as Markdown: the leading columns, box then mask AP figures (mean ± std over the
-    finished seeds), training seconds per iteration, finished seeds, the config's link."""
+    finished seeds), training seconds per iteration, finished seeds, the config's link. With
+    ``configs``, only the rows of those configs."""
     title, lead, rows, metrics = protocol.tables[table]
     header = list(lead)
     for task in TASK_NAMES:
@@ -70,6 +71,8 @@ def format_table(protocol, store, table, seeds, iters, link_root=""):
         "|" + "---|" * len(lead) + "---:|" * ncols + "---|",
     ]
     for config, cells in rows:
+        if configs is not None and config not in configs:
+            continue
         s = summarize(store, config, seeds, iters, metrics)
         figures = [_cell(s[(task, m)], s["n"]) for task in TASK_NAMES for m in metrics]
         spi = s["sec_per_iter"][0]
@@ -79,25 +82,28 @@ def format_table(protocol, store, table, seeds, iters, link_root=""):
     return "\n".join(lines)
 
 
-def configs_of(protocol, tables):
-    """Unique configs of the given tables, in table order."""
+def configs_of(protocol, tables, only=None):
+    """Unique configs of the given tables, in table order (of those in ``only``, when given)."""
     seen = []
     for t in tables:
         for config, _ in protocol.tables[t][2]:
-            if config not in seen:
+            if config not in seen and (only is None or config in only):
                 seen.append(config)
     return seen
 
 
-def format_tables(protocol, store, tables, seeds, iters, link_root=""):
-    """All requested tables after a line that counts the finished runs."""
-    configs = configs_of(protocol, tables)
+def format_tables(protocol, store, tables, seeds, iters, link_root="", configs=None):
+    """All requested tables after a line that counts the finished runs; with ``configs``, only
+    those configs' rows (and runs)."""
+    only = configs
+    configs = configs_of(protocol, tables, only)
     done = sum(store.load(c, s, iters) is not None for c in configs for s in seeds)
     head = (
-        f"_{done} of {len(configs) * len(seeds)} runs finished ({len(configs)} configs x "
+        f"_{done} of {len(configs) * len(seeds)} runs finished ({len(configs)} "
+        f"config{'s' if len(configs) != 1 else ''} x "
         f"{len(seeds)} seeds, {iters} iterations each)._"
     )
-    body = [format_table(protocol, store, t, seeds, iters, link_root) for t in tables]
+    body = [format_table(protocol, store, t, seeds, iters, link_root, only) for t in tables]
     return "\n\n".join([head] + body)
 
 
@@ -130,9 +136,10 @@ def compare(store, better, worse, task, metric, seeds, iters):
     return {"diff": diff, "se": se, "verdict": verdict, "n": (a["n"], b["n"])}
 
 
-def verdicts(protocol, store, seeds, iters, tables=None):
-    """Markdown table: each claim of the paper (of ``tables`` only, when given), per metric, the
-    difference ± its standard error and the verdict (see :func:`compare`)."""
+def verdicts(protocol, store, seeds, iters, tables=None, configs=None):
+    """Markdown table: each claim of the paper (of ``tables`` only, and of claims between
+    ``configs`` only, when given), per metric, the difference ± its standard error and the verdict
+    (see :func:`compare`)."""
     lines = [
         f"**Verdicts on the paper's claims** ({iters} iterations; difference of the means ± its "
         'standard error over seeds; "confirms"/"contradicts" beyond 2 standard errors)',
@@ -142,6 +149,8 @@ def verdicts(protocol, store, seeds, iters, tables=None):
     ]
     for table, text, better, worse, metrics in protocol.claims:
         if tables is not None and table not in tables:
+            continue
+        if configs is not None and not (better in configs and worse in configs):
             continue
         for task, metric in metrics:
             c = compare(store, better, worse, task, metric, seeds, iters)

@@ -1,10 +1,12 @@
 """The CPU ablation's runner, results store, tables and verdicts (projects/cpu_ablation)."""
 
 import importlib.util
+import io
 import json
 import math
 import os
 import shutil
+import sys
 import threading
 
 import pytest
@@ -293,6 +295,27 @@ def test_markdown_between_markers_and_links_relative_to_the_file(tmp_path, monke
     text = page.read_text()
     assert "[baseline](../projects/cpu_ablation/configs_v2/baseline.py)" in text
     assert "<!-- cpu-ablation-v2-tables:start -->" in text
+    assert "<!-- cpu-ablation-v2-tables-verdicts:start -->" in text
+
+
+def test_markdown_is_written_even_if_stdout_is_closed(tmp_path, monkeypatch):
+    """`run_ablation.py --table-only --markdown F | head` must still update F: the files are
+    written before the tables are printed."""
+
+    class ClosedPipe(io.StringIO):
+        def write(self, text):
+            raise BrokenPipeError
+
+    monkeypatch.setattr(R, "REPO_ROOT", str(tmp_path))
+    monkeypatch.setattr(S, "config_hash", lambda config_file, opts=(): "h")
+    page = tmp_path / "ablation.md"
+    argv = ["--table-only", "--tables", "5", "--seeds", "0", "--iters", "5"]
+    argv += ["--output-dir", str(tmp_path / "runs"), "--results-dir", "", "--markdown", str(page)]
+    monkeypatch.setattr(sys, "stdout", ClosedPipe())
+    with pytest.raises(BrokenPipeError):
+        R.main(argv)
+    text = page.read_text()
+    assert "<!-- cpu-ablation-v2-tables:start -->" in text and "**Table 5." in text
     assert "<!-- cpu-ablation-v2-tables-verdicts:start -->" in text
 
 

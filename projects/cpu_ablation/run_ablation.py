@@ -282,9 +282,7 @@ def main(argv=None):
         run_sweep(args, store.plan(configs, args.seeds, args.iters))
     # --configs also limits the tables' rows and the claims to those configs
     only = args.configs or None
-    print(format_tables(protocol, store, tables, args.seeds, args.iters, configs=only))
-    if protocol.claims:
-        print("\n" + verdicts(protocol, store, args.seeds, args.iters, tables, only))
+    # the files first, so that a closed stdout (e.g. piped into head) cannot leave them stale
     for path in args.markdown:
         # the config links are relative to the Markdown file
         link_root = os.path.relpath(REPO_ROOT, os.path.dirname(os.path.abspath(path)))
@@ -298,6 +296,9 @@ def main(argv=None):
                 verdicts(protocol, store, args.seeds, args.iters, tables, only),
                 markers + "-verdicts",
             )
+    print(format_tables(protocol, store, tables, args.seeds, args.iters, configs=only))
+    if protocol.claims:
+        print("\n" + verdicts(protocol, store, args.seeds, args.iters, tables, only))
     return 0
 
 

@@ -74,9 +74,9 @@ def direct_box_pooler(pooler: ROIPooler, factor: int) -> Optional[ROIPooler]:
         ROIPooler or None: a pooler with the same scales, level assignment (canonical box size
         and level), ``aligned`` flag and RoIAlign class (a :class:`ThreadedROIAlign` keeps its
         ``min_rois_per_thread`` and ``threaded_inference``), at ``output_size // factor`` and
-        sampling ratio ``factor * s``; None when ``factor == 1``, the ratio is adaptive (0), the levels are not
-        RoIAlign (RoIPool, rotated RoIAlign), ``output_size`` is not divisible by ``factor``, or
-        ``pooler`` overrides :meth:`ROIPooler.forward`.
+        sampling ratio ``factor * s``; None when ``factor == 1``, the ratio is adaptive (0),
+        the levels are not RoIAlign (RoIPool, rotated RoIAlign), ``output_size`` is not
+        divisible by ``factor``, or ``pooler`` overrides :meth:`ROIPooler.forward`.
     """
     levels = list(pooler.level_poolers)
     if (

@@ -95,15 +95,14 @@ def configs_of(protocol, tables, only=None):
 def format_tables(protocol, store, tables, seeds, iters, link_root="", configs=None):
     """All requested tables after a line that counts the finished runs; with ``configs``, only
     those configs' rows (and runs)."""
-    only = configs
-    configs = configs_of(protocol, tables, only)
-    done = sum(store.load(c, s, iters) is not None for c in configs for s in seeds)
+    shown = configs_of(protocol, tables, configs)
+    done = sum(store.load(c, s, iters) is not None for c in shown for s in seeds)
     head = (
-        f"_{done} of {len(configs) * len(seeds)} runs finished ({len(configs)} "
-        f"config{'s' if len(configs) != 1 else ''} x "
+        f"_{done} of {len(shown) * len(seeds)} runs finished ({len(shown)} "
+        f"config{'s' if len(shown) != 1 else ''} x "
         f"{len(seeds)} seeds, {iters} iterations each)._"
     )
-    body = [format_table(protocol, store, t, seeds, iters, link_root, only) for t in tables]
+    body = [format_table(protocol, store, t, seeds, iters, link_root, configs) for t in tables]
     return "\n\n".join([head] + body)
 
 

@@ -8,7 +8,7 @@ ITERS ?=
 PYTEST_ARGS ?=
 JOBS ?= $(shell nproc 2>/dev/null || echo 1)
 
-.PHONY: setup demo test ablation ablation-long pretrain pretrain-r34 format lint clean-venv
+.PHONY: setup demo test test-quick zoo ablation ablation-long pretrain pretrain-r34 format lint clean-venv
 
 # The stamp is written only at the end of a successful set-up; a .venv without it is removed and
 # rebuilt. A change of setup.py or of the bootstrap script re-runs the set-up.
@@ -27,6 +27,15 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest tests $(PYTEST_ARGS)
+
+# the suite without the tests marked slow (pytest.ini lists the markers)
+test-quick: $(STAMP)
+	$(PY) -m pytest tests -m "not slow" $(PYTEST_ARGS)
+
+# Train the model zoo's SA-Shapes checkpoints (resumable: rerun to continue), pack and evaluate
+# them, and rewrite the shipped weights, their manifest (hashes, AP) and docs/model_zoo.md.
+zoo: $(STAMP)
+	$(PY) projects/model_zoo/build_zoo.py
 
 # The CPU ablation of Tables 2-5, protocol v2 (pre-trained backbone; hours, resumable: rerun to
 # continue, finished runs are kept in projects/cpu_ablation/results_v2/), then its tables and

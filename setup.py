@@ -36,10 +36,12 @@ setup(
     description="SA-FPN and EJ-Head for Detectron2 (Ni & Yao, multi-task learning via scale aware "
     "feature pyramid networks and effective joint head)",
     packages=find_packages(include=["sa_ejhead", "sa_ejhead.*"], exclude=["sa_ejhead.configs*"]),
-    # the model-zoo configs, and the pre-trained demo backbone (sa_ejhead://pretrained/...)
+    # the model-zoo configs, the pre-trained demo backbones (sa_ejhead://pretrained/...) and the
+    # trained SA-Shapes models with their manifest (sa_ejhead://model_zoo/...)
     package_data={
         "sa_ejhead": get_model_zoo_configs()
         + ["pretrained_weights/*.pth", "pretrained_weights/*.pth.xz"]
+        + ["model_zoo_weights/*.pth.xz", "model_zoo_weights/manifest.json"]
     },
     python_requires=">=3.10",
     install_requires=[

@@ -8,6 +8,12 @@ them too)::
 
     cfg = model_zoo.get_config("COCO-InstanceSegmentation/mask_rcnn_R_50_SAFPN_EJHead_1x.py")
     cfg = model_zoo.get_config("yacs/mask_rcnn_R_50_SAFPN_EJHead_1x.yaml")  # a yacs CfgNode
+    model = model_zoo.get("demo/sa_shapes.py", trained=True)  # built, with its trained weights
+
+Trained weights ship for the SA-Shapes demo configs (:func:`trained_configs`; the table with
+their AP is ``docs/model_zoo.md``): :func:`get_checkpoint_url` gives their
+``sa_ejhead://model_zoo/`` path, usable as ``train.init_checkpoint`` or ``MODEL.WEIGHTS``. No
+COCO weights are provided (training them needs COCO and GPUs).
 
 ``PAPER_ROWS`` maps every row of the paper's Tables 1-5 to its config and the paper's COCO AP;
 ``python -m sa_ejhead.model_zoo`` prints it as the Markdown table of ``docs/configs.md``.
@@ -18,7 +24,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Tuple
 
+from .errors import SAEJHeadError
+from .pretrained import MODEL_ZOO_PREFIX, model_zoo_manifest
+
 __all__ = [
+    "ModelZooError",
     "PaperRow",
     "PAPER_ROWS",
     "LAZY_CONFIGS",
@@ -27,6 +37,10 @@ __all__ = [
     "get_config_root",
     "get_config_file",
     "get_config",
+    "get_checkpoint_url",
+    "get",
+    "trained_configs",
+    "zoo_config_path",
     "format_paper_table",
 ]
 
@@ -131,12 +145,78 @@ def get_config_file(config_path: str) -> str:
     return cfg_file
 
 
-def get_config(config_path: str):
+class ModelZooError(SAEJHeadError, RuntimeError):
+    """A config of the model zoo that has no trained weights (a RuntimeError, as Detectron2's)."""
+
+
+def trained_configs() -> Tuple[str, ...]:
+    """The configs (relative to ``configs/``) that have trained weights in the package."""
+    return tuple(sorted(model_zoo_manifest()))
+
+
+def zoo_config_path(config_file: str) -> Optional[str]:
+    """``config_file`` (a path) relative to ``configs/`` if it is one of our config files (in
+    the repository or in the installed package), else None."""
+    root = os.path.realpath(get_config_root())
+    path = os.path.realpath(config_file)
+    if os.path.commonpath([root, path]) != root:
+        return None
+    return os.path.relpath(path, root).replace(os.sep, "/")
+
+
+def get_checkpoint_url(config_path: str) -> str:
+    """The ``sa_ejhead://model_zoo/`` path of the trained weights of a config (relative to
+    ``configs/``), for ``train.init_checkpoint`` or ``MODEL.WEIGHTS``; :class:`ModelZooError`
+    (one line, listing the configs that have weights) when it has none."""
+    entry = model_zoo_manifest().get(config_path)
+    if entry is None:
+        known = ", ".join(trained_configs()) or "none"
+        raise ModelZooError(
+            f"{config_path}: sa-ejhead's model zoo has no trained weights for this config (it has "
+            f"them for: {known}; no COCO weights are provided, see docs/model_zoo.md)"
+        )
+    return MODEL_ZOO_PREFIX + entry["file"]
+
+
+def get_config(config_path: str, trained: bool = False):
     """Load one of our configs (path relative to ``configs/``), a LazyConfig or a yacs
-    ``CfgNode``, with :func:`sa_ejhead.engine.load_config`."""
+    ``CfgNode``, with :func:`sa_ejhead.engine.load_config`. With ``trained=True`` its weights
+    (``train.init_checkpoint`` or ``MODEL.WEIGHTS``) are the zoo's (:func:`get_checkpoint_url`)."""
+    from detectron2.config import CfgNode
+
     from .engine import load_config
 
-    return load_config(get_config_file(config_path))
+    url = get_checkpoint_url(config_path) if trained else None
+    cfg = load_config(get_config_file(config_path))
+    if url is not None:
+        if isinstance(cfg, CfgNode):
+            cfg.MODEL.WEIGHTS = url
+        else:
+            cfg.train.init_checkpoint = url
+    return cfg
+
+
+def get(config_path: str, trained: bool = False, device: Optional[str] = None):
+    """A model of one of our configs, as Detectron2's ``model_zoo.get``: built on ``device``
+    (default: CUDA if available, else the CPU), in training mode, with the config's weights
+    loaded (``trained=True``: the zoo's trained weights, :func:`get_checkpoint_url`; else the
+    config's own initial weights, e.g. a pre-trained backbone)."""
+    import torch
+    from detectron2.config import CfgNode, instantiate
+    from detectron2.modeling import build_model
+
+    from .engine import load_weights
+
+    cfg = get_config(config_path, trained)
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if isinstance(cfg, CfgNode):
+        cfg.MODEL.DEVICE = device
+        model, weights = build_model(cfg), cfg.MODEL.WEIGHTS
+    else:
+        model, weights = instantiate(cfg.model).to(device), cfg.train.get("init_checkpoint", "")
+    if weights:
+        load_weights(model, weights)
+    return model
 
 
 def format_paper_table(our_ap=None, link_prefix: str = "../") -> str:

@@ -26,6 +26,7 @@ from sa_ejhead.engine.args import (
     add_debug_argument,
     register_datasets_from_args,
 )
+from sa_ejhead.data.validation import check_image_file
 from sa_ejhead.engine import check_device, load_config, load_weights
 from sa_ejhead.errors import SAEJHeadError
 
@@ -55,9 +56,11 @@ class ImageReadError(SAEJHeadError, IOError):
 
 def read_image(path, format="BGR"):
     """Detectron2's ``read_image`` (H x W x C uint8), raising :class:`ImageReadError` naming the
-    file for a missing, unreadable, truncated or non-image file."""
+    file for a missing, unreadable, truncated or non-image file, or one of a mode that Detectron2
+    reads wrongly (16-bit greyscale: :func:`sa_ejhead.data.validation.check_image_file`)."""
     try:
         image = _d2_read_image(path, format=format)
+        check_image_file(path)
     except Exception as e:  # PIL raises OSError, ValueError, SyntaxError, ... for broken files
         raise ImageReadError(f"cannot read image {path!r}: {type(e).__name__}: {e}") from e
     if image.ndim != 3 or image.shape[0] == 0 or image.shape[1] == 0:
@@ -192,8 +195,31 @@ class LazyPredictor:
             return self.model([{"image": image, "height": height, "width": width}])[0]
 
 
+def _use_zoo_weights(cfg, config_file, opts):
+    """Set the model zoo's trained weights (:func:`sa_ejhead.model_zoo.get_checkpoint_url`) as the
+    weights of a config that has them when ``opts`` name no weights; say so in one line."""
+    from sa_ejhead import model_zoo
+
+    lazy = not isinstance(cfg, CfgNode)
+    option = "train.init_checkpoint" if lazy else "MODEL.WEIGHTS"
+    keys = [o.split("=", 1)[0].lstrip("+") for o in opts or []] if lazy else (opts or [])[::2]
+    config_path = model_zoo.zoo_config_path(config_file)
+    if option in keys or config_path not in model_zoo.trained_configs():
+        return
+    url = model_zoo.get_checkpoint_url(config_path)
+    if lazy:
+        cfg.train.init_checkpoint = url
+    else:
+        cfg.MODEL.WEIGHTS = url
+    logger.info(
+        f"No weights given: using the model zoo's trained weights {url} (docs/model_zoo.md); "
+        f"pass --opts {option}{'=' if lazy else ' '}FILE to use others."
+    )
+
+
 def build_predictor(config_file, opts=None):
-    """A predictor for a LazyConfig or yacs config file with overrides ``opts``.
+    """A predictor for a LazyConfig or yacs config file with overrides ``opts``; a config of the
+    model zoo that has trained weights uses them unless ``opts`` give others.
 
     Returns:
         callable: BGR image -> ``{"instances": ...}`` (a :class:`LazyPredictor`, or Detectron2's
@@ -201,6 +227,7 @@ def build_predictor(config_file, opts=None):
         warning names the parts of the model that the checkpoint has no weights for.
     """
     cfg = load_config(config_file, opts)
+    _use_zoo_weights(cfg, config_file, opts)
     if not isinstance(cfg, CfgNode):
         predictor = LazyPredictor(cfg)
         option, path = "train.init_checkpoint", cfg.train.get("init_checkpoint") or ""

@@ -2,23 +2,69 @@
 
 The tests (ours and the tools' smoke tests) build a few 64-pixel COCO images and a narrow Mask
 R-CNN (ResNet-18, 32-channel pyramid, 64-d box fc) that trains at well under a second per
-iteration on a CPU core. Import it as ``_helpers`` (pytest puts ``tests/`` on ``sys.path``).
+iteration on a CPU core; :func:`run_tool_script` runs a tool in the test's process and
+:class:`listen` collects a logger's records. Import it as ``_helpers`` (pytest puts ``tests/`` on
+``sys.path``).
 """
 
 import json
+import logging
 import os
+import runpy
+import sys
 
 import cv2
 import numpy as np
 
 __all__ = [
+    "listen",
+    "run_tool_script",
     "write_tiny_coco",
     "tiny_lazy_config",
     "write_tiny_lazy_config_file",
     "tiny_yacs_config",
 ]
 
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def run_tool_script(script, argv, monkeypatch):
+    """Run ``tools/<script>`` in this process, as ``python tools/<script> argv...``.
+
+    Returns:
+        int: the exit status.
+    """
+    monkeypatch.setattr(sys, "argv", [script] + list(argv))
+    try:
+        runpy.run_path(os.path.join(REPO, "tools", script), run_name="__main__")
+    except SystemExit as e:
+        return e.code or 0
+    return 0
+
+
 _CATEGORIES = [{"id": 1, "name": "box"}, {"id": 2, "name": "blob"}]
+
+
+class listen:
+    """Collect each record of the logger ``name`` (default ``sa_ejhead.visualize``) once in
+    ``caplog``, within a ``with`` block.
+
+    The tools set up the ``sa_ejhead`` logger without propagation to the root logger (where
+    ``caplog`` listens); whether that happened depends on the tests that ran before.
+    """
+
+    def __init__(self, caplog, name="sa_ejhead.visualize"):
+        self.caplog, self.logger = caplog, logging.getLogger(name)
+
+    def __enter__(self):
+        self.caplog.clear()
+        self.propagate, self.logger.propagate = self.logger.propagate, False
+        self.logger.addHandler(self.caplog.handler)
+        return self.caplog
+
+    def __exit__(self, *exc):
+        self.logger.removeHandler(self.caplog.handler)
+        self.logger.propagate = self.propagate
 
 
 def write_tiny_coco(root, num_images=4, size=64, seed=0, max_objects=3):
@@ -333,3 +379,20 @@ def onnx_nodes(graph):
         for attr in node.attribute:
             for subgraph in list(attr.graphs) + ([attr.g] if attr.HasField("g") else []):
                 yield from onnx_nodes(subgraph)
+
+
+class Crash(Exception):
+    """A simulated crash (:func:`crash_at`)."""
+
+
+def crash_at(iteration, error=Crash, stage="after_step"):
+    """A training hook that raises ``error`` (an exception class) in iteration ``iteration``:
+    ``stage="after_step"`` once it has finished and the hooks before it (the checkpointer) have
+    run, ``"before_step"`` before it starts."""
+    from detectron2.engine import HookBase
+
+    def maybe_raise(self):
+        if self.trainer.iter == iteration:
+            raise error(f"simulated crash in iteration {iteration} ({stage})")
+
+    return type("CrashAt", (HookBase,), {stage: maybe_raise})()

@@ -12,6 +12,7 @@ import numpy as np
 import pycocotools.mask as mask_util
 import pytest
 import torch
+from PIL import Image
 from detectron2.config import instantiate
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data import transforms as T
@@ -372,6 +373,21 @@ def _break_odd_polygon(coco, tmp_path, img_dir):
     coco["annotations"][1]["segmentation"] = [[40, 30, 60, 30, 60, 40, 40]]
 
 
+def _break_all_crowd(coco, tmp_path, img_dir):
+    for ann in coco["annotations"]:
+        ann["iscrowd"] = 1  # Detectron2 drops them all: "No valid data found"
+
+
+def _break_image_size(coco, tmp_path, img_dir):
+    cv2.imwrite(str(img_dir / "b.png"), np.zeros((40, 56), np.uint8))  # the JSON says 50 x 40
+
+
+def _break_16bit_grey(coco, tmp_path, img_dir):
+    # PIL's convert("RGB") clips it: Detectron2 would train on an all-white image
+    grey = np.full((40, 50), 30000, np.uint16)
+    Image.fromarray(grey).save(img_dir / "b.png")
+
+
 @pytest.mark.parametrize(
     "breaker, error, pattern",
     [
@@ -421,6 +437,24 @@ def _break_odd_polygon(coco, tmp_path, img_dir):
             ValueError,
             r"annotations\[1\]\.segmentation\[0\]: a polygon needs an even number of "
             r"coordinates, got 7",
+        ),
+        (
+            _break_all_crowd,
+            ValueError,
+            r"annotations\[\*\]\.iscrowd: all 3 annotations have iscrowd=1: Detectron2 trains on "
+            r"non-crowd annotations only",
+        ),
+        (
+            _break_image_size,
+            ValueError,
+            r"images\[1\]\.width: image id 2, file .*b\.png: the image is 56x40 \(width x height\) "
+            r"but the JSON says width 50, height 40$",
+        ),
+        (
+            _break_16bit_grey,
+            OSError,
+            r"images\[1\]\.file_name='b.png': .*b\.png: 16-bit greyscale image \(PIL mode "
+            r"'I;16'\) is not supported: Detectron2 would read it as 8-bit by clipping",
         ),
     ],
 )
@@ -493,18 +527,24 @@ def test_box_only_data_is_valid_and_maps_without_masks(tmp_path):
     assert validate_coco_json(_write(tmp_path, coco), str(img_dir))["num_annotations"] == 3
 
 
+def _unchecked_dicts(coco, tmp_path, img_dir):
+    """The dataset dicts of ``coco`` as Detectron2's register_coco_instances loads them (no
+    validation)."""
+    register_coco_instances("test_user_unchecked", {}, _write(tmp_path, coco), str(img_dir))
+    try:
+        return DatasetCatalog.get("test_user_unchecked")
+    finally:
+        DatasetCatalog.remove("test_user_unchecked")
+        MetadataCatalog.remove("test_user_unchecked")
+
+
 def test_mapper_rejects_mixed_segmentation_of_unchecked_data(tmp_path):
     """Registered with Detectron2's register_coco_instances (no validation), an image whose second
     annotation has no mask: Detectron2's mapper raises a bare KeyError 'segmentation'; ours names
     the image, the annotation and the way to train box-only. The other images still map."""
     coco, img_dir = _user_dataset(tmp_path)
     del coco["annotations"][1]["segmentation"]
-    register_coco_instances("test_user_plain", {}, _write(tmp_path, coco), str(img_dir))
-    try:
-        dicts = DatasetCatalog.get("test_user_plain")
-    finally:
-        DatasetCatalog.remove("test_user_plain")
-        MetadataCatalog.remove("test_user_plain")
+    dicts = _unchecked_dicts(coco, tmp_path, img_dir)
     mapper = CheckedDatasetMapper(
         is_train=True, augmentations=[], image_format="BGR", use_instance_mask=True
     )
@@ -643,6 +683,90 @@ def test_corrupt_image_names_the_file(tmp_path):
     finally:
         DatasetCatalog.remove("test_user_corrupt")
         MetadataCatalog.remove("test_user_corrupt")
+
+
+def test_image_modes_and_exif_rotation_that_detectron2_reads_correctly_register(tmp_path):
+    """8-bit modes (palette, RGBA, grey + alpha, 1-bit), 16-bit RGB (PIL reads it as 8-bit RGB)
+    and an EXIF-rotated JPEG (the JSON gives the rotated size) pass the header checks and map to
+    the size of the JSON."""
+    coco, img_dir = _user_dataset(tmp_path)
+    rgb = Image.open(img_dir / "a.png").convert("RGB")
+    rgb.convert("P").save(img_dir / "a.png")
+    grey = Image.open(img_dir / "b.png")
+    grey.convert("LA").save(img_dir / "b.png")
+    cv2.imwrite(str(img_dir / "c.png"), np.full((32, 32, 3), 40000, np.uint16))
+    extra = {
+        "rgba.png": rgb.convert("RGBA"),
+        "bits.png": rgb.convert("1"),
+        "rotated.jpg": rgb.transpose(Image.Transpose.ROTATE_90),  # stored 48 x 64, shown 64 x 48
+    }
+    exif = Image.Exif()
+    exif[274] = 6  # rotate by 90 degrees when shown
+    for name, image in extra.items():
+        image.save(img_dir / name, **({"exif": exif.tobytes()} if name.endswith(".jpg") else {}))
+        iid = len(coco["images"]) + 10
+        coco["images"].append({"id": iid, "file_name": name, "height": 48, "width": 64})
+    coco["images"][1].update(height=40, width=50)
+    register_coco_instances_checked("test_user_modes", _write(tmp_path, coco), str(img_dir))
+    try:
+        mapper = CheckedDatasetMapper(is_train=False, augmentations=[], image_format="BGR")
+        shapes = [tuple(mapper(d)["image"].shape) for d in DatasetCatalog.get("test_user_modes")]
+        assert shapes == [(3, 48, 64), (3, 40, 50), (3, 32, 32)] + [(3, 48, 64)] * 3
+    finally:
+        DatasetCatalog.remove("test_user_modes")
+        MetadataCatalog.remove("test_user_modes")
+
+
+def test_mapper_checks_the_size_and_mode_of_unchecked_data(tmp_path):
+    """Registered without the checks (Detectron2's register_coco_instances): the mapper reads each
+    image's header, naming the file, the image id and both sizes, or the mode."""
+    coco, img_dir = _user_dataset(tmp_path)
+    dicts = _unchecked_dicts(coco, tmp_path, img_dir)
+    mapper = CheckedDatasetMapper(is_train=False, augmentations=[], image_format="BGR")
+    _break_image_size(coco, tmp_path, img_dir)
+    with pytest.raises(DatasetFormatError) as e:
+        mapper(copy.deepcopy(dicts[1]))
+    assert str(e.value) == (
+        f"image {img_dir / 'b.png'} (image_id 2): the image is 56x40 (width x height) but its "
+        "annotations say width 50, height 40"
+    )
+    _break_16bit_grey(coco, tmp_path, img_dir)
+    with pytest.raises(DatasetImageError, match=r"b\.png \(image_id 2\): 16-bit greyscale") as e:
+        mapper(copy.deepcopy(dicts[1]))
+    assert e.value.file == str(img_dir / "b.png")
+    # tools/demo.py's reader refuses it too
+    from sa_ejhead.visualize import ImageReadError, read_image
+
+    with pytest.raises(ImageReadError, match="16-bit greyscale image"):
+        read_image(str(img_dir / "b.png"))
+
+
+def test_mapper_errors_in_a_loader_worker_reach_the_main_process_whole(tmp_path):
+    """In a data-loader worker, the mapper's error is carried with the sample and raised, the same
+    error (type, one-line message, file), where the model reads the image; PyTorch would re-raise
+    a new exception made of the worker's traceback."""
+    from detectron2.data import build_detection_test_loader
+
+    coco, img_dir = _user_dataset(tmp_path)
+    register_coco_instances_checked("test_user_worker", _write(tmp_path, coco), str(img_dir))
+    try:
+        dicts = DatasetCatalog.get("test_user_worker")
+    finally:
+        DatasetCatalog.remove("test_user_worker")
+        MetadataCatalog.remove("test_user_worker")
+    data = (img_dir / "b.png").read_bytes()
+    (img_dir / "b.png").write_bytes(data[: len(data) // 2])
+    mapper = CheckedDatasetMapper(is_train=False, augmentations=[], image_format="BGR")
+    loader = build_detection_test_loader(dicts, mapper=mapper, num_workers=1)
+    good, bad, empty = [batch[0] for batch in loader]
+    assert good["image"].shape == (3, 48, 64) and empty["image"].shape == (3, 32, 32)
+    assert (bad["file_name"], bad["width"], bad["height"]) == (str(img_dir / "b.png"), 50, 40)
+    with pytest.raises(DatasetImageError) as e:
+        bad["image"]
+    assert e.value.file == str(img_dir / "b.png")
+    assert str(e.value).startswith(f"cannot read image {img_dir / 'b.png'} (image_id 2): OSError")
+    assert "\n" not in str(e.value)
+    assert "Raised in a data-loader worker process:" in e.value.__notes__[0]
 
 
 # ------------------------------------------------------------------------------------------------

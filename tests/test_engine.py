@@ -11,7 +11,7 @@ import pytest
 import torch
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data.samplers import TrainingSampler
-from detectron2.engine import HookBase, SimpleTrainer
+from detectron2.engine import SimpleTrainer
 
 from sa_ejhead.data import (
     CheckedDatasetMapper,
@@ -31,7 +31,13 @@ from sa_ejhead.engine import (
     parse_coco_dataset_spec,
     register_datasets_from_args,
 )
-from _helpers import tiny_yacs_config, write_tiny_coco
+from _helpers import (
+    Crash,
+    crash_at,
+    tiny_yacs_config,
+    write_tiny_coco,
+)
+from sa_ejhead.errors import ConfigError
 from sa_ejhead.evaluation import COCOEvaluator
 
 
@@ -202,7 +208,7 @@ def test_yacs_trainer_trains_and_resumes_exactly(tiny_coco, tmp_path):
         argparse.Namespace(coco_dataset=[f"test_engine_yacs={json_file},{image_root}"])
     )
 
-    def run(output_dir, resume, crash_after=None, evaluate=False):
+    def run(output_dir, resume, crash_in=None, evaluate=False):
         cfg = tiny_yacs_config("test_engine_yacs", "test_engine_yacs", output_dir, max_iter=3)
         cfg.SOLVER.STEPS = (2,)
         cfg.SOLVER.CHECKPOINT_PERIOD = 1
@@ -210,8 +216,8 @@ def test_yacs_trainer_trains_and_resumes_exactly(tiny_coco, tmp_path):
             cfg.DATASETS.TEST = ()
         trainer = Trainer(cfg)
         assert isinstance(trainer._trainer, SimpleTrainer)
-        if crash_after is not None:
-            trainer.register_hooks([_CrashAfter(crash_after)])
+        if crash_in is not None:
+            trainer.register_hooks([crash_at(crash_in)])
         trainer.resume_or_load(resume=resume)
         trainer.train()
         return trainer
@@ -224,8 +230,8 @@ def test_yacs_trainer_trains_and_resumes_exactly(tiny_coco, tmp_path):
     assert "AP" in full._last_eval_results["segm"]
 
     part = str(tmp_path / "part")
-    with pytest.raises(_Crash):
-        run(part, resume=False, crash_after=0)
+    with pytest.raises(Crash):
+        run(part, resume=False, crash_in=0)
     resumed = run(part, resume=True)
     assert resumed.start_iter == 1
     a = torch.load(os.path.join(str(tmp_path / "full"), "model_final.pth"), weights_only=False)
@@ -271,19 +277,6 @@ def test_yacs_trainer_data_errors_name_the_image_file(tmp_path):
     finally:
         DatasetCatalog.remove("test_engine_bad_images")
         MetadataCatalog.remove("test_engine_bad_images")
-
-
-class _Crash(Exception):
-    pass
-
-
-class _CrashAfter(HookBase):
-    def __init__(self, iteration):
-        self.iteration = iteration
-
-    def after_step(self):
-        if self.trainer.iter == self.iteration:
-            raise _Crash()
 
 
 # --- LazyConfig overrides -----------------------------------------------------------------------
@@ -402,3 +395,37 @@ def test_lazy_overrides_of_the_repository_callers():
         ["train.seed=0", "dataloader.train.mapper.instance_mask_format=bitmask"],  # docs/configs.md
     )
     assert coco.train.seed == 0
+
+
+def test_lazy_override_of_the_wrong_type_names_the_key_and_the_type(overrides_config):
+    """Hydra parses ``train.max_iter=abc`` as a string, which Detectron2 would meet only in the
+    training loop (``'>=' not supported between 'int' and 'str'``)."""
+    for override, expected in [
+        ("train.max_iter=abc", "'train.max_iter' expects an integer (it is 10 in config file"),
+        ("train.max_iter=1e3", "expects an integer (it is 10 in config file"),
+        ("mapper.image_format=3", "expects a string (it is 'BGR' in"),
+        ("mapper.image_format=3", "got 3 (int); quote a string: mapper.image_format='3'"),
+        ("mapper.is_train=1", "'mapper.is_train' expects a boolean (true or false)"),
+        ("roi_heads.box_in_features=true", "expects a list"),
+        ("++train.max_iter=x", "expects an integer"),
+    ]:
+        with pytest.raises(ConfigError) as e:
+            load_lazy_config(overrides_config, [override])
+        assert str(e.value).startswith(f"Override {override!r}: ") and expected in str(e.value)
+        assert overrides_config in str(e.value)
+    with pytest.raises(ConfigError, match=r"Override 'train.max_iter=\[1,': cannot parse it"):
+        load_lazy_config(overrides_config, ["train.max_iter=[1,"])
+    cfg = load_lazy_config(
+        overrides_config,
+        [
+            "train.max_iter=3",
+            "mapper.augmentations.0.max_size=null",  # null replaces anything
+            "mapper.augmentations.0.short_edge_length=[64,80]",  # one value or several
+            "roi_heads.box_in_features=p3",
+            "+train.lr=0.1",
+            "train.lr=1",  # an integer for a float
+            "mapper.image_format='3'",
+        ],
+    )
+    assert cfg.train.max_iter == 3 and cfg.mapper.augmentations[0].max_size is None
+    assert cfg.roi_heads.box_in_features == "p3" and cfg.mapper.image_format == "3"

@@ -122,7 +122,7 @@ def test_xz_weights_are_checked_then_decompressed_once_into_the_cache(tmp_path, 
     torch.save({"model": {**weights, "roi_heads.x": torch.ones(2)}}, ckpt)
     name = "tiny.pth.xz"
     digest = export_submodule_weights(
-        str(ckpt), str(tmp_path / name), prefix="backbone.bottom_up.", dtype=torch.float16
+        str(ckpt), str(tmp_path / name), prefix="backbone.bottom_up.", precision="fp16"
     )
     with open(tmp_path / name, "rb") as f:
         assert f.read(6) == b"\xfd7zXZ\x00"  # really xz

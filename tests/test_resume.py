@@ -10,11 +10,15 @@ from unittest import mock
 import pytest
 import torch
 from detectron2.checkpoint import DetectionCheckpointer
-from detectron2.engine import HookBase
 
 from sa_ejhead.data import register_coco_instances_checked
 from sa_ejhead.engine import AtomicDetectionCheckpointer, do_train
-from _helpers import tiny_lazy_config, write_tiny_coco
+from _helpers import (
+    Crash,
+    crash_at,
+    tiny_lazy_config,
+    write_tiny_coco,
+)
 from sa_ejhead.model_zoo import get_config_file
 
 MODEL = get_config_file("common/models/mask_rcnn_safpn_ejhead.py")
@@ -28,21 +32,6 @@ def tiny_dataset(tmp_path_factory):
     return "test_resume_tiny"
 
 
-class _Crash(Exception):
-    pass
-
-
-class _CrashAfter(HookBase):
-    """Kill the run (an exception) after iteration ``iteration``, after the checkpointer ran."""
-
-    def __init__(self, iteration):
-        self.iteration = iteration
-
-    def after_step(self):
-        if self.trainer.iter == self.iteration:
-            raise _Crash(f"simulated crash after iteration {self.iteration}")
-
-
 def _weights(path):
     return torch.load(path, map_location="cpu", weights_only=False)
 
@@ -54,10 +43,10 @@ def test_resume_equals_uninterrupted_training(tiny_dataset, tmp_path):
 
     do_train(tiny_lazy_config(tiny_dataset, tiny_dataset, full_dir, **kwargs))
 
-    with pytest.raises(_Crash):
+    with pytest.raises(Crash):
         do_train(
             tiny_lazy_config(tiny_dataset, tiny_dataset, resumed_dir, **kwargs),
-            extra_hooks=[_CrashAfter(n // 2 - 1)],
+            extra_hooks=[crash_at(n // 2 - 1)],
         )
     assert not os.path.exists(os.path.join(resumed_dir, "model_final.pth"))
     with open(os.path.join(resumed_dir, "last_checkpoint")) as f:

@@ -2,7 +2,6 @@
 
 import logging
 import os
-import runpy
 import subprocess
 import sys
 
@@ -17,6 +16,9 @@ from detectron2.config import LazyConfig
 from sa_ejhead.engine import default_argument_parser, is_lazy_config
 from sa_ejhead.engine import lazy as lazy_engine
 from _helpers import (
+    REPO,
+    listen,
+    run_tool_script,
     tiny_yacs_config,
     write_tiny_coco,
     write_tiny_lazy_config_file,
@@ -34,22 +36,7 @@ from sa_ejhead.visualize import (
     read_image,
 )
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MODEL = get_config_file("common/models/mask_rcnn_safpn_ejhead.py")
-
-
-def _run_tool(script, argv, monkeypatch):
-    """Run tools/<script> in this process, as ``python tools/<script> argv...``.
-
-    Returns:
-        int: the exit status.
-    """
-    monkeypatch.setattr(sys, "argv", [script] + list(argv))
-    try:
-        runpy.run_path(os.path.join(REPO, "tools", script), run_name="__main__")
-    except SystemExit as e:
-        return e.code or 0
-    return 0
 
 
 @pytest.fixture(scope="module")
@@ -152,13 +139,13 @@ def test_train_net_yacs_cli(tmp_path, monkeypatch, capsys):
     yaml_file = tmp_path / "tiny.yaml"
     yaml_file.write_text(cfg.dump())
     spec = f"yacs_cli={json_file},{image_root}"
-    _run_tool(
+    run_tool_script(
         "train_net.py", ["--config-file", str(yaml_file), "--coco-dataset", spec], monkeypatch
     )
     weights = tmp_path / "out" / "model_final.pth"
     assert weights.is_file()
 
-    _run_tool(
+    run_tool_script(
         "train_net.py",
         ["--config-file", str(yaml_file), "--coco-dataset", spec, "--eval-only"]
         + ["MODEL.WEIGHTS", str(weights), "OUTPUT_DIR", str(tmp_path / "eval")],
@@ -170,15 +157,15 @@ def test_train_net_yacs_cli(tmp_path, monkeypatch, capsys):
     bad.write_text(cfg.dump().replace("INTERLEAVE:", "INTERLEAVES:", 1))
     # an input error: one line naming the file and the key, the traceback in a file, exit 1
     capsys.readouterr()
-    assert _run_tool("train_net.py", ["--config-file", str(bad)], monkeypatch) == 1
+    assert run_tool_script("train_net.py", ["--config-file", str(bad)], monkeypatch) == 1
     err = capsys.readouterr().err.splitlines()
-    i = next(i for i, l in enumerate(err) if l.startswith("train_net: error: "))
-    assert "MODEL.EJ_HEAD.INTERLEAVES" in err[i] and str(bad) in err[i]
+    (line,) = [l for l in err if l.startswith("train_net: error: ")]
+    assert "MODEL.EJ_HEAD.INTERLEAVES" in line and str(bad) in line
     assert "Traceback" not in "".join(err)
-    log_file = err[i + 1].split("traceback in ")[1].split(";")[0]
-    assert "Traceback" in open(log_file).read() and "--debug" in err[i + 1]
+    log_file = line.split("(traceback in ")[1].split(";")[0]
+    assert "Traceback" in open(log_file).read() and line.endswith("; --debug shows it)")
     with pytest.raises(KeyError, match="MODEL.EJ_HEAD.INTERLEAVES"):
-        _run_tool("train_net.py", ["--config-file", str(bad), "--debug"], monkeypatch)
+        run_tool_script("train_net.py", ["--config-file", str(bad), "--debug"], monkeypatch)
 
 
 # --- demo ---------------------------------------------------------------------------------
@@ -207,7 +194,7 @@ def test_demo_folder_with_a_broken_image(lazy_run, tmp_path, monkeypatch, caplog
     vis_logger = logging.getLogger("sa_ejhead.visualize")
     vis_logger.addHandler(caplog.handler)
     try:
-        code = _run_tool("demo.py", argv, monkeypatch)
+        code = run_tool_script("demo.py", argv, monkeypatch)
     finally:
         vis_logger.removeHandler(caplog.handler)
     assert code == 1  # one image could not be read; the others were drawn
@@ -220,18 +207,18 @@ def test_demo_folder_with_a_broken_image(lazy_run, tmp_path, monkeypatch, caplog
     single = tmp_path / "one.jpg"
     argv[argv.index("--input") + 1] = os.path.join(inputs, "good_*.png")
     argv[argv.index("--output") + 1] = str(tmp_path / "glob")
-    code = _run_tool("demo.py", argv, monkeypatch)
+    code = run_tool_script("demo.py", argv, monkeypatch)
     assert code == 0 and len(os.listdir(tmp_path / "glob")) == 2
     argv[argv.index("--input") + 1] = good[0]
     argv[argv.index("--output") + 1] = str(single)
-    code = _run_tool("demo.py", argv, monkeypatch)
+    code = run_tool_script("demo.py", argv, monkeypatch)
     assert code == 0 and single.is_file()
 
     # Only broken images: the run fails, naming the file.
     argv[argv.index("--input") + 1] = os.path.join(inputs, "broken.png")
     argv[argv.index("--output") + 1] = str(tmp_path / "none")
     capsys.readouterr()
-    assert _run_tool("demo.py", argv, monkeypatch) == 1
+    assert run_tool_script("demo.py", argv, monkeypatch) == 1
     # (log records may precede it on stderr)
     (line,) = [l for l in capsys.readouterr().err.splitlines() if l.startswith("demo: error: ")]
     assert "none of the 1 input images could be read" in line and "broken.png" in line
@@ -291,27 +278,6 @@ def test_draw_predictions_threshold_and_labels():
     assert len(drawn) == 2 and not np.array_equal(picture, both)
 
 
-class _listen:
-    """Collect each record of ``sa_ejhead.visualize`` once in ``caplog``.
-
-    The tools set up the ``sa_ejhead`` logger without propagation to the root logger (where
-    ``caplog`` listens); whether that happened depends on the tests that ran before.
-    """
-
-    def __init__(self, caplog, name="sa_ejhead.visualize"):
-        self.caplog, self.logger = caplog, logging.getLogger(name)
-
-    def __enter__(self):
-        self.caplog.clear()
-        self.propagate, self.logger.propagate = self.logger.propagate, False
-        self.logger.addHandler(self.caplog.handler)
-        return self.caplog
-
-    def __exit__(self, *exc):
-        self.logger.removeHandler(self.caplog.handler)
-        self.logger.propagate = self.propagate
-
-
 def _warnings(caplog):
     return [r for r in caplog.records if r.name == "sa_ejhead.visualize" and r.levelno >= 30]
 
@@ -322,7 +288,7 @@ def test_demo_warns_when_the_heads_are_untrained(lazy_run, tmp_path, caplog):
     # As an ImageNet checkpoint: weights for the bottom-up ResNet only.
     backbone_only = str(tmp_path / "backbone_only.pth")
     torch.save({"model": {k: v for k, v in weights.items() if ".bottom_up." in k}}, backbone_only)
-    with _listen(caplog):
+    with listen(caplog):
         predictor = build_predictor(lazy_run["config"], [f"train.init_checkpoint={backbone_only}"])
     assert predictor.missing_weights and not any(
         ".bottom_up." in k for k in predictor.missing_weights
@@ -334,13 +300,13 @@ def test_demo_warns_when_the_heads_are_untrained(lazy_run, tmp_path, caplog):
     assert "backbone.bottom_up" not in message
     assert "train.init_checkpoint=" in message  # the fix
 
-    with _listen(caplog):
+    with listen(caplog):
         predictor = build_predictor(lazy_run["config"], ["train.init_checkpoint="])
     assert set(predictor.missing_weights) == set(weights)
     assert "train.init_checkpoint is empty" in caplog.text and "heads are untrained" in caplog.text
 
     # A trained Mask R-CNN checkpoint of the model: no warning.
-    with _listen(caplog):
+    with listen(caplog):
         predictor = build_predictor(lazy_run["config"], [f"train.init_checkpoint={final}"])
     assert predictor.missing_weights == [] and not _warnings(caplog)
 
@@ -348,18 +314,18 @@ def test_demo_warns_when_the_heads_are_untrained(lazy_run, tmp_path, caplog):
 def test_demo_yacs_warns_when_the_heads_are_untrained(tmp_path, caplog):
     yaml_file = tmp_path / "tiny.yaml"
     yaml_file.write_text(tiny_yacs_config("unused", "unused", str(tmp_path / "out")).dump())
-    with _listen(caplog):
+    with listen(caplog):
         predictor = build_predictor(str(yaml_file))
     assert "MODEL.WEIGHTS is empty" in caplog.text and "MODEL.WEIGHTS output/" in caplog.text
     weights = predictor.model.state_dict()
     full, partial = str(tmp_path / "full.pth"), str(tmp_path / "partial.pth")
     torch.save({"model": weights}, full)
     torch.save({"model": {k: v for k, v in weights.items() if "roi_heads" not in k}}, partial)
-    with _listen(caplog):
+    with listen(caplog):
         predictor = build_predictor(str(yaml_file), ["MODEL.WEIGHTS", partial])
     assert predictor.missing_weights and all("roi_heads" in k for k in predictor.missing_weights)
     assert "has no weights for roi_heads (" in caplog.text and "heads are untrained" in caplog.text
-    with _listen(caplog):
+    with listen(caplog):
         predictor = build_predictor(str(yaml_file), ["MODEL.WEIGHTS", full])
     assert predictor.missing_weights == [] and not _warnings(caplog)
 
@@ -396,7 +362,7 @@ def _images(folder, widths):
 def test_demo_goes_on_when_the_predictor_raises(tmp_path, caplog, monkeypatch):
     paths = _images(str(tmp_path / "in"), [32, 48, 40])
     predictor = _FailingPredictor(lambda image: image.shape[1] == 48)
-    with _listen(caplog):
+    with listen(caplog):
         written, failures = draw_images(predictor, str(tmp_path / "in"), str(tmp_path / "out"))
     assert predictor.calls == 3  # the image after the failing one too
     assert sorted(os.listdir(tmp_path / "out")) == ["im0.png", "im2.png"] and len(written) == 2
@@ -407,12 +373,12 @@ def test_demo_goes_on_when_the_predictor_raises(tmp_path, caplog, monkeypatch):
     # tools/demo.py: exit status 1 when some failed, an error naming them when all did.
     monkeypatch.setattr(visualize, "build_predictor", lambda config_file, opts: predictor)
     argv = ["--config-file", "unused.py", "--input", str(tmp_path / "in"), "--output"]
-    with _listen(caplog):
+    with listen(caplog):
         assert demo_main(get_demo_parser().parse_args(argv + [str(tmp_path / "o1")])) == 1
     assert "1 of 3 images could not be read or predicted on: " + paths[1] in caplog.text
     predictor.fails = lambda image: True
     args = get_demo_parser().parse_args(argv + [str(tmp_path / "o2")])
-    with _listen(caplog), pytest.raises(RuntimeError, match="none of the 3 input images") as e:
+    with listen(caplog), pytest.raises(RuntimeError, match="none of the 3 input images") as e:
         demo_main(args)
     assert all(p in str(e.value) for p in paths)
     assert caplog.text.count("Traceback") == 1  # once, not for every image
@@ -478,9 +444,9 @@ def test_run_tool_prints_input_errors_as_one_line(capsys):
         raise DatasetFormatError("ann.json: annotations[3].bbox: bad", file="ann.json")
 
     assert run_tool(bad_input, tool="x") == 1
-    first, second = capsys.readouterr().err.splitlines()
-    assert first == "x: error: ann.json: annotations[3].bbox: bad"
-    assert second.startswith("(traceback in ") and "--debug" in second
+    (line,) = capsys.readouterr().err.splitlines()
+    assert line.startswith("x: error: ann.json: annotations[3].bbox: bad (traceback in ")
+    assert line.endswith("; --debug shows it)")
     with pytest.raises(DatasetFormatError):
         run_tool(bad_input, debug=True)
     assert run_tool(lambda: 3) == 3 and run_tool(lambda: {"AP": 1}) == 0
@@ -503,8 +469,8 @@ def test_training_tool_reports_a_bad_annotation_file(tmp_path, monkeypatch, caps
     ann.write_text(content)
     (tmp_path / "images").mkdir()
     argv = ["--config-file", MODEL, "--coco-dataset", f"bad={ann},{tmp_path / 'images'}"]
-    assert _run_tool("lazyconfig_train_net.py", argv, monkeypatch) == 1
+    assert run_tool_script("lazyconfig_train_net.py", argv, monkeypatch) == 1
     err = capsys.readouterr().err.splitlines()
-    i = next(i for i, l in enumerate(err) if l.startswith("lazyconfig_train_net: error: "))
-    assert err[i].startswith(f"lazyconfig_train_net: error: {ann}: ") and field in err[i]
-    assert "traceback in" in err[i + 1] and "Traceback" not in "".join(err)
+    (line,) = [l for l in err if l.startswith("lazyconfig_train_net: error: ")]
+    assert line.startswith(f"lazyconfig_train_net: error: {ann}: ") and field in line
+    assert "(traceback in " in line and "Traceback" not in "".join(err)

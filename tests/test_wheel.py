@@ -1,4 +1,5 @@
-"""`pip install .` carries the configs: a wheel, installed outside the repository, loads them."""
+"""`pip install .` carries the configs and the model zoo's weights: a wheel, installed outside
+the repository, loads them."""
 
 import os
 import shutil
@@ -20,6 +21,12 @@ assert root.startswith(os.path.dirname(sa_ejhead.__file__)), root
 cfg = model_zoo.get_config("{CONFIG}")
 assert cfg.model.backbone._target_.__name__ == "SAFPN"
 assert model_zoo.get_config("yacs/mask_rcnn_R_50_SAFPN_EJHead_1x.yaml").MODEL.SAFPN.MODE == "sa"
+# the trained weights of the model zoo are installed, and load (sha256 checked, unpacked)
+from detectron2.utils.file_io import PathManager
+for config in model_zoo.trained_configs():
+    local = PathManager.get_local_path(model_zoo.get_checkpoint_url(config))
+    assert os.path.getsize(local) > 10**6, local
+assert len(model_zoo.trained_configs()) == 2
 print("OK", sa_ejhead.__file__)
 """
 
@@ -64,5 +71,6 @@ def test_wheel_carries_the_configs(tmp_path):
         cwd=tmp_path,
     )
     env = {k: v for k, v in os.environ.items() if k not in ("SA_EJHEAD_CONFIGS", "PYTHONPATH")}
+    env["SA_EJHEAD_CACHE"] = str(tmp_path / "cache")
     out = _run([py, "-c", CHECK], cwd=tmp_path, env=env)
     assert out.startswith("OK ") and out.split()[1].startswith(site)

@@ -8,6 +8,12 @@ Examples::
     tools/demo.py --config-file configs/yacs/X.yaml --input 'images/*.png' --output vis/ \\
         --confidence-threshold 0.7 --opts MODEL.WEIGHTS output/model_final.pth MODEL.DEVICE cpu
 
+A config of the model zoo that has trained weights (``configs/demo/sa_shapes.py``) uses them
+when ``--opts`` name no weights (docs/model_zoo.md)::
+
+    tools/demo.py --config-file configs/demo/sa_shapes.py \\
+        --input docs/images/sa_shapes_val_000007.png --output vis/
+
 Images that cannot be read or predicted on are reported (with their path) and skipped; the exit
 status is 1 when any image failed, and the run fails outright only when all did (one line names
 the files; ``--debug`` shows the traceback). Without a

@@ -58,7 +58,7 @@ def main(argv=None):
         os.path.join(out, "model_final.pth"),
         pretrained_path(name),
         prefix="backbone.bottom_up.",
-        dtype=torch.float16,
+        precision="fp16",
     )
     known = PRETRAINED_BACKBONES.get(name)
     print(f"[pretrain] wrote {pretrained_path(name)} (sha256 {digest})")

@@ -4,7 +4,9 @@
 and the field (``annotations[12].category_id``), before any model is built: the problems that
 otherwise surface late and obscurely in Detectron2's loader, mapper or evaluator. What is checked
 and what is accepted (as Detectron2's ``load_coco_json`` handles it): docs/demo.md, "Your own
-COCO-format data".
+COCO-format data". :func:`check_image_file` reads an image's header (size, mode): the images
+whose size differs from the JSON, and those Detectron2 would read wrongly (16-bit greyscale),
+fail there too.
 """
 
 import json
@@ -12,7 +14,9 @@ import math
 import numbers
 import os
 
-from ..errors import SAEJHeadError
+from PIL import Image, ImageMode
+
+from ..errors import SAEJHeadError, describe
 
 __all__ = [
     "DatasetError",
@@ -20,6 +24,7 @@ __all__ = [
     "DatasetFileNotFoundError",
     "DatasetImageError",
     "BOX_ONLY_ADVICE",
+    "check_image_file",
     "has_segmentation",
     "lacks_segmentation",
     "validate_coco_json",
@@ -61,6 +66,69 @@ class DatasetFileNotFoundError(DatasetError, FileNotFoundError):
 
 class DatasetImageError(DatasetError, OSError):
     """An image file exists but cannot be decoded."""
+
+
+# The PIL modes with more than 8 bits per band that Detectron2's read_image converts to 8-bit RGB
+# (or L) by clipping every value above 255, as PIL's convert does: refused, with what they are.
+_WIDE_MODES = {
+    "I;16": "16-bit greyscale",
+    "I;16L": "16-bit greyscale",
+    "I;16B": "16-bit greyscale",
+    "I;16N": "16-bit greyscale",
+    "I": "32-bit integer greyscale",
+    "F": "32-bit float greyscale",
+}
+# EXIF orientations for which Detectron2's read_image turns the image by 90 degrees.
+_SWAPS_SIDES = (5, 6, 7, 8)
+_EXIF_ORIENTATION = 274
+
+
+def _supported_mode(mode):
+    """Whether Detectron2 reads a PIL image of this mode correctly: 8 bits (or 1) per band."""
+    try:
+        return ImageMode.getmode(mode).typestr in ("|u1", "|b1")
+    except KeyError:  # a mode PIL has no description of
+        return False
+
+
+def check_image_file(path, prefix="", note=""):
+    """Read the header of the image file ``path`` (no decoding) and return ``(width, height)``
+    as Detectron2's ``read_image`` will see the image (after its EXIF rotation).
+
+    Raises, with ``prefix`` (e.g. ``"ann.json: images[3].file_name='x.png': "``) before the
+    message and ``note`` (e.g. ``" (image_id 3)"``) after the file name:
+    :class:`DatasetFileNotFoundError` if the file does not exist;
+    :class:`DatasetImageError` if its header cannot be read, or if its mode is one that Detectron2
+    would read wrongly (more than 8 bits per band: 16-bit greyscale, 32-bit integer or float).
+    """
+    try:
+        with Image.open(path) as image:
+            width, height = image.size
+            mode = image.mode
+            # a PNG's EXIF after its pixels would need decoding them: not looked for (the mapper
+            # then reports Detectron2's size mismatch)
+            has_exif = image.format != "PNG" or "exif" in image.info
+            orientation = image.getexif().get(_EXIF_ORIENTATION) if has_exif else None
+    except FileNotFoundError as e:
+        raise DatasetFileNotFoundError(
+            f"{prefix}image file not found: {path}{note}", file=path
+        ) from e
+    except Exception as e:  # PIL raises OSError, SyntaxError, ValueError... for a broken header
+        raise DatasetImageError(
+            f"{prefix}cannot read image {path}{note}: {describe(e)}", file=path
+        ) from e
+    if not _supported_mode(mode):
+        what = _WIDE_MODES.get(mode, "more than 8 bits per band")
+        raise DatasetImageError(
+            f"{prefix}{path}{note}: {what} image (PIL mode {mode!r}) is not supported: "
+            "Detectron2 would read it as 8-bit by clipping every value above 255. Convert it to "
+            "8 bits per channel (for 16-bit greyscale, 8-bit greyscale = value // 257, as "
+            "viewers show it)",
+            file=path,
+        )
+    if orientation in _SWAPS_SIDES:
+        width, height = height, width
+    return width, height
 
 
 def _is_int(v):
@@ -189,11 +257,14 @@ def _check_masks_consistent(c, anns, with_segm, without_segm):
 
 
 def validate_coco_json(json_file, image_root, *, require_annotations=True):
-    """Check a COCO instances annotation file, and that its images exist under ``image_root``.
+    """Check a COCO instances annotation file, and its images under ``image_root``: that they
+    exist, and from their headers (:func:`check_image_file`, no decoding) that their sizes are the
+    JSON's ``width`` and ``height`` and that Detectron2 reads their mode correctly.
 
     Args:
-        require_annotations (bool): raise if ``annotations`` is empty (a training set must have
-            annotations; an evaluation-only set may not).
+        require_annotations (bool): raise if ``annotations`` is empty, or all of them are crowd
+            regions (a training set must have annotations to train on; an evaluation-only set
+            may not).
 
     Returns:
         dict: ``categories`` (list of ``{"id", "name"}`` sorted by id), ``num_images``,
@@ -201,7 +272,9 @@ def validate_coco_json(json_file, image_root, *, require_annotations=True):
 
     Raises:
         DatasetFileNotFoundError: the JSON file, ``image_root`` or an image file is missing.
-        DatasetFormatError: the JSON is malformed or inconsistent.
+        DatasetFormatError: the JSON is malformed or inconsistent, or an image's size differs
+            from its ``width`` and ``height``.
+        DatasetImageError: an image's header cannot be read, or its mode is not supported.
     """
     json_file = os.fspath(json_file)
     image_root = os.fspath(image_root)
@@ -248,11 +321,16 @@ def validate_coco_json(json_file, image_root, *, require_annotations=True):
             c.fail(f"{f}.id", f"duplicate image id {iid} (also images[{images[iid][0]}])")
         images[iid] = (i, img)
         path = os.path.join(image_root, file_name)
-        if not os.path.isfile(path):
-            raise DatasetFileNotFoundError(
-                f"{json_file}: {f}.file_name={file_name!r}: image file not found: {path}",
-                file=path,
-                field=f"{f}.file_name",
+        try:
+            width, height = check_image_file(path, f"{json_file}: {f}.file_name={file_name!r}: ")
+        except DatasetError as e:
+            e.field = f"{f}.file_name"
+            raise
+        if (width, height) != (img["width"], img["height"]):
+            c.fail(
+                f"{f}.width",
+                f"image id {iid}, file {path}: the image is {width}x{height} (width x height) but "
+                f"the JSON says width {img['width']}, height {img['height']}",
             )
 
     # annotations
@@ -316,6 +394,13 @@ def validate_coco_json(json_file, image_root, *, require_annotations=True):
             )
         annotated.add(iid)
     _check_masks_consistent(c, anns, with_segm, without_segm)
+    if anns and require_annotations and not with_segm and not without_segm:
+        c.fail(
+            "annotations[*].iscrowd",
+            f"all {len(anns)} annotations have iscrowd=1: Detectron2 trains on non-crowd "
+            "annotations only, so a training set needs at least one with iscrowd=0 (register it "
+            "with require_annotations=False if it is only evaluated)",
+        )
     return {
         "categories": [{"id": k, "name": cat_names[k]} for k in sorted(cat_names)],
         "num_images": len(images),

@@ -1,12 +1,20 @@
 """Command-line arguments shared by the tools: Detectron2's, plus ``--coco-dataset``."""
 
+import functools
 import os
+import pickle
+import sys
+import tempfile
+import traceback
 
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.engine import default_argument_parser as _d2_default_argument_parser
 from detectron2.engine import launch
+from detectron2.utils import comm
+from torch.multiprocessing import ProcessExitedException
 
-from ..errors import ConfigError, run_tool
+from ..errors import ConfigError, SAEJHeadError, other_messages_on_stdout, run_tool
+from .train_loop import input_errors_on_one_line
 
 __all__ = [
     "default_argument_parser",
@@ -49,21 +57,76 @@ def default_argument_parser(epilog=None):
     return add_debug_argument(add_coco_dataset_argument(_d2_default_argument_parser(epilog)))
 
 
+def _run_tool_main(main, debug, error_dir, args):
+    """``main(args)``, in a process of ``launch``. Without ``debug``: the training loop's log of a
+    project error that stops training is one line, without the traceback that
+    :func:`~sa_ejhead.errors.run_tool` saves; and in a process that ``launch`` started
+    (``error_dir`` is not None), such an error is saved (pickled) in ``error_dir`` for the parent
+    process to report, and the process exits with status 1."""
+    if debug:
+        return main(args)
+    with input_errors_on_one_line(), other_messages_on_stdout():
+        if error_dir is None:
+            return main(args)
+        try:
+            return main(args)
+        except SAEJHeadError as e:
+            rank = comm.get_local_rank()
+            worker = "".join(traceback.format_exception(e)).rstrip()
+            e.add_note(f"Raised in the launched process of local rank {rank}:\n{worker}")
+            try:
+                data = pickle.dumps(e)
+            except Exception:  # an attribute that does not pickle: torch reports it as it is
+                raise e
+            with open(os.path.join(error_dir, f"{rank}.pkl"), "wb") as f:
+                f.write(data)
+            sys.exit(1)
+
+
+def _launch(main, args, error_dir):
+    """Detectron2's ``launch`` of ``main(args)`` on several processes; re-raise here the project
+    error of the process that failed first, as that process saved it (:func:`_run_tool_main`)."""
+    try:
+        launch(
+            functools.partial(_run_tool_main, main, args.debug, error_dir),
+            args.num_gpus,
+            args.num_machines,
+            args.machine_rank,
+            args.dist_url,
+            (args,),
+        )
+    except ProcessExitedException as e:
+        saved = os.path.join(error_dir, f"{e.error_index}.pkl")
+        if not os.path.isfile(saved):
+            raise
+        with open(saved, "rb") as f:
+            error = pickle.load(f)
+        raise error from None
+
+
 def launch_tool(main, argv=None):
     """Parse a training tool's command line (:func:`default_argument_parser`) and run
     ``main(args)`` in every process of Detectron2's ``launch``, through
-    :func:`sa_ejhead.errors.run_tool`; return the exit status."""
+    :func:`sa_ejhead.errors.run_tool`; return the exit status.
+
+    With several processes (``--num-gpus 2``), the project error of the process that fails first
+    is reported by this one, as one line too.
+    """
     args = default_argument_parser().parse_args(argv)
-    return run_tool(
-        launch,
-        main,
-        args.num_gpus,
-        args.num_machines,
-        args.machine_rank,
-        args.dist_url,
-        (args,),
-        debug=args.debug,
-    )
+    if args.num_gpus * args.num_machines <= 1:
+        run_main = functools.partial(_run_tool_main, main, args.debug, None)
+        return run_tool(
+            launch,
+            run_main,
+            args.num_gpus,
+            args.num_machines,
+            args.machine_rank,
+            args.dist_url,
+            (args,),
+            debug=args.debug,
+        )
+    with tempfile.TemporaryDirectory(prefix="sa_ejhead-errors-") as error_dir:
+        return run_tool(_launch, main, args, error_dir, debug=args.debug)
 
 
 def parse_coco_dataset_spec(spec):

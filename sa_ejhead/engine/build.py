@@ -2,11 +2,11 @@
 
 import torch
 import yaml
-from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.config import CfgNode, instantiate
 from detectron2.modeling import build_model
 
-from .lazy import load_lazy_config
+from .checkpoint import AtomicDetectionCheckpointer
+from .lazy import check_config_file, load_lazy_config
 from .trainer import load_yacs_config
 
 __all__ = ["build_cpu_model", "is_lazy_config", "load_config", "load_weights"]
@@ -35,14 +35,16 @@ def is_lazy_config(config_file):
 def load_config(config_file, opts=None):
     """Load a LazyConfig with ``key=value`` overrides (:func:`load_lazy_config`) or a yacs config
     with ``KEY VALUE`` pairs (:func:`load_yacs_config`, not frozen), as :func:`is_lazy_config`
-    tells."""
+    tells; a :class:`~sa_ejhead.errors.ConfigError` if the file does not exist."""
+    check_config_file(config_file)
     if is_lazy_config(config_file):
         return load_lazy_config(config_file, opts)
     return load_yacs_config(config_file, opts)
 
 
-class _RecordingCheckpointer(DetectionCheckpointer):
-    """A :class:`DetectionCheckpointer` that remembers which model weights it did not load."""
+class _RecordingCheckpointer(AtomicDetectionCheckpointer):
+    """A checkpointer (a missing or unreadable file: a CheckpointError naming it) that remembers
+    which model weights it did not load."""
 
     def load(self, path, *args, **kwargs):
         # An empty path loads nothing (fvcore returns before _load_model).

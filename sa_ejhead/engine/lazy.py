@@ -1,31 +1,35 @@
 """Training and evaluation with LazyConfig, as Detectron2's ``tools/lazyconfig_train_net.py``.
 
 ``do_train`` adds to Detectron2's loop: atomic checkpoints, an exactly resumable data stream and
-random state (:mod:`sa_ejhead.engine.resume`), DistributedDataParallel on CPU processes, and a
-clear error when the config asks for CUDA on a machine without it.
+random state (:mod:`sa_ejhead.engine.resume`), DistributedDataParallel on CPU processes, and
+one-line errors (:mod:`sa_ejhead.errors`) for a config asking for CUDA on a machine without it, a
+missing config file or checkpoint, an override of the wrong type, and a diverging training.
 """
 
 import difflib
 import inspect
 import logging
+import os
 
 import torch
 from detectron2.config import LazyConfig, instantiate
 from detectron2.data import build_detection_train_loader
-from detectron2.engine import AMPTrainer, SimpleTrainer, default_setup, default_writers, hooks
+from detectron2.engine import default_setup, default_writers, hooks
 from detectron2.evaluation import inference_on_dataset, print_csv_format
 from detectron2.utils import comm
 from detectron2.utils.env import seed_all_rng
 from detectron2.utils.logger import setup_logger
 from detectron2.utils.registry import locate
+from hydra.errors import OverrideParseException
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from torch.utils.data import IterableDataset
 
-from ..errors import ConfigError
+from ..errors import ConfigError, describe, errors_logged_in
 from .args import register_datasets_from_args
-from .checkpoint import AtomicDetectionCheckpointer
+from .checkpoint import AtomicDetectionCheckpointer, check_checkpoint_path
 from .ddp import create_ddp_model
 from .resume import IterationSeeder, ResumableTrainingSampler, process_seed, run_seed
+from .train_loop import AMPTrainer, EvalHook, SimpleTrainer
 
 __all__ = [
     "apply_lazy_overrides",
@@ -159,9 +163,82 @@ def _closest_key(cfg, key, parent):
     return candidates[close[0]] if close else None
 
 
+def check_config_file(config_file):
+    """Raise a :class:`ConfigError` if ``config_file`` (a local path) is not given or does not
+    exist."""
+    if not config_file:
+        raise ConfigError("no config file given: pass --config-file FILE")
+    if "://" not in config_file and not os.path.isfile(config_file):
+        raise ConfigError(f"config file {config_file!r} does not exist (--config-file)")
+
+
 def load_lazy_config(config_file, opts=None):
-    """Load a LazyConfig file and apply ``key=value`` overrides (:func:`apply_lazy_overrides`)."""
+    """Load a LazyConfig file and apply ``key=value`` overrides (:func:`apply_lazy_overrides`); a
+    :class:`ConfigError` if the file does not exist."""
+    check_config_file(config_file)
     return apply_lazy_overrides(LazyConfig.load(config_file), opts, config_file)
+
+
+_UNCHECKED = object()  # a value whose type an override is not checked against
+
+
+def _plain_value(cfg, key):
+    """The value at the dotted ``key``: a scalar, or a ``ListConfig``; ``_UNCHECKED`` for a
+    mapping, an interpolation, a missing value or a key that does not exist."""
+    node, parts = cfg, key.split(".")
+    for i, part in enumerate(parts):
+        if isinstance(node, ListConfig):
+            if not (part.isdigit() and int(part) < len(node)):
+                return _UNCHECKED
+            part = int(part)
+        elif not isinstance(node, DictConfig) or part not in node.keys():
+            return _UNCHECKED
+        if OmegaConf.is_missing(node, part) or OmegaConf.is_interpolation(node, part):
+            return _UNCHECKED
+        node = node[part]
+        if i < len(parts) - 1 and not OmegaConf.is_config(node):
+            return _UNCHECKED
+    return _UNCHECKED if isinstance(node, DictConfig) else node
+
+
+def _is_int(v):
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_list(v):
+    return isinstance(v, (ListConfig, list, tuple))
+
+
+def _is_number(v):
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+# (is the old value of this kind, the kind's name, does a new value fit it): the same type (an int
+# for a float too); and, where Detectron2 takes one value or several (dataset names, sizes), a
+# list for a number or a string, and the other way round. null replaces anything.
+_KINDS = [
+    (lambda v: isinstance(v, bool), "a boolean (true or false)", lambda v: isinstance(v, bool)),
+    (_is_int, "an integer", lambda v: _is_int(v) or _is_list(v)),
+    (lambda v: isinstance(v, float), "a number", lambda v: _is_number(v) or _is_list(v)),
+    (lambda v: isinstance(v, str), "a string", lambda v: isinstance(v, str) or _is_list(v)),
+    (_is_list, "a list", lambda v: _is_list(v) or _is_number(v) or isinstance(v, str)),
+]
+
+
+def _type_problem(old, new):
+    """The kind of value ``new`` should have been to replace ``old``, or None if it fits."""
+    if old is _UNCHECKED or new is _UNCHECKED or old is None or new is None:
+        return None
+    for is_kind, expected, fits in _KINDS:
+        if is_kind(old):
+            return None if fits(new) else expected
+    return None  # another object (a class, a function, a ShapeSpec): not checked
+
+
+def _describe_value(value):
+    if isinstance(value, str):
+        return f"the string {value!r}"
+    return f"{value!r} ({type(value).__name__})"
 
 
 def apply_lazy_overrides(cfg, opts, config_file="<config>"):
@@ -172,7 +249,13 @@ def apply_lazy_overrides(cfg, opts, config_file="<config>"):
     ``train.device``); otherwise a :class:`ConfigError` (a KeyError) names the key and
     ``config_file`` and suggests the closest key. As in Hydra, ``+key=value`` adds a key (an error
     if it exists) and ``++key=value`` sets it either way. A mapping value is merged into the
-    existing mapping, as :meth:`LazyConfig.apply_overrides` does. See docs/tools.md.
+    existing mapping, as :meth:`LazyConfig.apply_overrides` does.
+
+    A value must fit the type of the one it replaces, or a ConfigError names the key and the type
+    it expects: an integer for an integer, a number for a float, true/false for a boolean, a
+    string for a string; null replaces anything, and a list may replace a number or a string and
+    the other way round (Detectron2 takes one or several dataset names, sizes...). A malformed
+    value is a ConfigError too. See docs/tools.md.
     """
     for override in opts or []:
         prefix, key, assignment = _parse_override(override)
@@ -194,7 +277,19 @@ def apply_lazy_overrides(cfg, opts, config_file="<config>"):
                 f"Override {override!r}: config file {config_file!r} already has the key "
                 f"{key!r}; drop the '+' to change it (or write '++{assignment}')."
             )
-        cfg = LazyConfig.apply_overrides(cfg, [assignment])
+        old = _plain_value(cfg, key) if prefix != "+" else _UNCHECKED
+        try:
+            cfg = LazyConfig.apply_overrides(cfg, [assignment])
+        except OverrideParseException as e:
+            raise ConfigError(f"Override {override!r}: cannot parse it ({describe(e)})") from e
+        new = _plain_value(cfg, key)
+        expected = _type_problem(old, new)
+        if expected:
+            raise ConfigError(
+                f"Override {override!r}: {key!r} expects {expected} (it is {old!r} in config "
+                f"file {config_file!r}), got {_describe_value(new)}"
+                + (f"; quote a string: {key}='{new}'" if expected == "a string" else "")
+            )
     return cfg
 
 
@@ -276,6 +371,9 @@ def do_train(cfg, resume=False, extra_hooks=None):
     Returns:
         dict: the results of the last evaluation (main process), ``{}`` if none ran.
     """
+    output_dir = cfg.train.output_dir
+    resume_dir = output_dir if resume else None
+    check_checkpoint_path(cfg.train.init_checkpoint, "train.init_checkpoint", resume_dir)
     seed = run_seed(cfg.train.get("seed", -1))
     # The model's initialisation too (default_setup may have done it; do_train can run alone).
     seed_all_rng(process_seed(seed))
@@ -287,7 +385,8 @@ def do_train(cfg, resume=False, extra_hooks=None):
     model = create_ddp_model(model, **cfg.train.get("ddp", {}))
     amp = cfg.train.get("amp", {}).get("enabled", False)
     trainer = (AMPTrainer if amp else SimpleTrainer)(model, train_loader, optim)
-    checkpointer = AtomicDetectionCheckpointer(model, cfg.train.output_dir, trainer=trainer)
+    checkpointer = AtomicDetectionCheckpointer(model, output_dir, trainer=trainer)
+    trainer.checkpointer = checkpointer  # names the last checkpoint if training diverges
     last = {}  # the results of the last evaluation
 
     def evaluate():
@@ -301,10 +400,10 @@ def do_train(cfg, resume=False, extra_hooks=None):
             hooks.IterationTimer(),
             hooks.LRScheduler(scheduler=instantiate(cfg.lr_multiplier)),
             (hooks.PeriodicCheckpointer(checkpointer, **cfg.train.checkpointer) if main else None),
-            hooks.EvalHook(cfg.train.eval_period, evaluate),
+            EvalHook(cfg.train.eval_period, evaluate),
             (
                 hooks.PeriodicWriter(
-                    default_writers(cfg.train.output_dir, cfg.train.max_iter),
+                    default_writers(output_dir, cfg.train.max_iter),
                     period=cfg.train.log_period,
                 )
                 if main
@@ -330,9 +429,11 @@ def main(args):
     cfg = load_lazy_config(args.config_file, args.opts)
     default_setup(cfg, args)
     setup_logger(cfg.train.output_dir, distributed_rank=comm.get_rank(), name="sa_ejhead")
-    if args.eval_only:
-        model = build_lazy_model(cfg)
-        model = create_ddp_model(model)
-        AtomicDetectionCheckpointer(model).load(cfg.train.init_checkpoint)
-        return do_test(cfg, model)
-    return do_train(cfg, resume=args.resume)
+    with errors_logged_in(cfg.train.output_dir):
+        if args.eval_only:
+            check_checkpoint_path(cfg.train.init_checkpoint, "train.init_checkpoint")
+            model = build_lazy_model(cfg)
+            model = create_ddp_model(model)
+            AtomicDetectionCheckpointer(model).load(cfg.train.init_checkpoint)
+            return do_test(cfg, model)
+        return do_train(cfg, resume=args.resume)

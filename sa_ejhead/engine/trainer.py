@@ -12,7 +12,7 @@ from detectron2.data import (
     build_detection_train_loader,
     get_detection_dataset_dicts,
 )
-from detectron2.engine import AMPTrainer, DefaultTrainer, SimpleTrainer, TrainerBase, default_setup
+from detectron2.engine import DefaultTrainer, TrainerBase, default_setup, hooks
 from detectron2.solver import get_default_optimizer_params
 from detectron2.solver.build import maybe_add_gradient_clipping
 from detectron2.utils import comm
@@ -20,16 +20,17 @@ from detectron2.utils.env import seed_all_rng
 from detectron2.utils.logger import setup_logger
 
 from sa_ejhead.config import add_sa_ejhead_config
-from sa_ejhead.errors import ConfigError
+from sa_ejhead.errors import ConfigError, errors_logged_in
 from sa_ejhead.data import CheckedDatasetMapper
 from sa_ejhead.evaluation import COCOEvaluator
 from sa_ejhead.solver import ParamLRFactor, fc1_prefixes
 
 from .args import register_datasets_from_args
-from .checkpoint import AtomicDetectionCheckpointer
+from .checkpoint import AtomicDetectionCheckpointer, check_checkpoint_path
 from .ddp import create_ddp_model
-from .lazy import check_device
+from .lazy import check_config_file, check_device
 from .resume import IterationSeeder, ResumableTrainingSampler, process_seed, run_seed
+from .train_loop import AMPTrainer, EvalHook, SimpleTrainer
 
 __all__ = ["Trainer", "load_yacs_config", "setup_yacs_config", "main"]
 
@@ -37,21 +38,26 @@ __all__ = ["Trainer", "load_yacs_config", "setup_yacs_config", "main"]
 class Trainer(DefaultTrainer):
     """Detectron2's ``DefaultTrainer`` with :class:`CheckedDatasetMapper` loaders, our
     ``COCOEvaluator``, atomic checkpoints, exact ``--resume`` with the default ``TrainingSampler``
-    (:class:`IterationSeeder`, seeded by ``cfg.SEED`` or a drawn seed kept in the checkpoints) and
-    DistributedDataParallel on CPU (gloo) processes too.
+    (:class:`IterationSeeder`, seeded by ``cfg.SEED`` or a drawn seed kept in the checkpoints),
+    DistributedDataParallel on CPU (gloo) processes too, and the project's errors for a missing
+    ``MODEL.WEIGHTS`` (before the model is built) and a diverging training; the evaluation after
+    training runs only when training finished.
     """
 
     def __init__(self, cfg):
         # A copy of detectron2.engine.DefaultTrainer.__init__ (Detectron2 0.7.2), in the same
         # order, with: the seed set before the model is built, a resumable sampler, our
         # create_ddp_model (which also wraps CPU models; Detectron2's calls its own module-level
-        # create_ddp_model, which a subclass cannot replace) and the atomic checkpointer.
+        # create_ddp_model, which a subclass cannot replace), the atomic checkpointer, and
+        # trainers that stop with a TrainingDivergedError.
         TrainerBase.__init__(self)
         logger = logging.getLogger("detectron2")
         if not logger.isEnabledFor(logging.INFO):
             setup_logger()
         cfg = DefaultTrainer.auto_scale_workers(cfg, comm.get_world_size())
         check_device(cfg.MODEL.DEVICE)
+        # resume_or_load(resume=...) is called later: check unless it may resume
+        check_checkpoint_path(cfg.MODEL.WEIGHTS, "MODEL.WEIGHTS", resume_dir=cfg.OUTPUT_DIR)
 
         self.seed = run_seed(cfg.SEED)
         # The model's initialisation too (as default_setup; the Trainer can be built alone).
@@ -69,6 +75,7 @@ class Trainer(DefaultTrainer):
         self.checkpointer = AtomicDetectionCheckpointer(
             model, cfg.OUTPUT_DIR, trainer=weakref.proxy(self)
         )
+        self._trainer.checkpointer = self.checkpointer  # named if training diverges
         self.start_iter = 0
         self.max_iter = cfg.SOLVER.MAX_ITER
         self.cfg = cfg
@@ -141,9 +148,20 @@ class Trainer(DefaultTrainer):
         )
 
     def build_hooks(self):
-        """Detectron2's default hooks, preceded by the :class:`IterationSeeder`."""
+        """Detectron2's default hooks, preceded by the :class:`IterationSeeder`, with our
+        :class:`~sa_ejhead.engine.train_loop.EvalHook` (no evaluation after a failed training)."""
         per_iter = self.cfg.SOLVER.IMS_PER_BATCH // comm.get_world_size()
-        return [IterationSeeder(self.seed, self.train_sampler, per_iter)] + super().build_hooks()
+        ret = [IterationSeeder(self.seed, self.train_sampler, per_iter)]
+        for hook in super().build_hooks():
+            if isinstance(hook, hooks.EvalHook):
+                hook = EvalHook(self.cfg.TEST.EVAL_PERIOD, self._test_and_save_results)
+            ret.append(hook)
+        return ret
+
+    def _test_and_save_results(self):
+        # what DefaultTrainer.build_hooks evaluates (Detectron2 0.7.2)
+        self._last_eval_results = self.test(self.cfg, self.model)
+        return self._last_eval_results
 
     @classmethod
     def build_evaluator(cls, cfg, dataset_name, output_folder=None):
@@ -159,10 +177,11 @@ def _message(error):
 
 def load_yacs_config(config_file="", opts=None):
     """``get_cfg()`` + :func:`add_sa_ejhead_config` + a YAML file ('' for none) + ``KEY VALUE``
-    overrides; not frozen. An unknown key or a value of the wrong type raises a
+    overrides; not frozen. A missing file, an unknown key or a value of the wrong type raises a
     :class:`ConfigError` (a KeyError and a ValueError) naming the file or the command line."""
     cfg = add_sa_ejhead_config(get_cfg())
     if config_file:
+        check_config_file(config_file)
         where = f"in config file {config_file!r} (or one of its _BASE_ files)"
         try:
             cfg.merge_from_file(config_file)
@@ -199,13 +218,16 @@ def main(args):
     """Entry point of ``tools/train_net.py``, run in every process by ``launch``."""
     register_datasets_from_args(args)
     cfg = setup_yacs_config(args)
-    if args.eval_only:
-        check_device(cfg.MODEL.DEVICE)
-        model = Trainer.build_model(cfg)
-        AtomicDetectionCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(
-            cfg.MODEL.WEIGHTS, resume=args.resume
-        )
-        return Trainer.test(cfg, model)
-    trainer = Trainer(cfg)
-    trainer.resume_or_load(resume=args.resume)
-    return trainer.train()
+    with errors_logged_in(cfg.OUTPUT_DIR):
+        if args.eval_only:
+            check_device(cfg.MODEL.DEVICE)
+            resume_dir = cfg.OUTPUT_DIR if args.resume else None
+            check_checkpoint_path(cfg.MODEL.WEIGHTS, "MODEL.WEIGHTS", resume_dir)
+            model = Trainer.build_model(cfg)
+            AtomicDetectionCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(
+                cfg.MODEL.WEIGHTS, resume=args.resume
+            )
+            return Trainer.test(cfg, model)
+        trainer = Trainer(cfg)
+        trainer.resume_or_load(resume=args.resume)
+        return trainer.train()

@@ -1,0 +1,130 @@
+"""The shipped SA-Shapes checkpoints still get their AP: evaluated eagerly on sa_shapes_val, and
+exported to ONNX (instance by instance against eager, then the same AP). These are the
+trained-model counterparts of the random-weight parity tests of test_deploy.py; the AP they must
+reach is the model zoo's table (sa_ejhead/model_zoo_weights/manifest.json, docs/model_zoo.md)."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+from detectron2.config import instantiate
+
+from sa_ejhead import model_zoo
+from sa_ejhead.data import prepare_sa_shapes
+from sa_ejhead.export import ExportedModel, compare_instances, export_model, summarize_parity
+from sa_ejhead.pretrained import model_zoo_manifest
+
+pytestmark = pytest.mark.slow
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+AP_KEYS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
+TOLERANCE = 0.1 + 1e-6  # the table's box and mask AP (rounded to 0.001) within 0.1
+
+
+def _test_set(cfg):
+    prepare_sa_shapes()
+    cfg.dataloader.test.num_workers = 0
+    return [batch for batch in instantiate(cfg.dataloader.test)]
+
+
+def _evaluate(cfg, batches, outputs):
+    evaluator = instantiate(cfg.dataloader.evaluator)
+    evaluator.reset()
+    for batch, output in zip(batches, outputs):
+        evaluator.process(batch, output)
+    return evaluator.evaluate()
+
+
+def _assert_table_ap(results, config):
+    """Box and mask AP as the table's, within 0.1 (AP_S/M/L, AP50 and AP75 are shown on a
+    failure: on 80 images they move more with float rounding)."""
+    table = model_zoo_manifest()[config]["metrics"]
+    for task in ("bbox", "segm"):
+        got = {k: round(results[task][k], 2) for k in AP_KEYS}
+        assert abs(results[task]["AP"] - table[task]["AP"]) <= TOLERANCE, (config, task, got, table)
+
+
+@pytest.fixture(scope="module")
+def zoo_cache(tmp_path_factory):
+    previous = os.environ.get("SA_EJHEAD_CACHE")
+    os.environ["SA_EJHEAD_CACHE"] = str(tmp_path_factory.mktemp("cache"))
+    yield
+    if previous is None:
+        del os.environ["SA_EJHEAD_CACHE"]
+    else:
+        os.environ["SA_EJHEAD_CACHE"] = previous
+
+
+@pytest.fixture(scope="module")
+def all_cores():
+    """The trained models at full size: every core (up to 2), unlike the tiny models of the rest
+    of the suite (conftest.py)."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(min(2, os.cpu_count() or 1))
+    yield
+    torch.set_num_threads(previous)
+
+
+@pytest.fixture(scope="module")
+def trained(zoo_cache, all_cores):
+    """config -> (cfg, model in eval mode, test batches, eager outputs)."""
+    cache = {}
+
+    def get(config):
+        if config not in cache:
+            cfg = model_zoo.get_config(config, trained=True)
+            model = model_zoo.get(config, trained=True, device="cpu").eval()
+            batches = _test_set(cfg)
+            with torch.no_grad():
+                outputs = [model(batch) for batch in batches]
+            cache[config] = (cfg, model, batches, outputs)
+        return cache[config]
+
+    return get
+
+
+@pytest.mark.parametrize("config", ["demo/sa_shapes.py", "demo/sa_shapes_baseline.py"])
+def test_shipped_checkpoint_gets_the_table_ap(config, trained):
+    cfg, _, batches, outputs = trained(config)
+    assert len(batches) == 80
+    _assert_table_ap(_evaluate(cfg, batches, outputs), config)
+
+
+def test_onnx_export_of_the_trained_model_matches_eager_and_gets_the_table_ap(trained, tmp_path):
+    pytest.importorskip("onnxruntime")
+    config = "demo/sa_shapes.py"
+    cfg, model, batches, eager = trained(config)
+    path, _ = export_model(model, batches[0][0]["image"], str(tmp_path), "onnx")
+    exported = ExportedModel(path, num_threads=torch.get_num_threads())
+    outputs = [exported(batch) for batch in batches]
+    parity = summarize_parity(
+        [compare_instances(e[0]["instances"], o[0]["instances"]) for e, o in zip(eager, outputs)]
+    )
+    assert parity["ok"], parity
+    assert sum(len(o[0]["instances"]) for o in outputs) > 80  # real detections, not empty images
+    _assert_table_ap(_evaluate(cfg, batches, outputs), config)
+
+
+def test_demo_tool_draws_with_the_zoo_weights_when_none_are_given(zoo_cache, tmp_path):
+    prepare_sa_shapes()
+    from detectron2.data import DatasetCatalog
+
+    image = DatasetCatalog.get("sa_shapes_val")[7]["file_name"]
+    out = tmp_path / "vis"
+    proc = subprocess.run(
+        [sys.executable, os.path.join(REPO, "tools", "demo.py")]
+        + ["--config-file", os.path.join(REPO, "configs", "demo", "sa_shapes.py")]
+        + ["--input", image, "--output", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=dict(os.environ, OMP_NUM_THREADS="1"),
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    log = proc.stdout + proc.stderr
+    assert log.count("No weights given") == 1
+    assert model_zoo.get_checkpoint_url("demo/sa_shapes.py") in log
+    assert "untrained" not in log  # every weight came from the checkpoint
+    assert (out / os.path.basename(image)).is_file()

@@ -41,6 +41,7 @@ __all__ = [
     "pack_weights",
     "pretrained_path",
     "sha256_of",
+    "unpack_file",
     "unpack_weights",
 ]
 
@@ -193,24 +194,29 @@ class PretrainedWeightsHandler(PathHandler):
             return False
 
 
-def _unpacked(path: str, digest: str) -> str:
-    """The plain checkpoint of the xz file ``path`` (sha256 ``digest``) in the cache: decompressed
-    and, if packed at a reduced precision, unpacked (:func:`unpack_weights`); written atomically
-    on first use."""
+def unpack_file(path: str, target: str) -> str:
+    """Write the plain checkpoint of the xz file ``path`` to ``target`` (atomically): decompressed
+    and, if packed at a reduced precision, unpacked (:func:`unpack_weights`); return ``target``.
+    What ``sa_ejhead://`` hands to the checkpointer."""
     from sa_ejhead.engine.checkpoint import atomic_write
 
-    target = os.path.join(cache_dir(), "pretrained", digest[:16], os.path.basename(path)[:-3])
-    if not os.path.isfile(target):
-        os.makedirs(os.path.dirname(target), exist_ok=True)
-        with open(path, "rb") as f:
-            data = lzma.decompress(f.read())
-        checkpoint = torch.load(io.BytesIO(data), map_location="cpu", weights_only=False)
-        if checkpoint.get("precision") is not None:
-            buffer = io.BytesIO()
-            torch.save(unpack_weights(checkpoint), buffer)
-            data = buffer.getvalue()
-        atomic_write(target, lambda f: f.write(data))
+    os.makedirs(os.path.dirname(os.path.abspath(target)), exist_ok=True)
+    with open(path, "rb") as f:
+        data = lzma.decompress(f.read())
+    checkpoint = torch.load(io.BytesIO(data), map_location="cpu", weights_only=False)
+    if checkpoint.get("precision") is not None:
+        buffer = io.BytesIO()
+        torch.save(unpack_weights(checkpoint), buffer)
+        data = buffer.getvalue()
+    atomic_write(target, lambda f: f.write(data))
     return target
+
+
+def _unpacked(path: str, digest: str) -> str:
+    """:func:`unpack_file` of the xz file ``path`` (sha256 ``digest``) into the cache, on first
+    use."""
+    target = os.path.join(cache_dir(), "pretrained", digest[:16], os.path.basename(path)[:-3])
+    return target if os.path.isfile(target) else unpack_file(path, target)
 
 
 def _register():

@@ -26,9 +26,7 @@ the machine) is shown with the table.
 """
 
 import argparse
-import io
 import json
-import lzma
 import os
 import platform
 import sys
@@ -163,25 +161,24 @@ def evaluate(cfg, checkpoint):
 
 def time_inference(cfg, checkpoint):
     """The median seconds of one eager call per image of ``cfg``'s test set (each image timed
-    alone, after 2 warm-up calls)."""
+    alone, after 2 warm-up calls), with the project's timing helper."""
     import statistics
 
     import torch
     from detectron2.config import instantiate
 
+    from sa_ejhead.analysis.measure import time_calls
     from sa_ejhead.engine import build_cpu_model
 
     model, _ = build_cpu_model(cfg, checkpoint)
     inputs = [batch[0] for batch in instantiate(cfg.dataloader.test)]
-    times = []
     with torch.no_grad():
         for x in inputs[:2]:
             model([x])
-        for x in inputs:
-            start = time.perf_counter()
-            model([x])
-            times.append(time.perf_counter() - start)
-    return statistics.median(times)
+        times = time_calls(
+            {i: (lambda x=x: model([x])) for i, x in enumerate(inputs)}, runs=1, warmup=0
+        )
+    return statistics.median(t["median"] for t in times.values())
 
 
 def _ap_differences(results, reference):
@@ -197,7 +194,7 @@ def pack(name, config, record):
     import torch
 
     from sa_ejhead.engine import export_submodule_weights
-    from sa_ejhead.pretrained import MODEL_ZOO_DIR, PRECISIONS, sha256_of, unpack_weights
+    from sa_ejhead.pretrained import MODEL_ZOO_DIR, PRECISIONS, sha256_of, unpack_file
 
     out = _output_dir(name)
     final = os.path.join(out, "model_final.pth")
@@ -214,12 +211,8 @@ def pack(name, config, record):
         path = os.path.join(out, f"{name}.{precision}.pth.xz")
         export_submodule_weights(final, path, prefix="", precision=precision)
         size = os.path.getsize(path)
-        # what sa_ejhead://model_zoo/ hands to the checkpointer: the unpacked checkpoint
-        with open(path, "rb") as f:
-            packed = torch.load(io.BytesIO(lzma.decompress(f.read())), weights_only=False)
-        unpacked = path[: -len(".xz")]
-        torch.save(unpack_weights(packed), unpacked)
-        results = evaluate(cfg, unpacked)
+        # what sa_ejhead://model_zoo/ hands to the checkpointer
+        results = evaluate(cfg, unpack_file(path, path[: -len(".xz")]))
         ap_diff, any_diff = _ap_differences(results, reference)
         candidates[precision] = {
             "bytes": size,

@@ -1,12 +1,5 @@
-"""The project's own errors, and how the tools show them: one line, the traceback in a file.
-
-Bad input (a dataset file, an image, a config key, a checkpoint, a full disk, a training run
-that diverges) raises a subclass of :class:`SAEJHeadError` whose message names the file and the
-field, where the fault is met (loading the checkpoint, reading the image, applying the override).
-The tools run their ``main`` through :func:`run_tool`, which prints that message as one line,
-with the file it wrote the full traceback to, and exits non-zero; ``--debug`` raises the error
-with its traceback instead. Any other exception is a bug and keeps its traceback.
-"""
+"""The project's errors about bad input, and how the tools show them: one line naming the file and
+the field, the traceback in a file (docs/tools.md, "Errors")."""
 
 import contextlib
 import logging
@@ -20,7 +13,12 @@ __all__ = [
     "SAEJHeadError",
     "CheckpointError",
     "ConfigError",
+    "DatasetError",
+    "DatasetFileNotFoundError",
+    "DatasetFormatError",
+    "DatasetImageError",
     "DiskFullError",
+    "ImageReadError",
     "TrainingDivergedError",
     "describe",
     "errors_logged_in",
@@ -30,56 +28,72 @@ __all__ = [
 
 
 class SAEJHeadError(Exception):
-    """Base of the errors about a user's input; the message names the file and the field."""
+    """Base of the errors about a user's input."""
 
-    #: str or None: the run's output folder, where :func:`run_tool` writes the traceback (set by
-    #: :func:`errors_logged_in`); None: a new temporary file.
-    log_dir = None
+    log_dir = None  # where run_tool writes the traceback (errors_logged_in); None: a temporary file
+
+    def __str__(self):  # KeyError would quote the message, OSError print a tuple of arguments
+        return str(self.args[0]) if self.args else ""
 
 
 class ConfigError(SAEJHeadError, KeyError, ValueError):
-    """A config file that does not exist, a config key that does not exist, a value of the wrong
-    type, or a malformed command-line option (a ``KeyError`` and a ``ValueError``, as the errors of
-    Detectron2's configs)."""
-
-    def __str__(self):  # KeyError would print the message quoted
-        return str(self.args[0]) if self.args else ""
+    """A missing config file, an unknown key, a value of the wrong type, a malformed option (a
+    ``KeyError`` and a ``ValueError``, as Detectron2's config errors)."""
 
 
 class CheckpointError(SAEJHeadError, OSError):
-    """A checkpoint that does not exist or cannot be read (truncated, not a checkpoint); ``file``
-    names it and ``reason`` says what is wrong with it."""
+    """A checkpoint that does not exist or cannot be read: ``file``, and ``reason`` (what is
+    wrong)."""
 
     def __init__(self, message, file=None, reason=None):
         super().__init__(message)
-        self.file = file
-        self.reason = reason
-
-    def __str__(self):  # OSError would print its arguments as a tuple
-        return str(self.args[0]) if self.args else ""
+        self.file, self.reason = file, reason
 
 
 class DiskFullError(SAEJHeadError, OSError):
-    """No space was left on the device while a file was written; the message names the folder."""
+    """No space left on the device while a file was written."""
 
 
 class TrainingDivergedError(SAEJHeadError, FloatingPointError):
-    """A loss, box or score became infinite or NaN; the message names the iteration and the last
-    checkpoint written before it."""
+    """A loss, box or score became infinite or NaN."""
 
 
-def describe(error, limit=160):
-    """``"TypeName: first line of the message"``, cut to about ``limit`` characters: a
-    third-party error, quoted on one line."""
+class ImageReadError(SAEJHeadError, OSError):
+    """An input image that cannot be opened or decoded."""
+
+
+class DatasetError(SAEJHeadError):
+    """Base of the dataset errors: ``file``, and ``field`` (e.g. ``"annotations[3].bbox"``)."""
+
+    def __init__(self, message, file=None, field=None):
+        super().__init__(message)
+        self.file, self.field = file, field
+
+
+class DatasetFormatError(DatasetError, ValueError):
+    """A malformed or inconsistent annotation file, or an image of another size."""
+
+
+class DatasetFileNotFoundError(DatasetError, FileNotFoundError):
+    """A missing annotation file, image folder or image file."""
+
+
+class DatasetImageError(DatasetError, OSError):
+    """An image file that cannot be decoded, or of a mode Detectron2 reads wrongly."""
+
+
+def describe(error):
+    """``"TypeName: first line of the message"``, cut to about 160 characters: a third-party
+    error, quoted on one line."""
     lines = str(error).strip().splitlines()
     text = f"{type(error).__name__}: {lines[0]}" if lines else type(error).__name__
-    return text if len(text) <= limit else text[: limit - 3].rstrip() + "..."
+    return text if len(text) <= 160 else text[:157].rstrip() + "..."
 
 
 @contextlib.contextmanager
 def errors_logged_in(folder):
-    """Mark the :class:`SAEJHeadError` raised inside the block to have its traceback written in
-    ``folder`` (the run's output folder), unless an inner block chose another."""
+    """Have :func:`run_tool` write the traceback of a :class:`SAEJHeadError` raised in the block
+    to ``folder`` (the run's output folder), unless an inner block chose another."""
     try:
         yield
     except SAEJHeadError as e:
@@ -90,8 +104,8 @@ def errors_logged_in(folder):
 
 @contextlib.contextmanager
 def other_messages_on_stdout():
-    """Within the block, Python warnings and PyTorch's own log lines (its ``W...`` lines) go to
-    stdout, with the tools' log, instead of stderr: a tool's stderr then holds its errors only."""
+    """Within the block, Python warnings and PyTorch's log lines go to stdout instead of stderr,
+    which then holds the tool's errors only."""
     torch_logger = logging.getLogger("torch")
     # PyTorch's handler is its own class, with the stream it writes to as ``stream``
     stderr_handlers = [h for h in torch_logger.handlers if getattr(h, "stream", None) is sys.stderr]
@@ -119,8 +133,8 @@ def other_messages_on_stdout():
 
 
 def _write_log(tool, error, text):
-    """Write ``text`` to ``<log_dir>/<tool>-error.log``, or else to a new temporary file; return
-    its path (None if no file could be written)."""
+    """Write ``text`` to ``<log_dir>/<tool>-error.log``, else to a new temporary file; return its
+    path (None if no file could be written)."""
     if error.log_dir and os.path.isdir(error.log_dir):
         path = os.path.join(error.log_dir, f"{tool}-error.log")
         try:
@@ -139,15 +153,11 @@ def _write_log(tool, error, text):
 
 
 def run_tool(main, *args, debug=False, tool=None):
-    """Run ``main(*args)``; report an :class:`SAEJHeadError` as one line, unless ``debug``.
+    """Run ``main(*args)`` with :func:`other_messages_on_stdout`; return its exit status (0 unless
+    it returns an int).
 
-    Python warnings and PyTorch's log lines go to stdout meanwhile
-    (:func:`other_messages_on_stdout`). ``tool`` names the tool in the message and the log file
-    (default: the running script's). The
-    traceback goes to ``<tool>-error.log`` in the run's output folder when the error knows it
-    (:func:`errors_logged_in`), else to a new ``<tool>-error-XXXX.log`` in the temporary folder;
-    the line names the file. Returns the exit status: ``main``'s own if it returns an int, else 0;
-    1 after an error.
+    An :class:`SAEJHeadError` is printed as one line naming ``tool`` (default: the running
+    script) and the file that holds its traceback, and returns 1; with ``debug`` it is raised.
     """
     try:
         with other_messages_on_stdout():

@@ -182,17 +182,12 @@ def get_config(config_path: str, trained: bool = False):
     """Load one of our configs (path relative to ``configs/``), a LazyConfig or a yacs
     ``CfgNode``, with :func:`sa_ejhead.engine.load_config`. With ``trained=True`` its weights
     (``train.init_checkpoint`` or ``MODEL.WEIGHTS``) are the zoo's (:func:`get_checkpoint_url`)."""
-    from detectron2.config import CfgNode
-
-    from .engine import load_config
+    from .engine import load_config, set_config_weights
 
     url = get_checkpoint_url(config_path) if trained else None
     cfg = load_config(get_config_file(config_path))
     if url is not None:
-        if isinstance(cfg, CfgNode):
-            cfg.MODEL.WEIGHTS = url
-        else:
-            cfg.train.init_checkpoint = url
+        set_config_weights(cfg, url)
     return cfg
 
 
@@ -202,20 +197,13 @@ def get(config_path: str, trained: bool = False, device: Optional[str] = None):
     loaded (``trained=True``: the zoo's trained weights, :func:`get_checkpoint_url`; else the
     config's own initial weights, e.g. a pre-trained backbone)."""
     import torch
-    from detectron2.config import CfgNode, instantiate
-    from detectron2.modeling import build_model
 
-    from .engine import load_weights
+    from .engine import build_config_model, config_weights, load_weights
 
     cfg = get_config(config_path, trained)
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    if isinstance(cfg, CfgNode):
-        cfg.MODEL.DEVICE = device
-        model, weights = build_model(cfg), cfg.MODEL.WEIGHTS
-    else:
-        model, weights = instantiate(cfg.model).to(device), cfg.train.get("init_checkpoint", "")
-    if weights:
-        load_weights(model, weights)
+    model = build_config_model(cfg, device)
+    load_weights(model, config_weights(cfg))  # "" loads nothing
     return model
 
 

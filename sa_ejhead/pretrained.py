@@ -1,22 +1,13 @@
-"""Weights shipped inside the package, and the ``sa_ejhead://`` paths that load them.
-
-Two kinds, each in its own folder of the package and under its own prefix, loaded the usual way
-(``train.init_checkpoint`` or ``MODEL.WEIGHTS``), as ``detectron2://`` names a file of
-Detectron2's model zoo:
+"""Weights shipped inside the package, and the ``sa_ejhead://`` paths that load them (as
+``train.init_checkpoint`` or ``MODEL.WEIGHTS``):
 
 * ``sa_ejhead://pretrained/<file>``: pre-trained backbones (``pretrained_weights/``), their
   sha256 in :data:`PRETRAINED_BACKBONES`;
 * ``sa_ejhead://model_zoo/<file>``: trained detectors (``model_zoo_weights/``), their sha256 in
-  that folder's ``manifest.json`` (:func:`model_zoo_manifest`, written by ``make zoo``).
+  :func:`model_zoo_manifest`.
 
-The handler checks the file's sha256 before it hands the path to the checkpointer; a file that
-does not match raises an error naming the file and both hashes, instead of loading weights that
-are not the ones the results were measured with.
-
-A file whose name ends in ``.xz`` is stored xz-compressed, and may be *packed* at a reduced
-precision (:func:`pack_weights`). The handler checks the compressed file's sha256, then writes
-the plain checkpoint once into the cache folder (``$SA_EJHEAD_CACHE``, by default
-``~/.cache/sa_ejhead``; the file's path there contains its hash) and hands out that path.
+A file whose sha256 is not the recorded one is refused. A ``.xz`` file (possibly packed at a
+reduced precision, :data:`PRECISIONS`) is unpacked once into the cache and that path handed out.
 """
 
 import hashlib
@@ -35,10 +26,7 @@ __all__ = [
     "PRECISIONS",
     "PRETRAINED_BACKBONES",
     "PRETRAINED_PREFIX",
-    "PretrainedWeightsHandler",
-    "cache_dir",
     "model_zoo_manifest",
-    "pack_weights",
     "pretrained_path",
     "sha256_of",
     "unpack_file",
@@ -53,31 +41,22 @@ MODEL_ZOO_DIR = os.path.join(_HERE, "model_zoo_weights")
 
 # file name -> sha256 of the committed file (projects/pretrain_backbone/pretrain.py writes them)
 PRETRAINED_BACKBONES: Dict[str, str] = {
-    # ResNet-18 at half width, BN statistics included, float16 (projects/pretrain_backbone)
+    # ResNet-18 at half width, BN statistics included, float16
     "sa_shapes_R18half_pretrain.pth": (
         "1534d8e58c159ae6aa150ebc2a485a96a2b6f75ab2f384a06e63ee1c8a29c557"
     ),
-    # the ResNet-34 layout at half width, the same way; xz-compressed (10.7 MB uncompressed)
+    # the ResNet-34 layout at half width, the same way; xz-compressed
     "sa_shapes_R34half_pretrain.pth.xz": (
         "3759bbcdd70b8cb390ea5dd5b9c870eadbeac0c21078f568fc3d531906e5dd76"
     ),
 }
 
-# The precisions at which weights can be shipped (pack_weights), most precise first:
-# "fp32": as trained; "fp16": every floating tensor in half precision; "int8-fc": the weights of
-# the linear layers (2-dimensional tensors of at least 1024 values) as 8-bit integers with one
-# float32 scale per output channel (symmetric: w ~ q * scale, |q| <= 127), the other floating
-# tensors in half precision; "int8": the same for the convolutions' weights too (tensors of 2 or
-# more dimensions). Unpacked, int8 weights are float32 again (and loading casts every tensor to
-# the model's dtype).
+# The precisions at which weights are shipped, most precise first: "fp32": as trained; "fp16":
+# every floating tensor in half precision; "int8-fc": the linear layers' weights (2-dimensional,
+# at least 1024 values) as int8 with one float32 scale per output channel (w ~ q * scale, in the
+# checkpoint's "int8" entry), the other floating tensors in half precision; "int8": the same for
+# the convolutions' weights too.
 PRECISIONS = ("fp32", "fp16", "int8-fc", "int8")
-_INT8_MIN_NUMEL = 1024
-
-
-def cache_dir() -> str:
-    """Where compressed weights are unpacked: ``$SA_EJHEAD_CACHE`` or ``~/.cache/sa_ejhead``."""
-    default = os.path.join(os.path.expanduser("~"), ".cache", "sa_ejhead")
-    return os.environ.get("SA_EJHEAD_CACHE") or default
 
 
 def pretrained_path(name: str) -> str:
@@ -86,8 +65,9 @@ def pretrained_path(name: str) -> str:
 
 
 def model_zoo_manifest() -> Dict[str, Dict]:
-    """The model zoo's trained checkpoints: config (relative to ``configs/``) -> its record
-    (``file``, ``sha256``, ``precision``, metrics, ...); empty if none is shipped."""
+    """The model zoo's trained checkpoints (``manifest.json``, written by ``make zoo``): config
+    (relative to ``configs/``) -> its record (``file``, ``sha256``, ``precision``, metrics, ...);
+    empty if none is shipped."""
     path = os.path.join(MODEL_ZOO_DIR, "manifest.json")
     if not os.path.isfile(path):
         return {}
@@ -101,39 +81,9 @@ def sha256_of(path: str) -> str:
         return hashlib.sha256(f.read()).hexdigest()
 
 
-def _int8_packed(value: torch.Tensor, precision: str) -> bool:
-    if not precision.startswith("int8") or not value.is_floating_point():
-        return False
-    dims_ok = value.dim() == 2 if precision == "int8-fc" else value.dim() >= 2
-    return dims_ok and value.numel() >= _INT8_MIN_NUMEL
-
-
-def pack_weights(state: Dict[str, torch.Tensor], precision: str) -> Dict[str, Any]:
-    """A checkpoint (``{"model": ...}``) holding ``state`` at ``precision`` (:data:`PRECISIONS`);
-    :func:`unpack_weights` reads it back."""
-    if precision not in PRECISIONS:
-        raise ValueError(f"precision {precision!r}: expected one of {', '.join(PRECISIONS)}")
-    model, int8 = {}, {}
-    for name, value in state.items():
-        if _int8_packed(value, precision):
-            w = value.detach().float()
-            scale = w.abs().flatten(1).amax(dim=1).clamp(min=1e-12) / 127.0
-            q = torch.round(w / scale.view(-1, *[1] * (w.dim() - 1))).clamp(-127, 127)
-            int8[name] = {"q": q.to(torch.int8).contiguous(), "scale": scale}
-        elif precision != "fp32" and value.is_floating_point():
-            model[name] = value.detach().half().contiguous()
-        else:
-            model[name] = value.detach().contiguous()
-    packed = {"model": model, "__author__": "sa_ejhead", "precision": precision}
-    if int8:
-        packed["int8"] = int8
-    return packed
-
-
 def unpack_weights(checkpoint: Dict[str, Any]) -> Dict[str, Any]:
-    """The plain checkpoint of a :func:`pack_weights` one (``"model"`` only): int8 weights
-    float32 again, the other tensors as stored; a checkpoint that was not packed is returned as
-    it is."""
+    """The plain checkpoint (``"model"`` only) of one packed at a reduced precision: int8 weights
+    float32 again, the other tensors as stored; a checkpoint not packed is returned as it is."""
     if checkpoint.get("precision") is None:
         return checkpoint
     model = dict(checkpoint["model"])
@@ -144,7 +94,7 @@ def unpack_weights(checkpoint: Dict[str, Any]) -> Dict[str, Any]:
 
 
 def _shipped_file(path: str):
-    """``(local file, expected sha256, how to rebuild it)`` of an ``sa_ejhead://`` path."""
+    """``(local file, expected sha256)`` of an ``sa_ejhead://`` path."""
     if path.startswith(MODEL_ZOO_PREFIX):
         name = path[len(MODEL_ZOO_PREFIX) :]
         known = {e["file"]: e["sha256"] for e in model_zoo_manifest().values()}
@@ -165,9 +115,10 @@ def _shipped_file(path: str):
     return local, known[name]
 
 
-class PretrainedWeightsHandler(PathHandler):
-    """Resolve ``sa_ejhead://pretrained/<file>`` and ``sa_ejhead://model_zoo/<file>`` to the
-    package's files, checked by sha256 (and unpacked into the cache when compressed)."""
+class _WeightsHandler(PathHandler):
+    """Resolves ``sa_ejhead://`` paths to the package's files, checked by sha256; an xz file to
+    its plain checkpoint in ``$SA_EJHEAD_CACHE`` (default ``~/.cache/sa_ejhead``), under its
+    hash, unpacked on first use."""
 
     def _get_supported_prefixes(self) -> List[str]:
         return [PRETRAINED_PREFIX, MODEL_ZOO_PREFIX]
@@ -180,48 +131,29 @@ class PretrainedWeightsHandler(PathHandler):
                 f"{local}: sha256 {digest} does not match the recorded {expected} (sa_ejhead."
                 "pretrained.PRETRAINED_BACKBONES, or the model zoo's manifest.json)"
             )
-        if local.endswith(".xz"):
-            return _unpacked(local, digest)
-        return local
-
-    def _open(self, path: str, mode: str = "r", **kwargs: Any):
-        return PathManager.open(self._get_local_path(path), mode, **kwargs)
-
-    def _isfile(self, path: str, **kwargs: Any) -> bool:
-        try:
-            return os.path.isfile(_shipped_file(path)[0])
-        except FileNotFoundError:
-            return False
+        if not local.endswith(".xz"):
+            return local
+        cache = os.environ.get("SA_EJHEAD_CACHE") or os.path.expanduser("~/.cache/sa_ejhead")
+        target = os.path.join(cache, "pretrained", digest[:16], os.path.basename(local)[:-3])
+        return target if os.path.isfile(target) else unpack_file(local, target)
 
 
 def unpack_file(path: str, target: str) -> str:
     """Write the plain checkpoint of the xz file ``path`` to ``target`` (atomically): decompressed
-    and, if packed at a reduced precision, unpacked (:func:`unpack_weights`); return ``target``.
-    What ``sa_ejhead://`` hands to the checkpointer."""
-    from sa_ejhead.engine.checkpoint import atomic_write
+    and, if packed at a reduced precision, unpacked (:func:`unpack_weights`); return ``target``."""
+    from sa_ejhead.engine.checkpoint import atomic_open
 
     os.makedirs(os.path.dirname(os.path.abspath(target)), exist_ok=True)
     with open(path, "rb") as f:
         data = lzma.decompress(f.read())
     checkpoint = torch.load(io.BytesIO(data), map_location="cpu", weights_only=False)
-    if checkpoint.get("precision") is not None:
-        buffer = io.BytesIO()
-        torch.save(unpack_weights(checkpoint), buffer)
-        data = buffer.getvalue()
-    atomic_write(target, lambda f: f.write(data))
+    with atomic_open(target) as f:
+        if checkpoint.get("precision") is None:
+            f.write(data)
+        else:
+            torch.save(unpack_weights(checkpoint), f)
     return target
 
 
-def _unpacked(path: str, digest: str) -> str:
-    """:func:`unpack_file` of the xz file ``path`` (sha256 ``digest``) into the cache, on first
-    use."""
-    target = os.path.join(cache_dir(), "pretrained", digest[:16], os.path.basename(path)[:-3])
-    return target if os.path.isfile(target) else unpack_file(path, target)
-
-
-def _register():
-    if PRETRAINED_PREFIX not in PathManager._path_handlers:
-        PathManager.register_handler(PretrainedWeightsHandler())
-
-
-_register()
+if PRETRAINED_PREFIX not in PathManager._path_handlers:
+    PathManager.register_handler(_WeightsHandler())

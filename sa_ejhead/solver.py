@@ -1,15 +1,6 @@
-"""Per-parameter learning-rate factors for the optimizer (``get_default_optimizer_params``).
-
-Detectron2's ``get_default_optimizer_params(..., lr_factor_func=f)`` multiplies the learning rate
-of every parameter by ``f("<module>.<param>")`` (ViTDet uses it for layer-wise decay). The class
-here is such an ``f``, for one job: keep the step of the Enriched Feature's first fc at the size
-the 7x7 head takes (docs/design.md, "The Enriched Feature's first fc").
-
-A plain function or a ``functools.partial`` would do as well for training; the class exists
-because its ``repr`` is stable across processes (a ``partial``'s names a memory address), so a
-config that holds it hashes the same everywhere (``projects/cpu_ablation`` keys results by that
-hash).
-"""
+"""Per-parameter learning-rate factors: ``lr_factor_func`` of Detectron2's
+``get_default_optimizer_params``, here to keep the step of the Enriched Feature's first fc at the
+size the 7x7 head takes (docs/design.md, "The Enriched Feature's first fc")."""
 
 from typing import Sequence, Tuple
 
@@ -20,9 +11,9 @@ ENRICHED_FC1 = ("roi_heads.box_head.fc1.",)
 
 
 class ParamLRFactor:
-    """
-    ``lr_factor_func`` that returns ``factor`` for the parameters whose full name starts with one
-    of ``prefixes`` and 1.0 for all others.
+    """``lr_factor_func`` that returns ``factor`` for the parameters whose full name starts with
+    one of ``prefixes`` and 1.0 for all others. A class, not a ``functools.partial``, for a
+    ``repr`` that is the same in every process (a config that holds it hashes the same).
 
     Examples::
 
@@ -58,21 +49,14 @@ class ParamLRFactor:
 def enriched_fc1_lr_factor(
     pooled_size: int = 14, reference_size: int = 7, num_stages: int = 0
 ) -> ParamLRFactor:
-    """
-    The learning-rate factor ``(reference_size / pooled_size) ** 2`` for the box head's first fc.
-
-    Flattening an ``s x s`` RoI feature into fc1 gives it ``s**2 * C`` inputs. One optimizer
-    step moves fc1's output by an amount that grows with the number of inputs: with SGD by
-    ``lr * |x|^2`` (the squared norm of the input, about proportional to its length), with
-    Adam(W) by ``lr * |x|_1`` (each weight moves by about ``lr``). A 14x14 input therefore takes
-    about 4x the step of a 7x7 one at the same learning rate, under either optimizer; this factor
-    gives it back the 7x7 step.
+    """The learning-rate factor ``(reference_size / pooled_size) ** 2`` of the box head's first
+    fc, into which a ``pooled_size`` RoI feature is flattened: the step a ``reference_size`` input
+    takes, under SGD or Adam(W) (docs/design.md, "The Enriched Feature's first fc").
 
     Args:
         pooled_size (int): side of the box RoI feature flattened into fc1 (14 for EJ-Head).
         reference_size (int): side whose step to keep (7, Mask R-CNN's box head).
-        num_stages (int): 0 for one box head (``roi_heads.box_head.fc1``); N for the N box
-            heads of a cascade (``roi_heads.box_head.<k>.fc1``).
+        num_stages (int): 0 for one box head; N for the N box heads of a cascade.
     """
     if pooled_size <= 0 or reference_size <= 0:
         raise ValueError(f"sizes must be positive, got {pooled_size}, {reference_size}")

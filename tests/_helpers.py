@@ -46,14 +46,14 @@ _CATEGORIES = [{"id": 1, "name": "box"}, {"id": 2, "name": "blob"}]
 
 
 class listen:
-    """Collect each record of the logger ``name`` (default ``sa_ejhead.visualize``) once in
-    ``caplog``, within a ``with`` block.
+    """Collect each record of the logger ``name`` (default ``sa_ejhead``: the package's and the
+    tools' loggers) once in ``caplog``, within a ``with`` block.
 
     The tools set up the ``sa_ejhead`` logger without propagation to the root logger (where
     ``caplog`` listens); whether that happened depends on the tests that ran before.
     """
 
-    def __init__(self, caplog, name="sa_ejhead.visualize"):
+    def __init__(self, caplog, name="sa_ejhead"):
         self.caplog, self.logger = caplog, logging.getLogger(name)
 
     def __enter__(self):
@@ -370,6 +370,31 @@ def tiny_yacs_config(train_dataset, test_dataset, output_dir, *, max_iter=4, sa_
     cfg.SEED = 0
     cfg.OUTPUT_DIR = output_dir
     return cfg
+
+
+RES_FEATURES = ["res2", "res3", "res4", "res5"]
+
+
+def tiny_resnet(width=8, seed=0):
+    """A ResNet-18-like bottom-up (``RES_FEATURES``), one BasicBlock per stage, ``width``
+    channels at res2, initialised from torch seed ``seed``."""
+    import torch
+    from detectron2.modeling.backbone.resnet import BasicBlock, BasicStem, ResNet
+
+    torch.manual_seed(seed)
+    stages, c_in = [], width
+    for i, c_out in enumerate([width, 2 * width, 4 * width, 8 * width]):
+        stages.append(
+            ResNet.make_stage(
+                BasicBlock,
+                1,
+                stride_per_block=[2 if i else 1],
+                in_channels=c_in,
+                out_channels=c_out,
+            )
+        )
+        c_in = c_out
+    return ResNet(BasicStem(3, width), stages, out_features=RES_FEATURES)
 
 
 def onnx_nodes(graph):

@@ -179,6 +179,28 @@ def test_pinned_hashes_keep_results_readable_after_the_configs_change(tmp_path):
         S.config_hash = store_hash
 
 
+def test_aliases_carry_runs_across_a_refactor_that_changes_the_config_text(tmp_path, monkeypatch):
+    """A refactor that changes the resolved config but no number records new hash -> old hash:
+    the runs made before it are read and not run again, for runs with overrides too; a hash
+    that is not aliased starts afresh."""
+    store = _store(tmp_path, pin=False)
+    monkeypatch.setattr(S, "config_hash", lambda config_file, opts=(): "old")
+    _fake(store, "baseline", 0, 5, 7.0)
+    store.publish(["baseline"], [0], 5)
+    monkeypatch.setattr(S, "config_hash", lambda config_file, opts=(): "new" + "".join(opts))
+    aliases = {"baseline": {"new": "old", "newa=1": "old"}}
+    (tmp_path / "store" / S.ALIASES).write_text(json.dumps(aliases))
+    for opts in ([], ["a=1"]):
+        reopened = S.ResultStore(store.config_dir, store.output_dir, store.results_dir, opts)
+        assert reopened.hash("baseline") == "old"
+        assert reopened.load("baseline", 0, 5)["bbox"]["AP"] == 7.0
+        assert reopened.plan(["baseline"], [0], 5) == []
+    other = S.ResultStore(store.config_dir, store.output_dir, store.results_dir, ["b=2"])
+    assert other.hash("baseline") == "newb=2" and other.plan(["baseline"], [0], 5) == [
+        ("baseline", 0)
+    ]
+
+
 def test_sweep_keeps_jobs_running_in_parallel(tmp_path, monkeypatch):
     """--jobs 2 runs two trainings at once (a barrier that both must reach), each told its
     share of the cores; a failed run is reported and left out of the table."""

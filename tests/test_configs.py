@@ -1,21 +1,19 @@
-"""Every config of the paper's tables builds, trains one step and predicts on the CPU.
+"""Every config of the paper's tables (and the efficient model) has the paper's schedule and data,
+saves as YAML, and builds the architecture its row asks for; its optimizer takes the model.
 
 Each LazyConfig (``sa_ejhead.model_zoo.LAZY_CONFIGS`` and ``OTHER_CONFIGS``) and yacs config
-(``YACS_CONFIGS``) is its own test id. The models keep their architecture (depth, neck mode, cascade stages, 14x14 RoIs,
-refinement, interleaving); only what doesn't change it is made cheap: random init, a 64x96 image,
-fewer proposals and sampled RoIs.
+(``YACS_CONFIGS``) is its own test id. The models are built at full size on the ``meta`` device
+(names and shapes, no memory, no init); what they compute, one training step and an inference of
+each config's model made tiny, is tests/test_equality.py's.
 """
 
 import os
 
-import numpy as np
 import pytest
 import torch
 
 from detectron2.config import LazyConfig, instantiate
 from detectron2.modeling import build_model
-from detectron2.structures import BitMasks, Boxes, Instances
-from detectron2.utils.events import EventStorage
 
 from sa_ejhead import model_zoo
 from sa_ejhead.data import register_sa_shapes
@@ -51,80 +49,19 @@ EXPECTED = {
     # Table 1
     "mask_rcnn_R_101_SAFPN_EJHead_20ep.py": (101, "sa") + _EJ,
 }
+# the configs that are no paper row: 7x7 box RoIs at sampling ratio 2 (= 14x14 at 1, averaged)
+OTHER_EXPECTED = {
+    "mask_rcnn_R_50_SAFPN_EJHead_efficient_1x.py": (50, "sa", "EJROIHeads", 7, "residual", True),
+}
 # ResNet depth -> number of blocks in res4
 _RES4_BLOCKS = {50: 6, 101: 23}
 # COCO train2017 after Detectron2's filtering, 16 images per iteration
 _ITERS_PER_EPOCH = 117266 / 16
 
 
-def _batched_inputs(height=64, width=96):
-    """One BGR image with two instances (boxes + bitmasks), in Detectron2's input format."""
-    rng = np.random.RandomState(0)
-    image = torch.from_numpy(rng.randint(0, 256, (3, height, width)).astype(np.float32))
-    boxes = torch.tensor([[8.0, 6.0, 40.0, 50.0], [30.0, 20.0, 90.0, 60.0]])
-    masks = torch.zeros(2, height, width, dtype=torch.bool)
-    for m, (x0, y0, x1, y1) in zip(masks, boxes.int().tolist()):
-        m[y0:y1, x0:x1] = True
-    inst = Instances((height, width))
-    inst.gt_boxes = Boxes(boxes)
-    inst.gt_classes = torch.tensor([3, 17])
-    inst.gt_masks = BitMasks(masks)
-    return [{"image": image, "height": height, "width": width, "instances": inst}]
-
-
-def _train_step_and_inference(model, optimizer=None):
-    """Run one SGD step and one inference; check the losses and the predictions.
-
-    Args:
-        model (nn.Module): a Detectron2 meta-architecture, on the CPU.
-        optimizer (torch.optim.Optimizer or None): if None, SGD at the first iteration's lr.
-    """
-    torch.manual_seed(0)
-    inputs = _batched_inputs()
-    if optimizer is None:
-        optimizer = torch.optim.SGD(model.parameters(), lr=2e-5, momentum=0.9)
-    model.train()
-    with EventStorage():
-        losses = model(inputs)
-    for key in ["loss_rpn_cls", "loss_rpn_loc", "loss_mask"]:
-        assert key in losses, sorted(losses)
-    assert any(k.startswith("loss_cls") for k in losses), sorted(losses)
-    assert any(k.startswith("loss_box_reg") for k in losses), sorted(losses)
-    total = sum(losses.values())
-    assert torch.isfinite(total), losses
-    optimizer.zero_grad()
-    total.backward()
-    mask_predictor = model.roi_heads.mask_head.predictor.weight
-    assert mask_predictor.grad.abs().sum() > 0
-    mask_predictor_before = mask_predictor.detach().clone()
-    optimizer.step()
-    assert not torch.equal(mask_predictor, mask_predictor_before)
-
-    model.eval()
-    # random weights give arbitrary scores and boxes: no score threshold, at most 5 detections
-    predictors = model.roi_heads.box_predictor
-    for predictor in predictors if isinstance(predictors, torch.nn.ModuleList) else [predictors]:
-        predictor.test_score_thresh = 0.0
-        predictor.test_topk_per_image = 5
-    gt = inputs[0]["instances"]
-    inputs = [{k: v for k, v in inputs[0].items() if k != "instances"}]
-    with torch.no_grad():
-        (out,) = model(inputs)
-        # the mask branch (with EJ-Head's shared refinement) on given boxes: random weights may
-        # leave no valid box above
-        given = Instances(gt.image_size, pred_boxes=gt.gt_boxes, pred_classes=gt.gt_classes)
-        (given_out,) = model.inference(inputs, detected_instances=[given])
-    inst = out["instances"]
-    assert inst.image_size == (64, 96) and len(inst) <= 5
-    assert inst.has("pred_boxes") and inst.has("scores") and inst.has("pred_masks")
-    assert torch.isfinite(inst.pred_boxes.tensor).all()
-    assert inst.pred_masks.shape[1:] == (64, 96)
-    assert given_out["instances"].pred_masks.shape == (2, 64, 96)
-
-
 def _check_architecture(model, name):
     """Check that the built model is the one the paper row asks for."""
-    depth, neck, heads, box_size, refinement, interleave = EXPECTED[name]
+    depth, neck, heads, box_size, refinement, interleave = {**EXPECTED, **OTHER_EXPECTED}[name]
     assert len(model.backbone.bottom_up.res4) == _RES4_BLOCKS[depth]
     if neck == "fpn":
         assert type(model.backbone).__name__ == "FPN"
@@ -144,6 +81,9 @@ def _check_architecture(model, name):
     if heads.startswith("EJ"):
         assert (roi_heads.refinement.mode if roi_heads.refinement else None) == refinement
         assert roi_heads.refinement_scope == "shared"
+        # box and mask RoIs refined by the one refinement
+        assert roi_heads.box_pooler.refinement is roi_heads.mask_pooler.refinement
+        assert roi_heads.box_pooler.refinement is roi_heads.refinement
         assert roi_heads.interleave == interleave
     else:
         assert refinement is None and not interleave
@@ -157,6 +97,7 @@ def test_every_experiment_config_is_listed():
     on_disk = {_D + f for f in os.listdir(root) if f.endswith(".py")}
     assert on_disk == set(model_zoo.LAZY_CONFIGS) | set(model_zoo.OTHER_CONFIGS)
     assert set(EXPECTED) == {c[len(_D) :] for c in model_zoo.LAZY_CONFIGS}
+    assert set(OTHER_EXPECTED) == {c[len(_D) :] for c in model_zoo.OTHER_CONFIGS}
     root = os.path.join(model_zoo.get_config_root(), "yacs")
     on_disk = {"yacs/" + f for f in os.listdir(root) if not f.startswith("Base-")}
     assert on_disk == set(model_zoo.YACS_CONFIGS)
@@ -226,18 +167,6 @@ def test_paper_data_pipeline(tmp_path):
     assert tuple(d["image"].shape) == (3, 640, 1333) and (d["height"], d["width"]) == (96, 200)
 
 
-def _cheap_lazy(cfg):
-    """CPU, random init, fewer proposals and RoIs: nothing that changes the architecture."""
-    cfg.train.init_checkpoint = ""
-    cfg.train.device = "cpu"
-    rpn = cfg.model.proposal_generator
-    rpn.pre_nms_topk = (200, 100)
-    rpn.post_nms_topk = (50, 50)
-    rpn.batch_size_per_image = 64
-    cfg.model.roi_heads.batch_size_per_image = 32
-    return cfg
-
-
 # configs whose model is exactly another config's (only the schedule differs): checked equal,
 # not trained twice
 _SAME_MODEL = {"mask_rcnn_R_101_SAFPN_EJHead_20ep.py": "mask_rcnn_R_101_SAFPN_EJHead_1x.py"}
@@ -245,7 +174,8 @@ _SAME_MODEL = {"mask_rcnn_R_101_SAFPN_EJHead_20ep.py": "mask_rcnn_R_101_SAFPN_EJ
 
 @pytest.mark.parametrize("config_path", model_zoo.LAZY_CONFIGS + model_zoo.OTHER_CONFIGS)
 def test_lazy_config(config_path, tmp_path):
-    """Schedule and data as the paper; saves as YAML; builds, trains one step and predicts."""
+    """Schedule and data as the paper; saves as YAML; builds the row's architecture, which the
+    config's optimizer takes."""
     cfg = model_zoo.get_config(config_path)
     _check_schedule_and_data(cfg, config_path)
     LazyConfig.save(cfg, str(tmp_path / "cfg.yaml"))
@@ -256,43 +186,29 @@ def test_lazy_config(config_path, tmp_path):
     if name in _SAME_MODEL:
         assert cfg.model == model_zoo.get_config(_D + _SAME_MODEL[name]).model
         return
-    torch.manual_seed(0)
-    cfg = _cheap_lazy(cfg)
-    model = instantiate(cfg.model).to(cfg.train.device)
-    if name in EXPECTED:  # a paper row
-        _check_architecture(model, name)
+    with torch.device("meta"):
+        model = instantiate(cfg.model)
+    _check_architecture(model, name)
     cfg.optimizer.params.model = model
-    # the first iteration's lr: 0.02 x the warmup factor
-    cfg.optimizer.lr *= cfg.lr_multiplier.warmup_factor
     optimizer = instantiate(cfg.optimizer)
-    _train_step_and_inference(model, optimizer)
-
-
-def _cheap_yacs(cfg):
-    cfg.MODEL.WEIGHTS = ""
-    cfg.MODEL.DEVICE = "cpu"
-    cfg.MODEL.RPN.PRE_NMS_TOPK_TRAIN = 200
-    cfg.MODEL.RPN.PRE_NMS_TOPK_TEST = 100
-    cfg.MODEL.RPN.POST_NMS_TOPK_TRAIN = 50
-    cfg.MODEL.RPN.POST_NMS_TOPK_TEST = 50
-    cfg.MODEL.RPN.BATCH_SIZE_PER_IMAGE = 64
-    cfg.MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE = 32
-    return cfg
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    assert len(params) == len([p for p in model.parameters() if p.requires_grad])
 
 
 @pytest.mark.parametrize("config_path", model_zoo.YACS_CONFIGS)
 def test_yacs_config_matches_lazy_config(config_path):
     """The yacs YAML builds the same model (names and shapes) and schedule as its LazyConfig."""
     (row,) = {r for r in model_zoo.PAPER_ROWS if r.yacs_config == config_path}
-    torch.manual_seed(0)
-    cfg = _cheap_yacs(model_zoo.get_config(config_path))
-    model = build_model(cfg)
+    cfg = model_zoo.get_config(config_path)
+    cfg.MODEL.DEVICE = "meta"
+    with torch.device("meta"):  # names and shapes only: no memory, no init
+        model = build_model(cfg)
     _check_architecture(model, os.path.basename(row.config))
 
     lazy = model_zoo.get_config(row.config)
     assert model_zoo.get_config(config_path).MODEL.WEIGHTS == lazy.train.init_checkpoint
-    with torch.device("meta"):  # names and shapes only: no memory, no init
-        lazy_model = instantiate(_cheap_lazy(lazy).model)
+    with torch.device("meta"):
+        lazy_model = instantiate(lazy.model)
     shapes = {k: tuple(v.shape) for k, v in model.state_dict().items()}
     assert shapes == {k: tuple(v.shape) for k, v in lazy_model.state_dict().items()}
     modules = {n: type(m).__name__ for n, m in model.named_modules()}
@@ -303,5 +219,3 @@ def test_yacs_config_matches_lazy_config(config_path):
     assert cfg.SOLVER.IMS_PER_BATCH == lazy.dataloader.train.total_batch_size
     assert (cfg.INPUT.MIN_SIZE_TRAIN, cfg.INPUT.MAX_SIZE_TRAIN) == ((800,), 1333)
     assert (cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MAX_SIZE_TEST) == (800, 1333)
-
-    _train_step_and_inference(model)

@@ -38,7 +38,7 @@ from sa_ejhead.data import (
     validate_coco_json,
 )
 from sa_ejhead.data import synthetic
-from sa_ejhead.engine import apply_lazy_overrides
+from sa_ejhead.config import apply_lazy_overrides
 from _helpers import tiny_yacs_config
 from sa_ejhead.evaluation import COCOEvaluator
 
@@ -734,8 +734,9 @@ def test_mapper_checks_the_size_and_mode_of_unchecked_data(tmp_path):
     with pytest.raises(DatasetImageError, match=r"b\.png \(image_id 2\): 16-bit greyscale") as e:
         mapper(copy.deepcopy(dicts[1]))
     assert e.value.file == str(img_dir / "b.png")
-    # tools/demo.py's reader refuses it too
-    from sa_ejhead.visualize import ImageReadError, read_image
+    # the predictor's reader (tools/demo.py) refuses it too
+    from sa_ejhead.errors import ImageReadError
+    from sa_ejhead.predictor import read_image
 
     with pytest.raises(ImageReadError, match="16-bit greyscale image"):
         read_image(str(img_dir / "b.png"))

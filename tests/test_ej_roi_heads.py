@@ -1,5 +1,7 @@
 """Tests of the EJ-Head ROI heads: switches, interleaving, shared refinement, both config systems."""
 
+import inspect
+
 import pytest
 import torch
 
@@ -10,9 +12,11 @@ from detectron2.modeling.matcher import Matcher
 from detectron2.modeling.poolers import ROIPooler
 from detectron2.modeling.roi_heads import (
     ROI_HEADS_REGISTRY,
+    CascadeROIHeads,
     FastRCNNConvFCHead,
     FastRCNNOutputLayers,
     MaskRCNNConvUpsampleHead,
+    StandardROIHeads,
     build_roi_heads,
 )
 from detectron2.structures import BitMasks, Boxes, Instances, pairwise_iou
@@ -24,6 +28,7 @@ from sa_ejhead.modeling import (
     EJCascadeROIHeads,
     EJFastRCNNConvFCHead,
     EJROIHeads,
+    RefinedROIPooler,
     ThreadedROIAlign,
 )
 
@@ -197,61 +202,52 @@ def test_all_switches_off_equals_detectron2(standard, ours):
 
 
 def test_yacs_switches_build_every_row():
-    cfg = _yacs_cfg(
-        "EJROIHeads",
-        INTERLEAVE=True,
-        REFINEMENT="conv2",
-        REFINEMENT_SCOPE="box",
-        BOX_FC_INPUT="avgpool",
-    )
+    cfg = _yacs_cfg("EJROIHeads", INTERLEAVE=True, REFINEMENT="conv2", REFINEMENT_SCOPE="box")
     cfg.MODEL.ROI_BOX_HEAD.NAME = "EJFastRCNNConvFCHead"
     cfg.MODEL.ROI_BOX_HEAD.POOLER_RESOLUTION = 14
     heads = build_roi_heads(cfg, SHAPES)
     assert heads.interleave and heads.refinement_scope == "box"
     assert heads.refinement.mode == "conv2" and heads.box_pooler.output_size == (14, 14)
-    assert heads.box_head.box_fc_input == "avgpool" and heads.box_head.fc1.in_features == C * 49
+    assert heads.box_pooler.refinement is heads.refinement and heads.mask_pooler.refinement is None
+    assert heads.box_head.fc1.in_features == C * 196
 
-    # efficiency levers: bottleneck refinement, box RoIs refined at 7x7 (pooler stays 14x14)
+    # the efficient model's levers: bottleneck refinement, box RoIs pooled 7x7 at ratio 2,
+    # memory levers
     cfg.MODEL.EJ_HEAD.REFINEMENT = "residual"
     cfg.MODEL.EJ_HEAD.REFINEMENT_CHANNELS = 4
-    cfg.MODEL.EJ_HEAD.BOX_FC_INPUT = "flatten"
-    cfg.MODEL.EJ_HEAD.BOX_REFINEMENT_DOWNSAMPLE = 2
+    cfg.MODEL.EJ_HEAD.CHECKPOINT_REFINEMENT = True
+    cfg.MODEL.EJ_HEAD.CHECKPOINT_CHUNK = 32
+    cfg.MODEL.EJ_HEAD.BOX_INFERENCE_CHUNK = 16
+    cfg.MODEL.ROI_BOX_HEAD.POOLER_RESOLUTION = 7
+    cfg.MODEL.ROI_BOX_HEAD.POOLER_SAMPLING_RATIO = 2
     heads = build_roi_heads(cfg, SHAPES)
-    assert heads.box_pooler.output_size == (14, 14) and heads.box_head.fc1.in_features == C * 49
+    assert heads.box_pooler.output_size == (7, 7) and heads.box_head.fc1.in_features == C * 49
     assert heads.refinement.reduce.out_channels == 4
+    for pooler in (heads.box_pooler, heads.mask_pooler):
+        assert (pooler.checkpoint, pooler.checkpoint_chunk) == (True, 32)
+    assert (heads.box_pooler.inference_chunk, heads.mask_pooler.inference_chunk) == (16, 0)
     losses, _ = _train(heads, _proposals(), _targets())
     assert all(torch.isfinite(v) for v in losses.values())
 
-    cfg.MODEL.ROI_BOX_HEAD.NAME = "FastRCNNConvFCHead"
-    cfg.MODEL.EJ_HEAD.BOX_FC_INPUT = "stride2conv"
-    with pytest.raises(ValueError, match="needs MODEL.ROI_BOX_HEAD.NAME='EJFastRCNNConvFCHead'"):
-        build_roi_heads(cfg, SHAPES)
-
 
 @pytest.mark.parametrize("name", ["EJROIHeads", "EJCascadeROIHeads"])
-def test_threaded_pooling_is_the_default_and_keeps_the_state_dict(name):
+def test_threaded_pooling_is_opt_in_and_keeps_the_state_dict(name):
     cfg = _yacs_cfg(name)
     cfg.MODEL.ROI_BOX_HEAD.CLS_AGNOSTIC_BBOX_REG = name == "EJCascadeROIHeads"
-    threaded = build_roi_heads(cfg, SHAPES)
-    cfg.MODEL.EJ_HEAD.THREADED_POOLING = False
     plain = build_roi_heads(cfg, SHAPES)
+    cfg.MODEL.EJ_HEAD.THREADED_POOLING = True
+    threaded = build_roi_heads(cfg, SHAPES)
     for pooler in ("box_pooler", "mask_pooler"):
         levels = getattr(threaded, pooler).level_poolers
-        assert all(type(m) is ThreadedROIAlign for m in levels)
+        assert all(type(m) is ThreadedROIAlign and m.threaded_inference for m in levels)
         assert not any(
             isinstance(m, ThreadedROIAlign) for m in getattr(plain, pooler).level_poolers
         )
     assert threaded.state_dict().keys() == plain.state_dict().keys()
-    assert all(m.threaded_inference for m in threaded.box_pooler.level_poolers)
-    # threaded in training only: every level, the exact 7x7 box pooler's too
-    cfg.MODEL.EJ_HEAD.THREADED_POOLING = True
+    # threaded in training only (the efficient model)
     cfg.MODEL.EJ_HEAD.THREADED_INFERENCE_POOLING = False
-    cfg.MODEL.EJ_HEAD.BOX_REFINEMENT_DOWNSAMPLE = 2
-    cfg.MODEL.ROI_BOX_HEAD.POOLER_SAMPLING_RATIO = 1
-    cfg.MODEL.ROI_BOX_HEAD.POOLER_RESOLUTION = 14
     training_only = build_roi_heads(cfg, SHAPES)
     poolers = [training_only.box_pooler, training_only.mask_pooler]
-    poolers.append(training_only.box_direct_pooler)
     levels = [m for p in poolers for m in p.level_poolers]
     assert levels and all(type(m) is ThreadedROIAlign and not m.threaded_inference for m in levels)
 
@@ -261,8 +257,12 @@ def test_invalid_arguments():
         _heads(refinement_scope="mask")
     with pytest.raises(ValueError, match="exclusive"):
         _heads(interleave=True, train_on_pred_boxes=True)
-    with pytest.raises(ValueError, match="box_refinement_downsample must be a positive integer"):
+    with pytest.raises(ValueError, match="box_refinement_downsample must be an integer >= 1"):
         _heads(box_refinement_downsample=0)
+    with pytest.raises(ValueError, match="box_inference_chunk must be an integer >= 0"):
+        _heads(box_inference_chunk=-1)
+    with pytest.raises(ValueError, match="checkpoint_chunk must be an integer >= 0, got 2.5"):
+        _heads(checkpoint_chunk=2.5)
 
 
 def test_wrong_types_fail_at_construction():
@@ -424,10 +424,7 @@ def _cascade_heads(**kwargs):
         box_pooler=ROIPooler(14, (1 / 4, 1 / 8), 0, "ROIAlignV2"),
         box_heads=[
             EJFastRCNNConvFCHead(
-                ShapeSpec(channels=C, height=14, width=14),
-                conv_dims=[],
-                fc_dims=[16],
-                box_fc_input="stride2conv",
+                ShapeSpec(channels=C, height=14, width=14), conv_dims=[], fc_dims=[16]
             )
             for _ in range(2)
         ],
@@ -495,11 +492,11 @@ def test_lazy_config_builds_roi_heads(name):
     heads = instantiate(roi_heads)
     assert isinstance(heads, EJCascadeROIHeads if "cascade" in name else EJROIHeads)
     assert heads.box_pooler.output_size == (14, 14)
-    assert all(
-        h.box_fc_input == "flatten"
-        for h in heads.box_head.modules()
-        if isinstance(h, EJFastRCNNConvFCHead)
-    )
+    for pooler in (heads.box_pooler, heads.mask_pooler):  # one refinement for all RoIs
+        assert isinstance(pooler, RefinedROIPooler) and pooler.refinement is heads.refinement
+    box_heads = heads.box_head if "cascade" in name else [heads.box_head]
+    assert all(type(h) is EJFastRCNNConvFCHead for h in box_heads)
+    assert all(h.fc1.in_features == C * 196 for h in box_heads)  # 14x14 RoIs flattened
 
 
 # ---------------------------------------------------------------------------------------------
@@ -554,15 +551,48 @@ def test_residual_refinement_output_and_gradients_match_the_formula(last_relu, b
         assert torch.equal(br(x), expected)
 
 
-@pytest.mark.parametrize(
-    "fc_input, fc_in", [("flatten", C * 196), ("avgpool", C * 49), ("stride2conv", C * 49)]
-)
-def test_box_head_fc_inputs(fc_input, fc_in):
+def test_box_head_is_detectron2s_and_loads_a_layer_whole_or_not_at_all():
     shape = ShapeSpec(channels=C, height=14, width=14)
-    head = EJFastRCNNConvFCHead(shape, conv_dims=[], fc_dims=[16, 16], box_fc_input=fc_input)
-    assert head.fc1.in_features == fc_in and head(torch.randn(5, C, 14, 14)).shape == (5, 16)
-    if fc_input == "flatten":  # same children as Detectron2's head: checkpoints load unchanged
-        ref = FastRCNNConvFCHead(shape, conv_dims=[], fc_dims=[16, 16])
-        head.load_state_dict(ref.state_dict())
-    with pytest.raises(ValueError, match="Unknown box_fc_input 'max'"):
-        EJFastRCNNConvFCHead(shape, conv_dims=[], fc_dims=[16], box_fc_input="max")
+    torch.manual_seed(0)
+    ref = FastRCNNConvFCHead(shape, conv_dims=[C], fc_dims=[16, 16])
+    torch.manual_seed(0)
+    head = EJFastRCNNConvFCHead(shape, conv_dims=[C], fc_dims=[16, 16])
+    assert head.state_dict().keys() == ref.state_dict().keys()
+    for k, v in ref.state_dict().items():
+        assert torch.equal(head.state_dict()[k], v), k  # the same init
+    x = torch.randn(5, C, 14, 14)
+    assert torch.equal(head(x), ref(x))
+    # a 7x7 checkpoint: fc1's weight has another shape (dropped by the checkpointer), so its bias
+    # is not loaded alone; the layers that fit are
+    small_shape = ShapeSpec(channels=C, height=7, width=7)
+    small = FastRCNNConvFCHead(small_shape, conv_dims=[C], fc_dims=[16, 16]).state_dict()
+    state = {k: v for k, v in small.items() if k != "fc1.weight"}
+    incompatible = head.load_state_dict(state, strict=False)
+    assert set(incompatible.missing_keys) == {"fc1.weight", "fc1.bias"}
+    assert torch.equal(head.fc1.bias, ref.fc1.bias) and torch.equal(
+        head.fc2.bias, small["fc2.bias"]
+    )
+
+
+def test_heads_override_only_what_the_paper_changes():
+    """The box, mask and cascade-stage forwards are Detectron2's: the refinement comes in through
+    the poolers, so the three paths cannot disagree."""
+    for ours, theirs in [(EJROIHeads, StandardROIHeads), (EJCascadeROIHeads, CascadeROIHeads)]:
+        for method in ("_forward_box", "_forward_mask", "_run_stage", "_init_box_head"):
+            theirs_method = inspect.getattr_static(theirs, method, None)
+            if theirs_method is not None:
+                assert inspect.getattr_static(ours, method) is theirs_method, (ours, method)
+
+
+def test_the_refinement_is_saved_once_under_its_old_name():
+    """Checkpoints keep ``roi_heads.refinement.*``: the poolers do not own the refinement."""
+    heads = _heads(refinement=BoundaryRefinement(C))
+    keys = list(heads.state_dict())
+    expected = [f"refinement.conv{i}.{w}" for i in (1, 2) for w in ("weight", "bias")]
+    assert [k for k in keys if "refinement" in k] == expected
+    assert not any(k.startswith(("box_pooler.", "mask_pooler.")) for k in keys)
+    assert [n for n, m in heads.named_modules() if m is heads.refinement] == ["refinement"]
+    # a state_dict written before the poolers were refined (the same names) loads strictly
+    other = _heads(refinement=BoundaryRefinement(C))
+    other.load_state_dict(heads.state_dict())
+    assert torch.equal(other.box_pooler.refinement.conv1.weight, heads.refinement.conv1.weight)

@@ -8,8 +8,6 @@ with the other dataset checks in test_data.py, override types in test_engine.py.
 import itertools
 import os
 import re
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -36,7 +34,6 @@ from sa_ejhead.errors import (
 from _helpers import (
     crash_at,
     listen,
-    REPO,
     run_tool_script,
     tiny_lazy_config,
     tiny_yacs_config,
@@ -243,6 +240,18 @@ def test_divergence_names_the_iteration_and_the_last_checkpoint(tiny_set, tmp_pa
     assert torch.load(last, weights_only=False)["iteration"] == it - 1  # kept, complete
 
 
+def test_yacs_divergence_names_the_iteration(tiny_set, tmp_path):
+    """The yacs Trainer stops on divergence with the same error (its run_step)."""
+    name = tiny_set[0]
+    cfg = tiny_yacs_config(name, name, str(tmp_path), max_iter=6, sa_ejhead=False)
+    cfg.SOLVER.BASE_LR, cfg.SOLVER.CHECKPOINT_PERIOD, cfg.DATASETS.TEST = 1e6, 100, ()
+    with pytest.raises(TrainingDivergedError) as e:
+        yacs_engine.Trainer(cfg).train()
+    assert re.match(
+        r"training diverged at iteration \d \(.*no checkpoint was written", str(e.value)
+    )
+
+
 def test_divergence_found_by_the_loss_check():
     """SimpleTrainer's check of the loss: a model whose loss is NaN from the first iteration."""
 
@@ -342,6 +351,24 @@ def test_a_corrupt_image_met_by_a_data_loader_worker(
 
 
 # --- the error line and its log -----------------------------------------------------------------
+
+
+def test_one_error_hierarchy():
+    """Every project error is in sa_ejhead.errors (the dataset ones importable from sa_ejhead.data
+    too), with its one-line message and the standard type it stands for."""
+    import sa_ejhead.data
+    import sa_ejhead.errors
+
+    for name in ("DatasetError", "DatasetFormatError", "DatasetFileNotFoundError"):
+        assert getattr(sa_ejhead.data, name) is getattr(sa_ejhead.errors, name)
+    for error, standard in [
+        (ConfigError("'x': no"), KeyError),
+        (CheckpointError("x.pth: no", file="x.pth", reason="no"), OSError),
+        (DatasetImageError("x.png: no", file="x.png"), OSError),
+        (TrainingDivergedError("x: no"), FloatingPointError),
+    ]:
+        assert isinstance(error, SAEJHeadError) and isinstance(error, standard)
+        assert str(error).endswith(": no")
 
 
 def test_the_traceback_goes_to_the_run_folder_or_a_new_file(tmp_path, capsys):

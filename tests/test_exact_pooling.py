@@ -1,17 +1,22 @@
-"""The efficient model's box RoIs pooled directly at the downsampled size (docs/design.md, "Exact
-downsampled box pooling"): with a fixed sampling ratio s, a k x k average pool of an S x S
-RoIAlign is an (S/k) x (S/k) RoIAlign with ratio k*s. Checked on torchvision's op, on the EJ-Head
-(predictions, losses, gradients; single-stage and cascade) and through the export."""
+"""Exact pooling and the RefinedROIPooler's memory levers (docs/design.md, "Costs and the
+efficient setting"):
 
-import copy
-import tempfile
+(a) with a fixed sampling ratio s, a k x k average pool of an S x S RoIAlign is an (S/k) x (S/k)
+    RoIAlign with ratio k*s, so the efficient model states its box pooler as 7x7 at ratio 2
+    (= 14x14 at ratio 1, averaged); checked on torchvision's op and on the EJ-Head (predictions,
+    losses, gradients; single-stage and cascade). The adaptive ratio has no such identity:
+    ``box_refinement_downsample`` average-pools its 14x14 RoIs;
+(b) at inference the box RoIs are refined ``box_inference_chunk`` at a time, in every cascade
+    stage;
+(c) in training, checkpointed pooling + refinement gives the same losses and gradients.
+"""
 
 import pytest
 import torch
 from torch.nn import functional as F
 from torchvision.ops import roi_align
 
-from detectron2.config import get_cfg, instantiate
+from detectron2.config import LazyConfig
 from detectron2.layers import ShapeSpec
 from detectron2.modeling.box_regression import Box2BoxTransform
 from detectron2.modeling.matcher import Matcher
@@ -20,20 +25,11 @@ from detectron2.modeling.roi_heads import (
     FastRCNNConvFCHead,
     FastRCNNOutputLayers,
     MaskRCNNConvUpsampleHead,
-    build_roi_heads,
 )
 from detectron2.structures import BitMasks, Boxes, Instances
 from detectron2.utils.events import EventStorage
 
-from sa_ejhead.config import add_sa_ejhead_config
-from sa_ejhead.modeling import (
-    BoundaryRefinement,
-    EJCascadeROIHeads,
-    EJFastRCNNConvFCHead,
-    EJROIHeads,
-    ThreadedROIAlign,
-    direct_box_pooler,
-)
+from sa_ejhead.modeling import BoundaryRefinement, EJCascadeROIHeads, EJROIHeads
 
 C, K = 8, 3  # feature channels, classes
 IMAGE = (64, 64)
@@ -134,13 +130,14 @@ def _proposals(seed=0):
     return out
 
 
-def _heads(cls=EJROIHeads, sampling_ratio=2, aligned=True, downsample=2, **kwargs):
-    res = 14 // downsample
-    pooler_type = "ROIAlignV2" if aligned else "ROIAlign"
+def _heads(cls=EJROIHeads, sampling_ratio=0, resolution=14, downsample=1, **kwargs):
+    torch.manual_seed(0)  # the same weights for the same kind of heads
+    res = resolution // downsample
+    pooler_type = "ROIAlignV2" if kwargs.pop("aligned", True) else "ROIAlign"
 
-    def pooler():
+    def pooler(size, ratio):
         # level 2 for boxes under 32 pixels, 3 above (both levels in use)
-        return ROIPooler(14, (1 / 4, 1 / 8), sampling_ratio, pooler_type, 32, canonical_level=3)
+        return ROIPooler(size, (1 / 4, 1 / 8), ratio, pooler_type, 32, canonical_level=3)
 
     def box_head():
         return FastRCNNConvFCHead(
@@ -161,9 +158,9 @@ def _heads(cls=EJROIHeads, sampling_ratio=2, aligned=True, downsample=2, **kwarg
         batch_size_per_image=32,
         positive_fraction=0.5,
         box_in_features=["p2", "p3"],
-        box_pooler=pooler(),
+        box_pooler=pooler(resolution, sampling_ratio),
         mask_in_features=["p2", "p3"],
-        mask_pooler=ROIPooler(14, (1 / 4, 1 / 8), 0, "ROIAlignV2", canonical_box_size=32),
+        mask_pooler=pooler(14, 0),
         mask_head=MaskRCNNConvUpsampleHead(
             ShapeSpec(channels=C, height=14, width=14), num_classes=K, conv_dims=[C]
         ),
@@ -184,69 +181,15 @@ def _heads(cls=EJROIHeads, sampling_ratio=2, aligned=True, downsample=2, **kwarg
             box_predictor=box_predictor(),
         )
     args.update(kwargs)
-    torch.manual_seed(0)
     return cls(**args)
 
 
-def _old_path(heads):
-    """The same heads (same weights) on the old path: the 14x14 box pooler, then avg pool."""
-    old = copy.deepcopy(heads)
-    old.box_direct_pooler = None
-    return old
-
-
 class _Calls:
-    """Records the output shapes of a module's forwards."""
+    """Records the first dimension (the RoIs) of a module's inputs."""
 
     def __init__(self, module):
-        self.shapes = []
-        module.register_forward_hook(lambda _m, _i, out: self.shapes.append(tuple(out.shape)))
-
-
-@pytest.mark.parametrize("aligned", [True, False])
-def test_direct_pooler_is_built_for_a_fixed_ratio(aligned):
-    heads = _heads(sampling_ratio=2, aligned=aligned)
-    direct = heads.box_direct_pooler
-    assert direct is not None and direct.output_size == (7, 7)
-    assert heads.box_pooler.output_size == (14, 14)  # the configured pooler is unchanged
-    assert (direct.canonical_box_size, direct.canonical_level) == (32, 3)
-    assert (direct.min_level, direct.max_level) == (2, 3)
-    for level, fine in zip(direct.level_poolers, heads.box_pooler.level_poolers):
-        assert (level.sampling_ratio, level.aligned) == (4, aligned)
-        assert level.spatial_scale == fine.spatial_scale
-        # threaded_pooling (on by default) is kept, with the same threshold
-        assert type(level) is type(fine) is ThreadedROIAlign
-        assert level.min_rois_per_thread == fine.min_rois_per_thread
-    assert not any(True for _ in direct.parameters())  # checkpoints unchanged
-    assert all("box_direct_pooler" not in k for k in heads.state_dict())
-
-
-@pytest.mark.parametrize("aligned", [True, False])
-def test_direct_path_gives_the_old_predictions(aligned):
-    heads = _heads(sampling_ratio=2, aligned=aligned).eval()
-    old = _old_path(heads)
-    fine_calls = _Calls(heads.box_pooler)
-    old_fine_calls = _Calls(old.box_pooler)
-    feats, proposals = _features(), _proposals()
-    with torch.no_grad():
-        boxes = [p.proposal_boxes for p in proposals]
-        new_x = heads._pool_box_features([feats["p2"], feats["p3"]], boxes)
-        old_x = F.avg_pool2d(heads.box_pooler([feats["p2"], feats["p3"]], boxes), 2)
-        assert new_x.shape == (80, C, 7, 7)
-        torch.testing.assert_close(new_x, old_x, atol=ATOL, rtol=0)
-        new_scores, new_deltas = heads._box_predictions(feats, proposals)
-        old_scores, old_deltas = old._box_predictions(feats, proposals)
-        torch.testing.assert_close(new_scores, old_scores, atol=ATOL, rtol=0)
-        torch.testing.assert_close(new_deltas, old_deltas, atol=ATOL, rtol=0)
-        new_out, _ = heads(None, feats, _proposals())
-        old_out, _ = old(None, feats, _proposals())
-    assert len(fine_calls.shapes) == 1  # only the explicit call above: never in the heads
-    assert old_fine_calls.shapes == [(80, C, 14, 14)] * 2
-    for n, o in zip(new_out, old_out):
-        assert len(n) == len(o) > 0
-        torch.testing.assert_close(n.scores, o.scores, atol=ATOL, rtol=0)
-        torch.testing.assert_close(n.pred_boxes.tensor, o.pred_boxes.tensor, atol=1e-4, rtol=0)
-        assert torch.equal(n.pred_classes, o.pred_classes)
+        self.rows = []
+        module.register_forward_pre_hook(lambda _m, args: self.rows.append(len(args[0])))
 
 
 def _train_step(heads):
@@ -259,15 +202,37 @@ def _train_step(heads):
     return losses, feats
 
 
+def _predict(heads):
+    with torch.no_grad():
+        out, _ = heads.eval()(None, _features(), _proposals())
+    return out
+
+
+def _assert_same_predictions(new, old, atol=ATOL):
+    for n, o in zip(new, old):
+        assert len(n) == len(o) > 0
+        torch.testing.assert_close(n.scores, o.scores, atol=atol, rtol=0)
+        torch.testing.assert_close(n.pred_boxes.tensor, o.pred_boxes.tensor, atol=1e-4, rtol=0)
+        torch.testing.assert_close(n.pred_masks, o.pred_masks, atol=atol, rtol=0)
+        assert torch.equal(n.pred_classes, o.pred_classes)
+
+
 @pytest.mark.parametrize("cls", [EJROIHeads, EJCascadeROIHeads])
-def test_direct_path_gives_the_old_losses_and_gradients(cls):
-    heads = _heads(cls, sampling_ratio=2)
-    assert heads.box_direct_pooler is not None
-    old = _old_path(heads)
-    fine_calls = _Calls(heads.box_pooler)
-    new_losses, new_feats = _train_step(heads)
+@pytest.mark.parametrize("aligned", [True, False])
+def test_7x7_pooler_at_ratio_2_is_the_averaged_14x14_pooler_at_ratio_1(cls, aligned):
+    """The efficient model's box pooler: the same predictions, losses and gradients as the
+    14x14 RoIs at ratio 1 average-pooled by 2 (up to float summation order)."""
+    new = _heads(cls, sampling_ratio=2, resolution=7, aligned=aligned)
+    old = _heads(cls, sampling_ratio=1, resolution=14, downsample=2, aligned=aligned)
+    old.load_state_dict(new.state_dict())
+    pooled = []
+    old.box_pooler.pooler.register_forward_hook(lambda m, i, out: pooled.append(out.shape[2:]))
+    _assert_same_predictions(_predict(new), _predict(old))
+    assert pooled and all(size == (14, 14) for size in pooled)  # the old one pools 14x14
+    if not aligned:
+        return  # the training path does not depend on the RoIAlign flavour
+    new_losses, new_feats = _train_step(new)
     old_losses, old_feats = _train_step(old)
-    assert fine_calls.shapes == []
     assert new_losses.keys() == old_losses.keys() and "loss_mask" in new_losses
     for k in new_losses:
         torch.testing.assert_close(new_losses[k], old_losses[k], atol=ATOL, rtol=0)
@@ -276,189 +241,60 @@ def test_direct_path_gives_the_old_losses_and_gradients(cls):
         scale = old_feats[k].grad.abs().max()
         assert scale > 1e-5
         torch.testing.assert_close(new_feats[k].grad, old_feats[k].grad, atol=ATOL * scale, rtol=0)
-    # and so do the parameters behind the RoIs (refinement, box head)
-    for (name, p_new), p_old in zip(heads.named_parameters(), old.parameters()):
+    for (name, p_new), p_old in zip(new.named_parameters(), old.parameters()):
         if p_new.grad is not None:
             scale = p_old.grad.abs().max()
             torch.testing.assert_close(p_new.grad, p_old.grad, atol=ATOL * scale, rtol=0, msg=name)
 
 
-def test_threaded_direct_path_gives_the_old_predictions():
-    heads = _heads(sampling_ratio=1).eval()
-    for level in heads.box_direct_pooler.level_poolers:
-        level.min_rois_per_thread = 1
-    old = _old_path(heads)
-    feats, previous = _features(), torch.get_num_threads()
-    torch.set_num_threads(2)
-    try:
-        assert heads.box_direct_pooler.level_poolers[0].num_chunks(feats["p2"], 80) == 2
-        with torch.no_grad():
-            new = heads._box_predictions(feats, _proposals())
-            ref = old._box_predictions(feats, _proposals())
-    finally:
-        torch.set_num_threads(previous)
-    for n, o in zip(new, ref):
-        torch.testing.assert_close(n, o, atol=ATOL, rtol=0)
+def test_the_efficient_config_states_its_7x7_box_pooler():
+    from sa_ejhead.model_zoo import get_config_file
+
+    cfg = LazyConfig.load(get_config_file("common/models/mask_rcnn_safpn_ejhead_efficient.py"))
+    roi = cfg.model.roi_heads
+    assert (roi.box_pooler.output_size, roi.box_pooler.sampling_ratio) == (7, 2)
+    assert (roi.box_head.input_shape.height, roi.box_head.input_shape.width) == (7, 7)
+    assert roi.get("box_refinement_downsample", 1) == 1 and roi.mask_pooler.output_size == 14
+    assert not roi.get("threaded_pooling", False)  # a model-zoo config: CPU threading is opt-in
 
 
 @pytest.mark.parametrize("cls", [EJROIHeads, EJCascadeROIHeads])
-def test_adaptive_ratio_keeps_the_old_path(cls):
-    heads = _heads(cls, sampling_ratio=0).eval()
-    assert heads.box_direct_pooler is None
-    calls = _Calls(heads.box_pooler)
-    with torch.no_grad():
-        out, _ = heads(None, _features(), _proposals())
-    assert calls.shapes[0] == (80, C, 14, 14)  # the full 14x14 box RoIs, then the avg pool
-    assert all(shape[2:] == (14, 14) for shape in calls.shapes)  # every cascade stage
+def test_adaptive_ratio_average_pools_the_14x14_rois(cls):
+    heads = _heads(cls, sampling_ratio=0, downsample=2)
+    pooled, refined = [], []
+    heads.box_pooler.pooler.register_forward_hook(lambda m, i, out: pooled.append(out.shape))
+    heads.refinement.register_forward_pre_hook(lambda m, args: refined.append(args[0].shape))
+    out = _predict(heads)
+    stages = 2 if cls is EJCascadeROIHeads else 1
+    assert len(pooled) == stages and all(s[2:] == (14, 14) for s in pooled)  # every stage
+    assert [s[2:] for s in refined] == [(7, 7)] * stages + [(14, 14)]  # the mask RoIs: 14x14
     assert all(len(o) > 0 for o in out)
 
 
-def test_no_direct_pooler_without_downsampling_or_for_other_poolers():
-    assert _heads(sampling_ratio=2, downsample=1).box_direct_pooler is None
-    roi_pool = ROIPooler(14, (1 / 4, 1 / 8), 2, "ROIPool")  # max pooling: no identity
-    assert direct_box_pooler(roi_pool, 2) is None
-    assert direct_box_pooler(ROIPooler(14, (1 / 4,), 2, "ROIAlignRotated"), 2) is None
-    assert direct_box_pooler(ROIPooler(14, (1 / 4,), 2, "ROIAlignV2"), 3) is None  # 14 % 3
-    assert direct_box_pooler(ROIPooler(14, (1 / 4,), 2, "ROIAlignV2"), 1) is None
-    plain = direct_box_pooler(ROIPooler(14, (1 / 4,), 3, "ROIAlign"), 2)
-    level = plain.level_poolers[0]
-    assert type(level).__name__ == "ROIAlign" and (level.sampling_ratio, level.aligned) == (
-        6,
-        False,
-    )
+# --- (b) box RoIs refined in chunks at inference ----------------------------------------------
 
 
-def _yacs_heads(sampling_ratio):
-    cfg = get_cfg()
-    add_sa_ejhead_config(cfg)
-    cfg.MODEL.MASK_ON = True
-    cfg.MODEL.ROI_HEADS.NAME = "EJROIHeads"
-    cfg.MODEL.ROI_HEADS.IN_FEATURES = ["p2", "p3"]
-    cfg.MODEL.ROI_HEADS.NUM_CLASSES = K
-    cfg.MODEL.ROI_BOX_HEAD.NAME = "FastRCNNConvFCHead"
-    cfg.MODEL.ROI_BOX_HEAD.NUM_FC = 1
-    cfg.MODEL.ROI_BOX_HEAD.FC_DIM = 16
-    cfg.MODEL.ROI_BOX_HEAD.POOLER_RESOLUTION = 14
-    cfg.MODEL.ROI_BOX_HEAD.POOLER_SAMPLING_RATIO = sampling_ratio
-    cfg.MODEL.ROI_MASK_HEAD.NAME = "MaskRCNNConvUpsampleHead"
-    cfg.MODEL.ROI_MASK_HEAD.NUM_CONV = 1
-    cfg.MODEL.ROI_MASK_HEAD.CONV_DIM = C
-    cfg.MODEL.EJ_HEAD.BOX_REFINEMENT_DOWNSAMPLE = 2
-    shapes = {"p2": ShapeSpec(channels=C, stride=4), "p3": ShapeSpec(channels=C, stride=8)}
-    return build_roi_heads(cfg, shapes)
-
-
-def test_yacs_config_builds_the_direct_pooler():
-    heads = _yacs_heads(sampling_ratio=2)
-    assert heads.box_pooler.output_size == (14, 14)
-    assert heads.box_direct_pooler.output_size == (7, 7)
-    assert heads.box_direct_pooler.level_poolers[0].sampling_ratio == 4
-    assert _yacs_heads(sampling_ratio=0).box_direct_pooler is None
-
-
-# ---------------------------------------------------------------------------------------------
-# the efficient model: LazyConfig, tracing and export
-
-
-def _tiny_efficient(sampling_ratio):
-    from _helpers import tiny_lazy_config
-
-    from sa_ejhead.model_zoo import get_config_file
-
-    path = get_config_file("common/models/mask_rcnn_safpn_ejhead_efficient.py")
-    model_cfg = tiny_lazy_config("unused", "unused", "unused", model_config=path).model
-    model_cfg.roi_heads.refinement.bottleneck_channels = 8
-    model_cfg.roi_heads.box_head.input_shape = ShapeSpec(channels=32, height=7, width=7)
-    model_cfg.roi_heads.box_pooler.sampling_ratio = sampling_ratio
-    torch.manual_seed(0)
-    return instantiate(model_cfg).eval()
-
-
-def _image(height, width, seed):
-    g = torch.Generator().manual_seed(seed)
-    return torch.randint(0, 256, (3, height, width), generator=g).float()
-
-
-def test_efficient_config_with_a_fixed_ratio_matches_the_old_path():
-    model = _tiny_efficient(sampling_ratio=2)
-    heads = model.roi_heads
-    assert heads.box_pooler.output_size == (14, 14) and heads.box_direct_pooler is not None
-    old = copy.deepcopy(model)
-    old.roi_heads.box_direct_pooler = None
-    heads.box_predictor.test_score_thresh = old.roi_heads.box_predictor.test_score_thresh = 0.0
-    inputs = [{"image": _image(64, 80, 0)}]
-    with torch.no_grad():
-        (new,), (ref,) = model(inputs), old(inputs)
-    new, ref = new["instances"], ref["instances"]
-    assert len(new) == len(ref) > 0
-    torch.testing.assert_close(new.scores, ref.scores, atol=ATOL, rtol=0)
-    torch.testing.assert_close(new.pred_boxes.tensor, ref.pred_boxes.tensor, atol=1e-3, rtol=0)
-
-
-def test_efficient_model_with_the_direct_pooler_exports():
-    """TorchScript traces the direct pooler (7x7 RoIAlign at ratio 4, no 14x14 box RoIAlign) and
-    matches eager; ONNX too where onnxruntime is installed."""
-    from _helpers import onnx_nodes
-
-    from sa_ejhead.export import check_parity, condition_random_heads, export_formats
-
-    onnx = pytest.importorskip("onnx")
-    pytest.importorskip("onnxruntime")
-    model = _tiny_efficient(sampling_ratio=2)
-    model.roi_heads.box_predictor.test_score_thresh = 0.01
-    model = condition_random_heads(model, [_image(64, 80, 0)])
-    with tempfile.TemporaryDirectory() as folder:
-        runtimes = export_formats(model, _image(64, 80, 0), folder, num_threads=1)
-        runtimes = {k: v["model"] for k, v in runtimes.items()}
-        graph = str(torch.jit.load(runtimes["torchscript"].path).inlined_graph)
-        onnx_graph = onnx.load(runtimes["onnxruntime"].path).graph
-        inputs = [{"image": _image(64, 80, 0)}, {"image": _image(72, 97, 1)}]
-        report = check_parity(model, runtimes, inputs)
-    # one RoIAlign per level in the box and the mask pooler: the box ones 7x7 at ratio 4
-    assert graph.count("torchvision::roi_align") == 8
-    roi_aligns = [
-        {a.name: onnx.helper.get_attribute_value(a) for a in n.attribute}
-        for n in onnx_nodes(onnx_graph)
-        if n.op_type == "RoiAlign"
-    ]
-    shapes = sorted(
-        (r["output_height"], r["output_width"], r["sampling_ratio"]) for r in roi_aligns
-    )
-    assert shapes == [(7, 7, 4)] * 4 + [(14, 14, 0)] * 4
-    for runtime, result in report.items():
-        assert result["summary"]["expected"] > 0, runtime
-        assert result["summary"]["ok"], (runtime, result["images"])
-    assert report["torchscript"]["summary"]["box_max_abs"] == 0.0
-
-
-# --- box RoIs in chunks at inference ------------------------------------------------------------
-
-
-@pytest.mark.parametrize("downsample", [1, 2])
-def test_box_inference_in_chunks_gives_the_same_predictions(downsample):
-    heads = _heads(downsample=downsample, box_inference_chunk=24).eval()
-    whole = copy.deepcopy(heads)
-    whole.box_inference_chunk = 0
-    sizes = []
-    heads.refinement.register_forward_hook(lambda m, args, out: sizes.append(args[0].shape[0]))
-    feats, proposals = _features(), _proposals()
-    with torch.no_grad():
-        chunked = heads._box_predictions(feats, proposals)
-        assert sizes == [24, 24, 24, 8]  # 80 RoIs
-        at_once = whole._box_predictions(feats, proposals)
-    for a, b in zip(chunked, at_once):
-        torch.testing.assert_close(a, b, atol=ATOL, rtol=0)
-    # with autograd on (training, or a caller that wants gradients) the RoIs go at once
-    sizes.clear()
-    heads._box_predictions(feats, proposals)
-    assert sizes == [80]
-
-
-def test_box_inference_chunk_is_checked():
-    with pytest.raises(ValueError, match="box_inference_chunk"):
-        _heads(box_inference_chunk=-1)
-    with pytest.raises(ValueError, match="checkpoint_chunk"):
-        _heads(checkpoint_chunk=2.5)
+@pytest.mark.parametrize("cls", [EJROIHeads, EJCascadeROIHeads])
+def test_box_rois_are_refined_in_chunks_at_inference_in_every_stage(cls):
+    """The refinement never sees more than ``box_inference_chunk`` box RoIs at inference, in
+    every cascade stage (the cascade ignored the chunk before the poolers were refined), and the
+    predictions are those of the unchunked heads."""
+    heads = _heads(cls, box_inference_chunk=24, refinement_scope="box")
+    whole = _heads(cls, box_inference_chunk=0, refinement_scope="box")
+    stage_rows = _Calls(heads.box_head[0] if cls is EJCascadeROIHeads else heads.box_head)
+    if cls is EJCascadeROIHeads:
+        heads.box_head[1].register_forward_pre_hook(lambda m, a: stage_rows.rows.append(len(a[0])))
+    refined = _Calls(heads.refinement)
+    _assert_same_predictions(_predict(heads), _predict(whole))
+    stages = 2 if cls is EJCascadeROIHeads else 1
+    assert len(stage_rows.rows) == stages and min(stage_rows.rows) > 24
+    chunks = [min(24, n - s) for n in stage_rows.rows for s in range(0, n, 24)]
+    assert refined.rows == chunks  # e.g. 80 RoIs: 24 + 24 + 24 + 8 in each stage
+    # with autograd recording (training, or a caller that wants gradients) they go at once
+    refined.rows.clear()
+    stage_rows.rows.clear()
+    heads(None, _features(), _proposals())
+    assert refined.rows == stage_rows.rows
 
 
 # --- activation checkpointing of the pooling + refinement in training ------------------------
@@ -491,11 +327,14 @@ def _saved_bytes(heads):
 @pytest.mark.parametrize("chunk", [0, 256, 24])
 def test_checkpointed_refinement_gives_the_same_losses_and_gradients(cls, downsample, chunk):
     heads = _heads(cls, downsample=downsample)
-    checkpointed = copy.deepcopy(heads)
-    checkpointed.checkpoint_refinement = True
-    checkpointed.checkpoint_chunk = chunk
     # the inference chunk plays no part in training
-    checkpointed.box_inference_chunk = 16 if chunk != 24 else 0
+    checkpointed = _heads(
+        cls,
+        downsample=downsample,
+        checkpoint_refinement=True,
+        checkpoint_chunk=chunk,
+        box_inference_chunk=16 if chunk != 24 else 0,
+    )
     calls = []
     # a pre-hook: the recomputation stops once it has rebuilt what the backward needs
     checkpointed.refinement.register_forward_pre_hook(lambda m, args: calls.append(len(args[0])))
@@ -532,17 +371,22 @@ def test_checkpointed_refinement_gives_the_same_losses_and_gradients(cls, downsa
     assert ckpt_bytes < plain_bytes - rois * 4 * C * (14 // downsample) ** 2
 
 
-def test_checkpointed_refinement_is_training_only():
-    heads = _heads(checkpoint_refinement=True).eval()
-    plain = copy.deepcopy(heads)
-    plain.checkpoint_refinement = False
-    with torch.no_grad():
-        a, b = heads._box_predictions(_features(), _proposals()), plain._box_predictions(
-            _features(), _proposals()
-        )
-    assert all(torch.equal(x, y) for x, y in zip(a, b))
-    assert not heads._checkpointing() and not heads._checkpointing(mask=True)
-    heads.train()
-    assert heads._checkpointing() and heads._checkpointing(mask=True)
-    heads.refinement_scope = "box"  # the mask RoIs are not refined: nothing to checkpoint
-    assert heads._checkpointing() and not heads._checkpointing(mask=True)
+def test_checkpointed_refinement_is_training_only(monkeypatch):
+    import sa_ejhead.modeling.poolers as poolers
+
+    calls = []
+
+    def checkpoint(fn, *args, **kwargs):
+        calls.append(fn.__self__)
+        return fn(*args)
+
+    monkeypatch.setattr(poolers, "checkpoint", checkpoint)
+    heads = _heads(checkpoint_refinement=True)
+    _predict(heads)
+    assert calls == []
+    _train_step(heads)
+    assert calls == [heads.box_pooler, heads.mask_pooler]
+    calls.clear()
+    box_only = _heads(checkpoint_refinement=True, refinement_scope="box")
+    _train_step(box_only)  # the mask RoIs are not refined: nothing to checkpoint
+    assert calls == [box_only.box_pooler]

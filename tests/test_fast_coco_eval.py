@@ -12,15 +12,15 @@ from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data.datasets import register_coco_instances
 from detectron2.structures import Boxes, BoxMode, Instances
 
+from sa_ejhead.evaluation import fast_coco
 from sa_ejhead.evaluation import (
     FASTER_COCO_EVAL_AVAILABLE,
     COCOEvaluator,
     FasterCOCOeval,
     evaluate_coco_results,
     get_cocoeval_class,
-    make_synthetic_coco,
 )
-from sa_ejhead.evaluation.synthetic import _uncompressed_rle
+from sa_ejhead_lab.coco_eval import _uncompressed_rle, make_synthetic_coco
 
 needs_faster = pytest.mark.skipif(
     not FASTER_COCO_EVAL_AVAILABLE, reason="faster-coco-eval is not installed"
@@ -104,10 +104,18 @@ def _predictions(gt, results):
 
 
 @needs_faster
-def test_evaluator_fast_and_official_agree(synthetic, tmp_path):
+def test_evaluator_fast_and_official_agree(synthetic, tmp_path, monkeypatch):
     gt_file, _, gt, results = synthetic
     name = _register("sa_ejhead_test_fast_coco", gt_file)
     inputs, outputs = _predictions(gt, results)
+    used = []  # the iou types that faster-coco-eval evaluated
+
+    class Recording(FasterCOCOeval):
+        def __init__(self, coco_gt, coco_dt, iou_type):
+            used.append(iou_type)
+            super().__init__(coco_gt, coco_dt, iou_type)
+
+    monkeypatch.setattr(fast_coco, "FasterCOCOeval", Recording)
     metrics = {}
     for fast in (True, False):
         evaluator = COCOEvaluator(
@@ -117,7 +125,7 @@ def test_evaluator_fast_and_official_agree(synthetic, tmp_path):
         evaluator.reset()
         evaluator.process(inputs, outputs)
         metrics[fast] = evaluator.evaluate()
-    assert set(metrics[True]) == {"bbox", "segm"}
+    assert set(metrics[True]) == {"bbox", "segm"} and used == ["bbox", "segm"]  # fast=True only
     assert metrics[False]["bbox"]["AP"] > 5.0
     for task in ("bbox", "segm"):
         assert metrics[True][task].keys() == metrics[False][task].keys()

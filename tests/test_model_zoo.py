@@ -4,6 +4,7 @@ models' AP is checked in test_model_zoo_trained.py."""
 
 import logging
 import os
+import sys
 
 import cv2
 import numpy as np
@@ -13,11 +14,13 @@ from detectron2.utils.file_io import PathManager
 
 from sa_ejhead import model_zoo
 from sa_ejhead import pretrained as P
-from sa_ejhead.engine import export_submodule_weights
 from sa_ejhead.errors import SAEJHeadError
-from sa_ejhead.visualize import build_predictor
+from sa_ejhead.predictor import build_predictor
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(REPO, "projects", "pretrain_backbone"))
+from weights import export_submodule_weights  # noqa: E402  (what writes the shipped files)
+
 ZOO = ("demo/sa_shapes.py", "demo/sa_shapes_baseline.py")
 COCO = "COCO-InstanceSegmentation/mask_rcnn_R_50_SAFPN_EJHead_1x.py"
 
@@ -70,38 +73,6 @@ def test_get_builds_the_trained_model_with_every_weight_from_the_zoo(tmp_path, m
     # trained=False: the config's own initial weights (the pre-trained backbone): heads differ
     head = "roi_heads.box_predictor.cls_score.weight"
     assert not torch.equal(state[head], initial[head])
-
-
-def test_pack_and_unpack_each_precision():
-    torch.manual_seed(0)
-    state = {
-        "conv.weight": torch.randn(16, 8, 3, 3),
-        "fc.weight": torch.randn(64, 32) * torch.linspace(0.01, 3, 64)[:, None],
-        "fc.bias": torch.randn(64),
-        "small.weight": torch.randn(4, 4),  # under 1024 values: half precision
-        "bn.num_batches_tracked": torch.tensor(7),
-    }
-    fp32 = P.unpack_weights(P.pack_weights(state, "fp32"))["model"]
-    assert all(torch.equal(fp32[k], v) for k, v in state.items())
-    fp16 = P.unpack_weights(P.pack_weights(state, "fp16"))["model"]
-    assert fp16["fc.weight"].dtype == torch.float16 and fp16["bn.num_batches_tracked"] == 7
-    fc_only = P.pack_weights(state, "int8-fc")
-    assert sorted(fc_only["int8"]) == ["fc.weight"]
-    assert fc_only["model"]["conv.weight"].dtype == torch.float16
-    packed = P.pack_weights(state, "int8")
-    assert sorted(packed["int8"]) == ["conv.weight", "fc.weight"]
-    int8 = P.unpack_weights(packed)["model"]
-    assert set(int8) == set(state)
-    for name in ("conv.weight", "fc.weight"):
-        w, q = state[name], int8[name]
-        assert q.dtype == torch.float32 and q.shape == w.shape
-        # per output channel: the error of each row is at most half its own step
-        step = w.abs().flatten(1).amax(1) / 127
-        error = (q - w).abs().flatten(1).amax(1)
-        assert torch.all(error <= step / 2 + 1e-7)
-    assert int8["small.weight"].dtype == torch.float16
-    with pytest.raises(ValueError, match="precision 'int4'"):
-        P.pack_weights(state, "int4")
 
 
 def test_model_zoo_paths_are_checked_and_unpacked_once(tmp_path, monkeypatch):

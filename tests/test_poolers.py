@@ -1,14 +1,26 @@
-"""ThreadedROIAlign / ThreadedROIPooler: the same output as Detectron2's, split over the CPU
-threads, forward and backward."""
+"""RefinedROIPooler: Detectron2's pooler then the refinement, in chunks at inference and
+checkpointed in training. ThreadedROIAlign / ThreadedROIPooler: the same output as Detectron2's,
+split over the CPU threads, forward and backward; its thread pool's fork hook."""
+
+import importlib.util
+import os
 
 import pytest
 import torch
+from torch import nn
 
 from detectron2.layers import ROIAlign
 from detectron2.modeling.poolers import ROIPooler
 from detectron2.structures import Boxes
 
-from sa_ejhead.modeling import ThreadedROIAlign, ThreadedROIPooler, use_threaded_roi_align
+import sa_ejhead.modeling.poolers as poolers
+from sa_ejhead.modeling import (
+    BoundaryRefinement,
+    RefinedROIPooler,
+    ThreadedROIAlign,
+    ThreadedROIPooler,
+    use_threaded_roi_align,
+)
 
 
 @pytest.fixture
@@ -188,3 +200,100 @@ def test_threaded_inference_false_splits_only_what_autograd_records(four_threads
     assert not pooler.level_poolers[0].threaded_inference
     pooler = ThreadedROIPooler(7, (0.25,), 0, "ROIAlignV2", threaded_inference=False)
     assert not pooler.level_poolers[0].threaded_inference
+
+
+# --- RefinedROIPooler ------------------------------------------------------------------------
+
+
+def _boxes(n_per_image=(30, 25), seed=0):
+    g = torch.Generator().manual_seed(seed)
+    out = []
+    for n in n_per_image:
+        xy = torch.rand(n, 2, generator=g) * 48
+        wh = torch.rand(n, 2, generator=g) * 60 + 2
+        out.append(Boxes(torch.cat([xy, xy + wh], dim=1)))
+    return out
+
+
+def _refined(refinement, **kwargs):
+    pooler = ROIPooler(14, (1 / 4, 1 / 8), 0, "ROIAlignV2", canonical_box_size=32)
+    return RefinedROIPooler(pooler, refinement, **kwargs), pooler
+
+
+def test_refined_pooler_is_the_pooler_then_the_refinement():
+    torch.manual_seed(0)
+    feats = [torch.randn(2, 4, 16, 16), torch.randn(2, 4, 8, 8)]
+    refinement = BoundaryRefinement(4)
+    refined, pooler = _refined(refinement, downsample=2)
+    with torch.no_grad():
+        expected = refinement(torch.nn.functional.avg_pool2d(pooler(feats, _boxes()), 2))
+        assert torch.equal(refined(feats, _boxes()), expected)
+        plain, _ = _refined(None)
+        assert torch.equal(plain(feats, _boxes()), pooler(feats, _boxes()))
+    assert refined.output_size == (14, 14) and refined.level_poolers is pooler.level_poolers
+    # the refinement is not the pooler's: no parameters, no state, a plain repr
+    assert list(refined.parameters()) == [] and refined.state_dict() == {}
+    assert "refinement=BoundaryRefinement, downsample=2" in repr(refined)
+    for name, value in [("downsample", 0), ("inference_chunk", -1), ("checkpoint_chunk", 0.5)]:
+        with pytest.raises(ValueError, match=f"{name} must be an integer"):
+            _refined(refinement, **{name: value})
+
+
+class _Doubling(nn.Module):
+    """A per-RoI refinement that records how many RoIs each call gets."""
+
+    def __init__(self):
+        super().__init__()
+        self.rows = []
+
+    def forward(self, x):
+        self.rows.append(len(x))
+        return 2 * x + 1
+
+
+def test_refined_pooler_refines_in_chunks_in_place_only_without_autograd():
+    feats = [torch.randn(2, 4, 16, 16), torch.randn(2, 4, 8, 8)]
+    refinement = _Doubling()
+    refined, pooler = _refined(refinement, inference_chunk=20)
+    with torch.no_grad():
+        expected = 2 * pooler(feats, _boxes()) + 1
+        assert torch.equal(refined(feats, _boxes()), expected)
+    assert refinement.rows == [20, 20, 15]
+    refinement.rows.clear()
+    refined(feats, _boxes())  # autograd on: at once, not in place
+    assert refinement.rows == [55]
+
+
+def test_refined_pooler_checkpoints_in_chunks_in_training():
+    torch.manual_seed(0)
+    feats = [torch.randn(2, 4, 16, 16, requires_grad=True), torch.randn(2, 4, 8, 8)]
+    refinement = BoundaryRefinement(4)
+    refined, pooler = _refined(refinement, checkpoint=True, checkpoint_chunk=20)
+    out = refined(feats, _boxes())
+    assert out.grad_fn is not None
+    out.square().sum().backward()
+    grads = [feats[0].grad.clone()] + [p.grad.clone() for p in refinement.parameters()]
+    feats[0].grad = None
+    refinement.zero_grad()
+    refinement(pooler(feats, _boxes())).square().sum().backward()
+    expected = [feats[0].grad] + [p.grad for p in refinement.parameters()]
+    for g, e in zip(grads, expected):
+        torch.testing.assert_close(g, e, rtol=1e-4, atol=1e-5)  # chunks: summation order
+    # per chunk, with images split between chunks: 30 + 25 boxes -> 20, 10 + 10, 15
+    parts = [[len(b) for b in part] for part in poolers._split_boxes(_boxes(), 20)]
+    assert parts == [[20, 0], [10, 10], [0, 15]]
+
+
+def test_the_fork_hook_is_registered_when_the_first_pool_starts(monkeypatch):
+    registered = []
+    monkeypatch.setattr(os, "register_at_fork", lambda **hooks: registered.append(hooks))
+    # a fresh copy of the module: importing it registers nothing
+    spec = importlib.util.spec_from_file_location("_poolers_copy", poolers.__file__)
+    fresh = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(fresh)
+    assert registered == [] and not fresh._fork_hook_registered
+    fresh._executor(2)
+    fresh._executor(3)
+    assert registered == [{"after_in_child": fresh._reset_pools}]
+    for pool in fresh._POOLS.values():
+        pool.shutdown()

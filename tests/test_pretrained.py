@@ -1,9 +1,10 @@
 """The committed pre-trained backbone: its hash, its sa_ejhead:// path, and what it loads into;
-the separate pre-training set."""
+the separate pre-training set; the packing of shipped weights (projects/pretrain_backbone)."""
 
 import hashlib
 import os
 import shutil
+import sys
 
 import numpy as np
 import pytest
@@ -19,7 +20,8 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NAME = "sa_shapes_R18half_pretrain.pth"
 URL = P.PRETRAINED_PREFIX + NAME
 V2 = os.path.join(REPO, "projects", "cpu_ablation", "configs_v2")
-
+sys.path.insert(0, os.path.join(REPO, "projects", "pretrain_backbone"))
+from weights import export_submodule_weights, pack_weights  # noqa: E402
 
 NAME_R34 = "sa_shapes_R34half_pretrain.pth.xz"
 
@@ -115,8 +117,6 @@ def test_pretraining_set_shares_no_image_with_the_demo_set():
 def test_xz_weights_are_checked_then_decompressed_once_into_the_cache(tmp_path, monkeypatch):
     """A ``.pth.xz`` file (how export_submodule_weights writes one) is checked by the sha256 of
     the compressed file and read back as the same tensors, from a cached decompressed copy."""
-    from sa_ejhead.engine import export_submodule_weights
-
     ckpt = tmp_path / "model_final.pth"
     weights = {"backbone.bottom_up.stem.conv1.weight": torch.randn(4, 3, 3, 3)}
     torch.save({"model": {**weights, "roi_heads.x": torch.ones(2)}}, ckpt)
@@ -168,3 +168,35 @@ def test_r34_pretraining_differs_from_r18_only_in_depth_and_output():
         s34.num_blocks, s34.stride_per_block = s18.num_blocks, s18.stride_per_block
     r34.train.output_dir = r18.train.output_dir
     assert LazyConfig.to_py(r34) == LazyConfig.to_py(r18)
+
+
+def test_pack_and_unpack_each_precision():
+    torch.manual_seed(0)
+    state = {
+        "conv.weight": torch.randn(16, 8, 3, 3),
+        "fc.weight": torch.randn(64, 32) * torch.linspace(0.01, 3, 64)[:, None],
+        "fc.bias": torch.randn(64),
+        "small.weight": torch.randn(4, 4),  # under 1024 values: half precision
+        "bn.num_batches_tracked": torch.tensor(7),
+    }
+    fp32 = P.unpack_weights(pack_weights(state, "fp32"))["model"]
+    assert all(torch.equal(fp32[k], v) for k, v in state.items())
+    fp16 = P.unpack_weights(pack_weights(state, "fp16"))["model"]
+    assert fp16["fc.weight"].dtype == torch.float16 and fp16["bn.num_batches_tracked"] == 7
+    fc_only = pack_weights(state, "int8-fc")
+    assert sorted(fc_only["int8"]) == ["fc.weight"]
+    assert fc_only["model"]["conv.weight"].dtype == torch.float16
+    packed = pack_weights(state, "int8")
+    assert sorted(packed["int8"]) == ["conv.weight", "fc.weight"]
+    int8 = P.unpack_weights(packed)["model"]
+    assert set(int8) == set(state)
+    for name in ("conv.weight", "fc.weight"):
+        w, q = state[name], int8[name]
+        assert q.dtype == torch.float32 and q.shape == w.shape
+        # per output channel: the error of each row is at most half its own step
+        step = w.abs().flatten(1).amax(1) / 127
+        error = (q - w).abs().flatten(1).amax(1)
+        assert torch.all(error <= step / 2 + 1e-7)
+    assert int8["small.weight"].dtype == torch.float16
+    with pytest.raises(ValueError, match="precision 'int4'"):
+        pack_weights(state, "int4")

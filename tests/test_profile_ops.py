@@ -1,39 +1,27 @@
-"""The per-op profile of the cost tool (``tools/benchmark.py --profile``,
-sa_ejhead/analysis/profile.py): end to end on a tiny config, and the marking on a constructed case.
+"""The per-op profile of the measurement lab (``tools/benchmark.py --profile``,
+projects/lab/sa_ejhead_lab/profile.py): end to end on a tiny config, and the marking on a
+constructed case.
 """
 
-import importlib.util
 import json
-import os
 
 import pytest
 import torch
 
-from sa_ejhead.analysis import profile, report
+from _helpers import run_tool_script, write_tiny_lazy_config_file
 from sa_ejhead.modeling import ThreadedROIAlign
-from test_benchmark import TINY_CONFIG
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from sa_ejhead_lab import profile, report
 
 
-def _benchmark_tool():
-    spec = importlib.util.spec_from_file_location(
-        "benchmark", os.path.join(REPO, "tools", "benchmark.py")
-    )
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def test_profile_two_tiny_configs(tmp_path, capsys):
-    config = tmp_path / "tiny_mask_rcnn.py"
-    config.write_text(TINY_CONFIG)
+def test_profile_two_tiny_configs(tmp_path, capsys, monkeypatch):
+    config = str(tmp_path / "tiny_mask_rcnn.py")
+    write_tiny_lazy_config_file(config, train_dataset="-", test_dataset="-", output_dir="")
     out = tmp_path / "profile.json"
     argv = ["--profile", "--no-isolate", "--configs", f"a={config}"]
     argv += [f"b={config},model.roi_heads.box_head.fc_dims=[64,64,64]"]
     argv += ["--input-size", "64x96", "--proposals", "12", "--detections", "3"]
-    argv += ["--train-size", "64x64", "--runs", "1", "--train-steps", "1", "--warmup", "1"]
-    result = _benchmark_tool().main(argv + ["--output", str(out)])
+    argv += ["--train-size", "64x64", "--runs", "1", "--train-steps", "1", "--warmup", "0"]
+    assert run_tool_script("benchmark.py", argv + ["--output", str(out)], monkeypatch) == 0
     printed = capsys.readouterr().out
     assert "WARNING" not in printed  # the ROI heads saw the requested RoI counts
     for title in ("Inference forward", "Training step"):
@@ -59,7 +47,7 @@ def test_profile_two_tiny_configs(tmp_path, capsys):
         assert "torchvision::_roi_align_backward" in row["profile_train"]["ops"]
         assert "torchvision::_roi_align_backward" not in row["profile_infer"]["ops"]
     # a third box fc: one more addmm per inference forward
-    calls = [r["profile_infer"]["ops"]["aten::addmm"]["calls"] for r in result["configs"]]
+    calls = [r["profile_infer"]["ops"]["aten::addmm"]["calls"] for r in saved["configs"]]
     assert calls[1] == calls[0] + 1
 
 

@@ -1,9 +1,6 @@
 """Boundary Refinement options that keep Table 5's rows to one variable, and the solver's
 learning-rate factor for the Enriched Feature's fc1."""
 
-import subprocess
-import sys
-
 import pytest
 import torch
 from torch import nn
@@ -88,20 +85,16 @@ def test_enriched_fc1_factor_reaches_the_optimizer():
 
 
 def test_factor_repr_is_the_same_in_every_process():
-    """Configs holding it hash the same everywhere (a partial's repr names an address)."""
-    code = "from sa_ejhead.solver import enriched_fc1_lr_factor as f; print(repr(f(14, 7)))"
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert out.stdout.strip() == repr(enriched_fc1_lr_factor(14, 7))
-    assert enriched_fc1_lr_factor(14, 7) == enriched_fc1_lr_factor(14, 7)
+    """Configs holding it hash the same everywhere: its repr names its values, not an address
+    (as a partial's or a lambda's would)."""
+    factor = enriched_fc1_lr_factor(14, 7)
+    assert "0x" not in repr(factor) and "0.25" in repr(factor)
+    assert repr(factor) == repr(enriched_fc1_lr_factor(14, 7)) != repr(enriched_fc1_lr_factor(7, 7))
+    assert factor == enriched_fc1_lr_factor(14, 7)
 
 
 def _flattens_14x14(roi):
-    heads = roi.box_heads if "box_heads" in roi else [roi.box_head]
-    return (
-        roi.box_pooler.output_size == 14
-        and roi.get("box_refinement_downsample", 1) == 1
-        and all(h.get("box_fc_input") == "flatten" for h in heads)
-    )
+    return roi.box_pooler.output_size == 14 and roi.get("box_refinement_downsample", 1) == 1
 
 
 def test_coco_configs_slow_the_enriched_fc1_and_only_it():
@@ -147,11 +140,10 @@ def test_yacs_trainer_slows_the_enriched_fc1():
     ]:
         cfg = model_zoo.get_config(name)
         cfg.defrost()
-        cfg.MODEL.DEVICE = "cpu"
-        cfg.MODEL.RESNETS.DEPTH = 18
-        cfg.MODEL.RESNETS.RES2_OUT_CHANNELS = 64
+        cfg.MODEL.DEVICE = "meta"  # parameters without memory or init
         assert cfg.SOLVER.ENRICHED_FC1_LR_FACTOR == expected
-        model = build_model(cfg)
+        with torch.device("meta"):
+            model = build_model(cfg)
         names = {id(p): n for n, p in model.named_parameters()}
         optimizer = Trainer.build_optimizer(cfg, model)
         lrs = {}

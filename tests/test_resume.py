@@ -13,12 +13,7 @@ from detectron2.checkpoint import DetectionCheckpointer
 
 from sa_ejhead.data import register_coco_instances_checked
 from sa_ejhead.engine import AtomicDetectionCheckpointer, do_train
-from _helpers import (
-    Crash,
-    crash_at,
-    tiny_lazy_config,
-    write_tiny_coco,
-)
+from _helpers import Crash, crash_at, tiny_lazy_config, write_tiny_coco
 from sa_ejhead.model_zoo import get_config_file
 
 MODEL = get_config_file("common/models/mask_rcnn_safpn_ejhead.py")
@@ -37,7 +32,7 @@ def _weights(path):
 
 
 def test_resume_equals_uninterrupted_training(tiny_dataset, tmp_path):
-    n = 4
+    n = 2
     kwargs = dict(model_config=MODEL, max_iter=n, checkpoint_period=n // 2, evaluate=False, seed=3)
     full_dir, resumed_dir = str(tmp_path / "full"), str(tmp_path / "resumed")
 
@@ -83,7 +78,7 @@ def test_crash_while_saving_keeps_last_checkpoint(tmp_path):
     with torch.no_grad():
         model.weight.add_(1.0)
 
-    with mock.patch("sa_ejhead.engine.checkpoint.torch.save", _failing_torch_save):
+    with mock.patch("torch.save", _failing_torch_save):
         with pytest.raises(RuntimeError, match="simulated crash"):
             checkpointer.save("model_0000003")
 

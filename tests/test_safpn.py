@@ -1,7 +1,6 @@
 """SA-FPN (docs/design.md, SA-FPN): modes, odd sizes, Detectron2 FPN equivalence and checkpoints,
 gradients, efficiency levers, and both config systems. Tiny and CPU-only."""
 
-import itertools
 import weakref
 
 import pytest
@@ -17,36 +16,21 @@ from detectron2.model_zoo import get_config
 from detectron2.modeling import BACKBONE_REGISTRY, build_backbone, build_model
 from detectron2.modeling.backbone import FPN, Backbone
 from detectron2.modeling.backbone.fpn import LastLevelMaxPool
-from detectron2.modeling.backbone.resnet import BasicBlock, BasicStem, ResNet
 from detectron2.structures import BitMasks, Boxes, Instances
 from detectron2.utils.events import EventStorage
+from _helpers import RES_FEATURES, tiny_resnet, tiny_yacs_config
 from sa_ejhead.config import add_sa_ejhead_config
 from sa_ejhead.modeling import SAFPN, build_resnet_safpn_backbone
 from sa_ejhead.modeling.safpn import SAFPN_MODES, _match_size, _resize_nearest
 
-IN_FEATURES = ["res2", "res3", "res4", "res5"]
+IN_FEATURES = RES_FEATURES
 MODES = list(SAFPN_MODES)
 LAZY_MODEL = "configs/common/models/mask_rcnn_safpn.py"
 
 
-def _tiny_resnet(width=8, seed=0):
-    """A ResNet-18-like bottom-up, one BasicBlock per stage, ``width`` channels at res2."""
-    torch.manual_seed(seed)
-    stages, c_in = [], width
-    for i, c_out in enumerate([width, 2 * width, 4 * width, 8 * width]):
-        stride = 1 if i == 0 else 2
-        stages.append(
-            ResNet.make_stage(
-                BasicBlock, 1, stride_per_block=[stride], in_channels=c_in, out_channels=c_out
-            )
-        )
-        c_in = c_out
-    return ResNet(BasicStem(3, width), stages, out_features=IN_FEATURES)
-
-
 def _neck(mode="sa", out_channels=16, seed=0, **kwargs):
     kwargs.setdefault("top_block", LastLevelMaxPool())
-    neck = SAFPN(_tiny_resnet(seed=seed), IN_FEATURES, out_channels, mode=mode, **kwargs)
+    neck = SAFPN(tiny_resnet(seed=seed), IN_FEATURES, out_channels, mode=mode, **kwargs)
     return neck.eval()
 
 
@@ -75,9 +59,9 @@ def _ceil_div(a, b):
 # --- 1. modes, outputs, odd sizes -----------------------------------------------------------
 
 
-@pytest.mark.parametrize("mode,downsample", itertools.product(MODES, ["conv", "maxpool"]))
-def test_outputs_p2_to_p6_at_odd_size(mode, downsample):
-    neck = _neck(mode, downsample=downsample)
+@pytest.mark.parametrize("mode", MODES)
+def test_outputs_p2_to_p6_at_odd_size(mode):
+    neck = _neck(mode)
     shapes = neck.output_shape()
     assert list(shapes) == ["p2", "p3", "p4", "p5", "p6"]
     assert [s.stride for s in shapes.values()] == [4, 8, 16, 32, 64]
@@ -97,13 +81,13 @@ def test_outputs_p2_to_p6_at_odd_size(mode, downsample):
 def test_square_pad_and_size_divisibility_as_fpn():
     neck = _neck("sa", square_pad=1024)
     assert neck.padding_constraints == {"square_size": 1024}
-    fpn = FPN(_tiny_resnet(), IN_FEATURES, 16, top_block=LastLevelMaxPool(), square_pad=1024)
+    fpn = FPN(tiny_resnet(), IN_FEATURES, 16, top_block=LastLevelMaxPool(), square_pad=1024)
     assert neck.padding_constraints == fpn.padding_constraints
     assert neck.size_divisibility == fpn.size_divisibility
     assert neck.output_shape() == fpn.output_shape()
     # without top_block: p2..p5 only; from res3: p3..p5, size_divisibility stays the last stride
     assert list(_neck("sa", top_block=None).output_shape()) == ["p2", "p3", "p4", "p5"]
-    neck3 = SAFPN(_tiny_resnet(), IN_FEATURES[1:], 16, mode="sa")
+    neck3 = SAFPN(tiny_resnet(), IN_FEATURES[1:], 16, mode="sa")
     assert list(neck3(torch.randn(1, 3, 64, 64))) == ["p3", "p4", "p5"]
     assert neck3.size_divisibility == 32
 
@@ -142,8 +126,6 @@ def test_floor_rounding_bottom_up(mode):
 def test_invalid_arguments_raise():
     with pytest.raises(ValueError, match="unknown mode 'fpn'"):
         _neck("fpn")
-    with pytest.raises(ValueError, match="unknown downsample 'avgpool'"):
-        _neck("sa", downsample="avgpool")
     with pytest.raises(ValueError, match="unknown fuse_type 'max'"):
         _neck("sa", fuse_type="max")
     with pytest.raises(ValueError, match="unknown fuse_position 'middle'"):
@@ -151,13 +133,13 @@ def test_invalid_arguments_raise():
     with pytest.raises(ValueError, match="share_laterals=True needs both pathways"):
         _neck("buf", share_laterals=True)
     with pytest.raises(ValueError, match="fuse_position='before' needs both pathways"):
-        _neck("pa", fuse_position="before")
+        _neck("td", fuse_position="before")
     with pytest.raises(ValueError, match="td_only_levels must be the finest levels"):
         _neck("sa", td_only_levels=["p3"])
     with pytest.raises(ValueError, match="td_only_levels must be the finest levels"):
         _neck("sa", td_only_levels=["p2", "p3", "p4", "p5"])
     with pytest.raises(ValueError, match="not log2 contiguous"):
-        SAFPN(_tiny_resnet(), ["res2", "res4"], 16)
+        SAFPN(tiny_resnet(), ["res2", "res4"], 16)
 
 
 # --- 2. td == Detectron2's FPN; the modes compose as docs/design.md says -----------------------
@@ -166,9 +148,9 @@ def test_invalid_arguments_raise():
 @pytest.mark.parametrize("norm,fuse_type", [("", "sum"), ("GN", "avg")])
 def test_td_mode_is_detectron2_fpn(norm, fuse_type):
     kwargs = dict(norm=norm, fuse_type=fuse_type)
-    fpn = FPN(_tiny_resnet(seed=1), IN_FEATURES, 32, top_block=LastLevelMaxPool(), **kwargs)
+    fpn = FPN(tiny_resnet(seed=1), IN_FEATURES, 32, top_block=LastLevelMaxPool(), **kwargs)
     ours = SAFPN(
-        _tiny_resnet(seed=2), IN_FEATURES, 32, mode="td", top_block=LastLevelMaxPool(), **kwargs
+        tiny_resnet(seed=2), IN_FEATURES, 32, mode="td", top_block=LastLevelMaxPool(), **kwargs
     )
     assert list(ours.state_dict()) == list(fpn.state_dict())  # same names, same order
     ours.load_state_dict(fpn.state_dict(), strict=True)
@@ -201,11 +183,10 @@ def _ref_bottom_up(neck, feats, fuse_upper):
     return sums
 
 
-@pytest.mark.parametrize("downsample", ["conv", "maxpool"])
-def test_modes_follow_the_design_formulas(downsample):
+def test_modes_follow_the_design_formulas():
     x = torch.randn(1, 3, 64, 128)
-    sa = _neck("sa", downsample=downsample)
-    necks = {m: _neck(m, seed=3, downsample=downsample) for m in ["td", "bu", "buf", "td+buf"]}
+    sa = _neck("sa")
+    necks = {m: _neck(m, seed=3) for m in ["td", "bu", "buf", "td+buf"]}
     for m in necks.values():
         _copy_by_name(sa, m)
     with torch.no_grad():
@@ -226,27 +207,11 @@ def test_modes_follow_the_design_formulas(downsample):
         assert torch.equal(out_sa["p6"], F.max_pool2d(out_sa["p5"], 1, stride=2))
 
 
-def test_pa_mode_follows_panet():
-    x = torch.randn(1, 3, 64, 96)
-    pa = _neck("pa")
-    td = _neck("td", seed=4)
-    _copy_by_name(pa, td)
-    with torch.no_grad():
-        n, out = td(x), pa(x)
-        assert torch.equal(out["p2"], n["p2"])  # P'2 = N2
-        prev = out["p2"]
-        for s in [3, 4, 5]:
-            expected = getattr(pa, f"pa_output{s}")(n[f"p{s}"] + getattr(pa, f"pa_down{s}")(prev))
-            torch.testing.assert_close(out[f"p{s}"], expected)
-            prev = out[f"p{s}"]
-
-
 # --- 3. every parameter gets a gradient -----------------------------------------------------
 
-_GRAD_CASES = [dict(mode=m, downsample=d) for m in MODES for d in ["conv", "maxpool"]] + [
-    dict(mode=m, downsample=d, **lever)
+_GRAD_CASES = [dict(mode=m) for m in MODES] + [
+    dict(mode=m, **lever)
     for m in ["sa", "td+buf"]
-    for d in ["conv", "maxpool"]
     for lever in [
         dict(share_laterals=True),
         dict(fuse_position="before"),
@@ -292,8 +257,6 @@ def test_levers_remove_the_modules_they_name():
         f"{m}2.{w}" for m in ["buf_output", "sa_fuse"] for w in ["weight", "bias"]
     }
     assert sum(shared.values()) < sum(faithful.values())
-    maxpool = _neck_params(_neck("sa", downsample="maxpool"))
-    assert not any(k.startswith("buf_down") for k in maxpool)
 
 
 def test_td_only_levels_output_the_td_pathway():
@@ -389,29 +352,11 @@ def test_two_pathways_are_bit_exact_and_release_their_inputs(kwargs):
 
 
 def _tiny_cfg(backbone="build_resnet_fpn_backbone", depth=18, **safpn):
-    cfg = add_sa_ejhead_config(get_cfg())
-    cfg.MODEL.DEVICE = "cpu"
-    cfg.MODEL.MASK_ON = True
+    """The suite's tiny yacs Mask R-CNN with another backbone builder, depth and SAFPN keys."""
+    cfg = tiny_yacs_config("unused_train", "unused_test", "", sa_ejhead=False)
     cfg.MODEL.BACKBONE.NAME = backbone
     cfg.MODEL.RESNETS.DEPTH = depth
     cfg.MODEL.RESNETS.RES2_OUT_CHANNELS = 64 if depth < 50 else 256
-    cfg.MODEL.RESNETS.OUT_FEATURES = IN_FEATURES
-    cfg.MODEL.FPN.IN_FEATURES = IN_FEATURES
-    cfg.MODEL.FPN.OUT_CHANNELS = 32
-    cfg.MODEL.ANCHOR_GENERATOR.SIZES = [[32], [64], [128], [256], [512]]
-    cfg.MODEL.RPN.IN_FEATURES = ["p2", "p3", "p4", "p5", "p6"]
-    cfg.MODEL.RPN.POST_NMS_TOPK_TRAIN = 64
-    cfg.MODEL.RPN.POST_NMS_TOPK_TEST = 32
-    cfg.MODEL.ROI_HEADS.NAME = "StandardROIHeads"
-    cfg.MODEL.ROI_HEADS.IN_FEATURES = ["p2", "p3", "p4", "p5"]
-    cfg.MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE = 32
-    cfg.MODEL.ROI_HEADS.NUM_CLASSES = 3
-    cfg.MODEL.ROI_BOX_HEAD.NAME = "FastRCNNConvFCHead"
-    cfg.MODEL.ROI_BOX_HEAD.NUM_FC = 2
-    cfg.MODEL.ROI_BOX_HEAD.FC_DIM = 64
-    cfg.MODEL.ROI_MASK_HEAD.NAME = "MaskRCNNConvUpsampleHead"
-    cfg.MODEL.ROI_MASK_HEAD.NUM_CONV = 1
-    cfg.MODEL.ROI_MASK_HEAD.CONV_DIM = 32
     for k, v in safpn.items():
         cfg.MODEL.SAFPN[k.upper()] = v
     return cfg
@@ -419,7 +364,7 @@ def _tiny_cfg(backbone="build_resnet_fpn_backbone", depth=18, **safpn):
 
 def test_yacs_keys_and_registry():
     cfg = add_sa_ejhead_config(get_cfg())
-    assert cfg.MODEL.SAFPN.MODE == "sa" and cfg.MODEL.SAFPN.DOWNSAMPLE == "conv"
+    assert cfg.MODEL.SAFPN.MODE == "sa"
     assert cfg.MODEL.SAFPN.SQUARE_PAD == 0
     assert cfg.MODEL.SAFPN.SHARE_LATERALS is False
     assert cfg.MODEL.SAFPN.FUSE_POSITION == "after"
@@ -433,7 +378,6 @@ def test_yacs_builds_resnet_safpn(depth):
         "build_resnet_safpn_backbone",
         depth=depth,
         mode="td+buf",
-        downsample="maxpool",
         share_laterals=True,
         fuse_position="before",
         td_only_levels=["p2"],
@@ -445,7 +389,7 @@ def test_yacs_builds_resnet_safpn(depth):
     assert isinstance(neck, SAFPN) and neck.mode == "td+buf"
     assert neck.padding_constraints == {"square_size": 128}
     names = {k.split(".")[0] for k, _ in neck.named_parameters()}
-    assert "buf_lateral3" not in names and "buf_output3" not in names and "buf_down3" not in names
+    assert "buf_lateral3" not in names and "buf_output3" not in names and "buf_down3" in names
     assert isinstance(neck.fpn_lateral2.norm, nn.GroupNorm)
     with torch.no_grad():
         out = neck(torch.randn(1, 3, 64, 96))
@@ -574,87 +518,4 @@ def test_suffix_matching_loader_does_not_confuse_td_and_buf_names(tmp_path):
 
 def test_wrong_top_block_type_fails_at_construction():
     with pytest.raises(TypeError, match=r"top_block must be an nn.Module .* or None, got str"):
-        SAFPN(_tiny_resnet(), IN_FEATURES, 8, top_block="p6")
-
-
-# --- 6. the cost analysis behind docs/safpn.md ----------------------------------------------
-
-
-class _NeckOnly(nn.Module):
-    """A model whose only part is a backbone (bottom-up + neck), for the cost tool's counters."""
-
-    def __init__(self, backbone):
-        super().__init__()
-        self.backbone = backbone
-
-    def forward(self, inputs):
-        return self.backbone(torch.stack([x["image"] for x in inputs]))
-
-
-def _neck_row(label, c, **kwargs):
-    from sa_ejhead.analysis.measure import count_flops, count_params
-
-    neck = SAFPN(_tiny_resnet(), IN_FEATURES, c, top_block=LastLevelMaxPool(), **kwargs).eval()
-    model = _NeckOnly(neck)
-    flops = count_flops(model, [{"image": torch.randn(3, 64, 96)}])
-    return {
-        "label": label,
-        "overrides": [],
-        "flops": flops,
-        "param_parts": count_params(model)["parts"],
-    }
-
-
-def test_neck_cost_counts_the_convolutions():
-    from sa_ejhead.analysis.report import format_variant_table
-
-    bottom_up = _tiny_resnet().eval()
-    with torch.no_grad():
-        feats = bottom_up(torch.randn(1, 3, 64, 96))
-    shapes = bottom_up.output_shape()
-    c = 16
-    td = _neck_row("td", c, mode="td")
-    hw = {f: feats[f].shape[-2] * feats[f].shape[-1] for f in IN_FEATURES}
-    convs = sum((shapes[f].channels * c + 9 * c * c) * hw[f] for f in IN_FEATURES)
-    upsample = sum(c * hw[f] for f in IN_FEATURES[:-1])  # nearest resize: 1 per output element
-    assert td["flops"]["parts"]["neck"] == convs + upsample
-    params = sum((shapes[f].channels + 1) * c + (9 * c + 1) * c for f in IN_FEATURES)
-    assert td["param_parts"]["neck"] == params
-    p2 = sum(v for k, v in td["flops"]["by_module"].items() if k[-1] == "2")
-    assert p2 == (shapes["res2"].channels * c + 9 * c * c) * hw["res2"]
-    sa = _neck_row("sa", c, mode="sa")
-    buf_and_fuse = sum((shapes[f].channels * c + 9 * c * c + 2 * c * c) * hw[f] for f in hw)
-    downs = sum(9 * c * c * hw[f] for f in IN_FEATURES[1:])
-    assert (
-        sa["flops"]["parts"]["neck"]
-        == td["flops"]["parts"]["neck"] + buf_and_fuse + downs + upsample
-    )
-    cheap = dict(share_laterals=True, fuse_position="before", downsample="maxpool")
-    assert _neck_row("cheap", c, mode="td+buf", **cheap)["param_parts"]["neck"] == params
-    table = format_variant_table("necks", [td, sa]).splitlines()
-    cells = [[c.strip() for c in line.split("|")[1:-1]] for line in table]
-    assert cells[0][:3] == ["neck", "overrides", "params (M)"]
-    assert cells[2][2] == f"{params / 1e6:.2f}" and cells[2][4] == "1.00"
-    ratio = sa["flops"]["parts"]["neck"] / td["flops"]["parts"]["neck"]
-    assert cells[3][4] == f"{ratio:.2f}"
-    assert table[-1].startswith("| bottom-up (not in the rows above)")
-
-
-def test_benchmark_tool_prints_the_neck_table(capsys, monkeypatch):
-    import importlib.util
-    from pathlib import Path
-
-    from sa_ejhead.analysis import specs
-
-    path = Path(__file__).resolve().parents[1] / "tools" / "benchmark.py"
-    spec = importlib.util.spec_from_file_location("benchmark_tool", path)
-    tool = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(tool)
-    monkeypatch.setitem(specs.VARIANTS, "necks", specs.VARIANTS["necks"][:1])
-    tool.main(
-        ["--variants", "necks", "--input-size", "64", "--proposals", "10", "--detections", "5"]
-    )
-    out = capsys.readouterr().out
-    row = next(l for l in out.splitlines() if l.startswith("| td (Detectron2 FPN)"))
-    assert [c.strip() for c in row.split("|")[2:4]] == ["`model.backbone.mode=td`", "3.34"]
-    assert "| bottom-up (not in the rows above)" in out and "23.45" in out  # R-50
+        SAFPN(tiny_resnet(), IN_FEATURES, 8, top_block="p6")

@@ -1,20 +1,17 @@
-"""The command-line tools: lazyconfig_train_net.py, train_net.py and demo.py."""
+"""The command-line tools: lazyconfig_train_net.py, train_net.py, demo.py and train_demo.py."""
 
-import logging
+import json
 import os
-import subprocess
-import sys
+import runpy
 
 import cv2
 import numpy as np
 import pytest
 import torch
+from detectron2.config import LazyConfig
 from detectron2.data import MetadataCatalog
 from detectron2.structures import Boxes, Instances
 
-from detectron2.config import LazyConfig
-from sa_ejhead.engine import default_argument_parser, is_lazy_config
-from sa_ejhead.engine import lazy as lazy_engine
 from _helpers import (
     REPO,
     listen,
@@ -23,25 +20,19 @@ from _helpers import (
     write_tiny_coco,
     write_tiny_lazy_config_file,
 )
-from sa_ejhead import visualize
+from sa_ejhead import predictor as predictor_module
+from sa_ejhead.engine import default_argument_parser, is_lazy_config
+from sa_ejhead.engine import lazy as lazy_engine
+from sa_ejhead.errors import ImageReadError
 from sa_ejhead.model_zoo import get_config_file
-from sa_ejhead.visualize import (
-    ImageReadError,
-    build_predictor,
-    demo_main,
-    draw_images,
-    draw_predictions,
-    expand_inputs,
-    get_demo_parser,
-    read_image,
-)
+from sa_ejhead.predictor import build_predictor, read_image
 
 MODEL = get_config_file("common/models/mask_rcnn_safpn_ejhead.py")
 
 
 @pytest.fixture(scope="module")
 def lazy_run(tmp_path_factory):
-    """Train 2 iterations with tools/lazyconfig_train_net.py in a fresh interpreter."""
+    """Train 2 iterations with tools/lazyconfig_train_net.py (in this process)."""
     root = tmp_path_factory.mktemp("tools")
     json_file, image_root = write_tiny_coco(str(root / "data"), num_images=3, seed=6)
     config = write_tiny_lazy_config_file(
@@ -53,28 +44,15 @@ def lazy_run(tmp_path_factory):
         max_iter=4,
     )
     out = str(root / "out")
-    env = dict(os.environ, OMP_NUM_THREADS="1")
-    cmd = [
-        sys.executable,
-        os.path.join(REPO, "tools", "lazyconfig_train_net.py"),
-        "--config-file",
-        config,
-        "--coco-dataset",
-        f"tools_train={json_file},{image_root}",
-        "--coco-dataset",
-        f"tools_val={json_file},{image_root}",
-        "train.max_iter=2",
-        f"train.output_dir={out}",
-    ]
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    argv = ["--config-file", config, "--coco-dataset", f"tools_train={json_file},{image_root}"]
+    argv += ["--coco-dataset", f"tools_val={json_file},{image_root}"]
+    argv += ["train.max_iter=2", f"train.output_dir={out}"]
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        assert run_tool_script("lazyconfig_train_net.py", argv, monkeypatch) == 0
+    with open(os.path.join(out, "log.txt")) as f:
+        log = f.read()
     return dict(
-        root=root,
-        config=config,
-        out=out,
-        json_file=json_file,
-        image_root=image_root,
-        log=proc.stdout + proc.stderr,
+        root=root, config=config, out=out, json_file=json_file, image_root=image_root, log=log
     )
 
 
@@ -171,6 +149,11 @@ def test_train_net_yacs_cli(tmp_path, monkeypatch, capsys):
 # --- demo ---------------------------------------------------------------------------------
 
 
+def _demo_tool():
+    """tools/demo.py's functions (the script loaded without running it)."""
+    return runpy.run_path(os.path.join(REPO, "tools", "demo.py"))
+
+
 def _demo_inputs(folder, json_file_dir):
     os.makedirs(folder, exist_ok=True)
     images = sorted(os.listdir(json_file_dir))[:2]
@@ -190,13 +173,8 @@ def test_demo_folder_with_a_broken_image(lazy_run, tmp_path, monkeypatch, caplog
     argv += ["--confidence-threshold", "0.0", "--coco-dataset"]
     argv += [f"tools_val={lazy_run['json_file']},{lazy_run['image_root']}"]
     argv += ["--opts", f"train.init_checkpoint={os.path.join(lazy_run['out'], 'model_final.pth')}"]
-    # tools/demo.py's logger does not propagate to the root logger: listen to it directly.
-    vis_logger = logging.getLogger("sa_ejhead.visualize")
-    vis_logger.addHandler(caplog.handler)
-    try:
+    with listen(caplog):
         code = run_tool_script("demo.py", argv, monkeypatch)
-    finally:
-        vis_logger.removeHandler(caplog.handler)
     assert code == 1  # one image could not be read; the others were drawn
     assert sorted(os.listdir(out)) == sorted(os.path.basename(p) for p in good)
     for p in good:
@@ -229,6 +207,7 @@ def test_read_image_and_inputs_errors(tmp_path):
     bad.write_bytes(b"not an image")
     with pytest.raises(ImageReadError, match=r"cannot read image '.*x\.jpg'"):
         read_image(str(bad))
+    expand_inputs = _demo_tool()["expand_inputs"]
     with pytest.raises(FileNotFoundError, match="no such file"):
         expand_inputs([str(tmp_path / "missing.png")])
     with pytest.raises(FileNotFoundError, match="glob matches no file"):
@@ -254,6 +233,7 @@ def test_is_lazy_config(tmp_path):
 
 
 def test_draw_predictions_threshold_and_labels():
+    draw_predictions = _demo_tool()["draw_predictions"]
     MetadataCatalog.get("test_tools_draw").thing_classes = ["cat", "dog"]
     image = np.zeros((64, 64, 3), dtype=np.uint8)
     inst = Instances((64, 64))
@@ -279,7 +259,7 @@ def test_draw_predictions_threshold_and_labels():
 
 
 def _warnings(caplog):
-    return [r for r in caplog.records if r.name == "sa_ejhead.visualize" and r.levelno >= 30]
+    return [r for r in caplog.records if r.name.startswith("sa_ejhead") and r.levelno >= 30]
 
 
 def test_demo_warns_when_the_heads_are_untrained(lazy_run, tmp_path, caplog):
@@ -305,10 +285,13 @@ def test_demo_warns_when_the_heads_are_untrained(lazy_run, tmp_path, caplog):
     assert set(predictor.missing_weights) == set(weights)
     assert "train.init_checkpoint is empty" in caplog.text and "heads are untrained" in caplog.text
 
-    # A trained Mask R-CNN checkpoint of the model: no warning.
+    # A trained Mask R-CNN checkpoint of the model: no warning, and its weights in the model.
     with listen(caplog):
         predictor = build_predictor(lazy_run["config"], [f"train.init_checkpoint={final}"])
     assert predictor.missing_weights == [] and not _warnings(caplog)
+    state = predictor.model.state_dict()
+    assert all(torch.equal(state[k], v) for k, v in weights.items())
+    assert not predictor.model.training
 
 
 def test_demo_yacs_warns_when_the_heads_are_untrained(tmp_path, caplog):
@@ -328,6 +311,9 @@ def test_demo_yacs_warns_when_the_heads_are_untrained(tmp_path, caplog):
     with listen(caplog):
         predictor = build_predictor(str(yaml_file), ["MODEL.WEIGHTS", full])
     assert predictor.missing_weights == [] and not _warnings(caplog)
+    # one image in, instances in the image's coordinates out (the test size is 64..128)
+    instances = predictor(np.zeros((40, 90, 3), np.uint8))["instances"]
+    assert instances.image_size == (40, 90)
 
 
 class _FailingPredictor:
@@ -363,7 +349,9 @@ def test_demo_goes_on_when_the_predictor_raises(tmp_path, caplog, monkeypatch):
     paths = _images(str(tmp_path / "in"), [32, 48, 40])
     predictor = _FailingPredictor(lambda image: image.shape[1] == 48)
     with listen(caplog):
-        written, failures = draw_images(predictor, str(tmp_path / "in"), str(tmp_path / "out"))
+        written, failures = _demo_tool()["draw_images"](
+            predictor, [str(tmp_path / "in")], str(tmp_path / "out")
+        )
     assert predictor.calls == 3  # the image after the failing one too
     assert sorted(os.listdir(tmp_path / "out")) == ["im0.png", "im2.png"] and len(written) == 2
     ((path, message),) = failures
@@ -371,66 +359,59 @@ def test_demo_goes_on_when_the_predictor_raises(tmp_path, caplog, monkeypatch):
     assert paths[1] in caplog.text and "Traceback" in caplog.text
 
     # tools/demo.py: exit status 1 when some failed, an error naming them when all did.
-    monkeypatch.setattr(visualize, "build_predictor", lambda config_file, opts: predictor)
+    monkeypatch.setattr(predictor_module, "build_predictor", lambda config_file, opts: predictor)
     argv = ["--config-file", "unused.py", "--input", str(tmp_path / "in"), "--output"]
     with listen(caplog):
-        assert demo_main(get_demo_parser().parse_args(argv + [str(tmp_path / "o1")])) == 1
+        assert run_tool_script("demo.py", argv + [str(tmp_path / "o1")], monkeypatch) == 1
     assert "1 of 3 images could not be read or predicted on: " + paths[1] in caplog.text
     predictor.fails = lambda image: True
-    args = get_demo_parser().parse_args(argv + [str(tmp_path / "o2")])
     with listen(caplog), pytest.raises(RuntimeError, match="none of the 3 input images") as e:
-        demo_main(args)
+        run_tool_script("demo.py", argv + [str(tmp_path / "o2")], monkeypatch)
     assert all(p in str(e.value) for p in paths)
     assert caplog.text.count("Traceback") == 1  # once, not for every image
 
 
-def test_demo_ap_table_title_names_the_configured_test_set():
-    from sa_ejhead.demo import DEFAULT_CONFIG, _ap_table_title
+def test_train_demo_writes_every_output_and_repeats_exactly(
+    lazy_run, tmp_path, monkeypatch, capsys
+):
+    """`make demo`'s pipeline on the tiny config (4 iterations, shortened to 2 with --iters),
+    twice into the same folder: every output is written and named, the second run replaces the
+    first's files and trains exactly the same weights."""
+    out = tmp_path / "demo"
+    argv = ["--config", lazy_run["config"], "--iters", "2", "--output-dir", str(out)]
+    argv += ["--num-vis", "2", "--threads", "1"]
+    runs = []
+    for _ in range(2):
+        capsys.readouterr()
+        assert run_tool_script("train_demo.py", argv, monkeypatch) == 0
+        printed = capsys.readouterr().out
+        results = json.loads((out / "results.json").read_text())
+        weights = torch.load(out / "model_final.pth", weights_only=False)["model"]
+        metrics = [json.loads(line) for line in (out / "metrics.json").read_text().splitlines()]
+        runs.append((results, weights, metrics))
 
-    config_file = get_config_file(DEFAULT_CONFIG)
+        (summary,) = [l for l in printed.splitlines() if l.startswith("[demo] ")]
+        box, mask = results["bbox"]["AP"], results["segm"]["AP"]
+        shortened = "after 2 iterations (--iters 2; the full schedule is 4)"
+        assert summary.startswith(f"[demo] box AP {box:.1f}, mask AP {mask:.1f} {shortened}")
+        for name in ("ap_table.md", "loss.png", "vis/", "model_final.pth", "metrics.json"):
+            assert name in summary and os.path.exists(out / name)
+        table = (out / "ap_table.md").read_text()
+        assert table.startswith("COCO AP (%) on tools_val, tiny.py, 2 iterations")
+        assert f"| bbox | {box:.1f} |" in table
+        pictures = sorted(os.listdir(out / "vis"))
+        assert len(pictures) == 2
+        # ground truth | 8-px gap | predictions, each at twice the image's size
+        image = cv2.imread(os.path.join(lazy_run["image_root"], pictures[0]))
+        picture = cv2.imread(str(out / "vis" / pictures[0]))
+        assert picture.shape == (2 * image.shape[0], 4 * image.shape[1] + 8, 3)
+        assert LazyConfig.load(str(out / "config.yaml")).train.max_iter == 2
 
-    cfg = lazy_engine.load_lazy_config(
-        config_file, ["dataloader.test.dataset.names=my_val", "train.max_iter=7"]
-    )
-    assert _ap_table_title(cfg, config_file) == "COCO AP (%) on my_val, sa_shapes.py, 7 iterations"
-
-
-def test_demo_summary_line_names_the_ap_and_every_output():
-    from sa_ejhead.demo import summary_line
-
-    out = "/tmp/x/output/demo"
-    files = {
-        "checkpoint": f"{out}/model_final.pth",
-        "metrics": f"{out}/metrics.json",
-        "results": f"{out}/results.json",
-        "ap_table": f"{out}/ap_table.md",
-        "loss_plot": f"{out}/loss.png",
-        "vis": f"{out}/vis",
-    }
-    results = {"bbox": {"AP": 51.04}, "segm": {"AP": 45.06}}
-    line = summary_line(results, 1200, 612.0, out, files)
-    assert "\n" not in line
-    assert line.startswith("[demo] box AP 51.0, mask AP 45.1 after 1200 iterations in 10.2 min")
-    for name in ("ap_table.md", "loss.png", "vis/", "model_final.pth", "metrics.json", out):
-        assert name in line
-    assert "mask" not in summary_line({"bbox": {"AP": 1.0}}, 5, 60.0, out, files)
-
-
-def test_demo_counts_the_cpus_that_other_processes_keep_busy(tmp_path, monkeypatch):
-    from sa_ejhead import demo
-
-    stat = tmp_path / "stat"
-    stat.write_text("cpu  100 0 100 800 0 0 0 0 0 0\ncpu0 1 2 3 4\n")
-    # between the two reads: 200 busy and 100 idle jiffies, i.e. 2/3 of every CPU busy
-    later = "cpu  200 0 200 900 0 0 0 0 0 0\n"
-    monkeypatch.setattr(demo.time, "sleep", lambda s: stat.write_text(later))
-    monkeypatch.setattr(demo.os, "cpu_count", lambda: 3)
-    assert demo._busy_cpus(stat=str(stat)) == pytest.approx(2.0)
-    assert demo._busy_cpus(stat=str(tmp_path / "missing")) is None
-    monkeypatch.setattr(demo, "_busy_cpus", lambda: 1.0)
-    assert demo._auto_threads() == 1
-    monkeypatch.setattr(demo, "_busy_cpus", lambda: 0.1)
-    assert demo._auto_threads() == torch.get_num_threads()
+    (results1, weights1, metrics1), (results2, weights2, metrics2) = runs
+    assert [m["iteration"] for m in metrics2 if "total_loss" in m] == [1]  # not appended to
+    assert results1 == results2
+    assert set(weights1) == set(weights2)
+    assert all(torch.equal(weights1[k], weights2[k]) for k in weights1)
 
 
 # --- errors a person can read ------------------------------------------------------------------

@@ -6,8 +6,8 @@ Examples::
     # the README's cost table
     python tools/benchmark.py --configs \\
         "Mask R-CNN R50-FPN=d2://common/models/mask_rcnn_fpn.py" \\
-        "SA-FPN + EJ-Head=common/models/mask_rcnn_safpn_ejhead.py" \\
-        "efficient=common/models/mask_rcnn_safpn_ejhead_efficient.py"
+        "SA-FPN + EJ-Head=common/models/mask_rcnn_safpn_ejhead.py,model.roi_heads.threaded_pooling=True" \\
+        "efficient=common/models/mask_rcnn_safpn_ejhead_efficient.py,model.roi_heads.threaded_pooling=True,model.roi_heads.threaded_inference_pooling=False"
     # the neck table of docs/safpn.md, the ROI-head table of docs/ejhead.md (FLOPs only)
     python tools/benchmark.py --variants necks
     python tools/benchmark.py --variants heads
@@ -16,10 +16,10 @@ Examples::
     # self CPU time per op (torch.profiler), inference and training, vs the first config
     python tools/benchmark.py --profile --threads 2 --configs \\
         "base=d2://common/models/mask_rcnn_fpn.py" \\
-        "efficient=common/models/mask_rcnn_safpn_ejhead_efficient.py"
+        "efficient=common/models/mask_rcnn_safpn_ejhead_efficient.py,model.roi_heads.threaded_pooling=True,model.roi_heads.threaded_inference_pooling=False"
 
-Config specs: ``[LABEL=]SOURCE[,KEY=VALUE...]`` (sa_ejhead/analysis/specs.py). What is measured
-and how: sa_ejhead/analysis/measure.py and docs/benchmark.md.
+Config specs: ``[LABEL=]SOURCE[,KEY=VALUE...]`` (projects/lab/sa_ejhead_lab/specs.py). What is
+measured and how: the measurement lab, projects/lab/sa_ejhead_lab/, and docs/benchmark.md.
 """
 
 import argparse
@@ -30,10 +30,14 @@ import sys
 
 import torch
 
-from sa_ejhead.analysis import measure, report, specs
 from sa_ejhead.engine.args import add_debug_argument
 from sa_ejhead.errors import run_tool
-from sa_ejhead.evaluation import time_coco_eval
+
+LAB = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "projects", "lab")
+if LAB not in sys.path:
+    sys.path.insert(0, LAB)
+
+from sa_ejhead_lab import coco_eval, measure, report, specs  # noqa: E402
 
 
 def _size(text):
@@ -97,7 +101,7 @@ def get_parser():
         help="instead of the cost table, profile the self CPU time per op (torch.profiler) over "
         "--runs inference forwards and --train-steps training steps after --warmup, and print, "
         "per phase, each op's time per config and its difference to the first config "
-        "(sa_ejhead/analysis/profile.py)",
+        "(sa_ejhead_lab/profile.py)",
     )
     parser.add_argument(
         "--profile-threshold",
@@ -119,7 +123,7 @@ def get_parser():
         "--deploy",
         action="store_true",
         help="also export each config to TorchScript and ONNX and time eager, TorchScript and "
-        "onnxruntime on the CPU side by side, with the exports' parity (sa_ejhead.export)",
+        "onnxruntime on the CPU side by side, with the exports' parity (sa_ejhead_lab/deploy.py)",
     )
     parser.add_argument(
         "--paired",
@@ -264,7 +268,7 @@ def main(argv=None):
                 if any(n != expected for n in seen or []):
                     print(f"\nWARNING: {row['label']}: {kind} per image {seen} != {expected}")
         if args.deploy:
-            from sa_ejhead.export import measure_deploy_configs
+            from sa_ejhead_lab.deploy import measure_deploy_configs
 
             print("[benchmark] deploy: export, then eager / TorchScript / onnxruntime ...")
             for row, figures in zip(
@@ -275,7 +279,7 @@ def main(argv=None):
             print(f"\nDeployment (docs/deploy.md), {h}x{w}, the cost table's RoI counts:\n")
             print(report.format_deploy_table(result["configs"]))
     if args.coco_eval:
-        result["coco_eval"] = time_coco_eval(args.coco_eval_images, args.coco_eval_dets)
+        result["coco_eval"] = coco_eval.time_coco_eval(args.coco_eval_images, args.coco_eval_dets)
         print("\nCOCO evaluation time on a synthetic results file (single process):\n")
         print(report.format_coco_eval_table(result["coco_eval"]))
     if args.output:

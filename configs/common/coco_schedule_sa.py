@@ -31,27 +31,24 @@ optimizer_enriched.params.lr_factor_func = enriched_fc1_lr_factor(14, 7)
 optimizer_enriched_cascade = copy.deepcopy(optimizer_enriched)
 optimizer_enriched_cascade.params.lr_factor_func = enriched_fc1_lr_factor(14, 7, num_stages=3)
 
-# 12 ep = 87950 iters * 16 images / 117266 images; x0.1 after 9 ep (65962 iters) and 11 ep (80620)
-lr_multiplier_12ep = L(WarmupParamScheduler)(
-    scheduler=L(MultiStepParamScheduler)(
-        values=[1.0, 0.1, 0.01],
-        milestones=[65962, 80620, 87950],
-    ),
-    warmup_length=1000 / 87950,
-    warmup_method="linear",
-    warmup_factor=0.001,
-)
 
+def multistep_schedule(steps, max_iter):
+    """The lr x0.1 after each of the two ``steps`` (iterations) until ``max_iter``, after
+    Detectron2's warm-up."""
+    return L(WarmupParamScheduler)(
+        scheduler=L(MultiStepParamScheduler)(
+            values=[1.0, 0.1, 0.01], milestones=[*steps, max_iter]
+        ),
+        warmup_length=1000 / max_iter,
+        warmup_method="linear",
+        warmup_factor=0.001,
+    )
+
+
+# 12 ep = 87950 iters * 16 images / 117266 images; x0.1 after 9 ep (65962 iters) and 11 ep (80620)
+lr_multiplier_12ep = multistep_schedule([65962, 80620], max_iter=87950)
 # 20 ep = 146583 iters * 16 images / 117266 images; x0.1 after 16 ep (117266) and 19 ep (139253)
-lr_multiplier_20ep = L(WarmupParamScheduler)(
-    scheduler=L(MultiStepParamScheduler)(
-        values=[1.0, 0.1, 0.01],
-        milestones=[117266, 139253, 146583],
-    ),
-    warmup_length=1000 / 146583,
-    warmup_method="linear",
-    warmup_factor=0.001,
-)
+lr_multiplier_20ep = multistep_schedule([117266, 139253], max_iter=146583)
 
 # Detectron2's train settings (device "cuda": the CPU tests override it with train.device=cpu);
 # checkpoint and evaluate once per epoch (7329 iters), and at the end.

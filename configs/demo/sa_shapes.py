@@ -17,111 +17,17 @@
 #   SGD lr 0.01 at batch 4, momentum 0.9, weight decay 1e-4, 10% warm-up and cosine decay
 #   [SGD 0.02 at batch 16, steps], the Enriched Feature's fc1 at (7/14)^2 of the lr
 #   (docs/design.md); 1200 iterations = 12 epochs of the 400 images [12 epochs].
-# These are the settings of the CPU ablation's protocol v2 row "SA-FPN + EJ-Head" (its own copy,
-# projects/cpu_ablation/configs_v2/; tests/test_demo_configs.py checks that they agree), so
-# that row's 3 seeds are the demo's: docs/demo.md. Baseline twin: sa_shapes_baseline.py.
-# The from-scratch demo of earlier versions: sa_shapes_scratch.py.
-import torch
-from detectron2.config import LazyCall as L
-from detectron2.layers import ShapeSpec
-from detectron2.model_zoo import get_config as get_detectron2_config
-from detectron2.modeling.backbone import ResNet
-from detectron2.modeling.backbone.resnet import BasicBlock
-from detectron2.solver import WarmupParamScheduler
-from detectron2.solver.build import get_default_optimizer_params
-from fvcore.common.param_scheduler import CosineParamScheduler
-
+# The recipe (everything but the model) is configs/common/sa_shapes_cpu.py's. The CPU ablation's
+# protocol v2 takes it from there too (projects/cpu_ablation/configs_v2/_settings.py): its row
+# "SA-FPN + EJ-Head" is this config but for where and how often it writes and evaluates
+# (tests/test_demo_configs.py), so that row's 3 seeds are the demo's: docs/demo.md. Baseline twin:
+# sa_shapes_baseline.py. The from-scratch demo of earlier versions: sa_shapes_scratch.py.
 from sa_ejhead.model_zoo import get_config
 from sa_ejhead.solver import enriched_fc1_lr_factor
 
-from ..common.data.sa_shapes import dataloader
+from ..common.sa_shapes_cpu import apply_demo_settings, dataloader, lr_multiplier, optimizer, train
 
-CHANNELS = 64  # FPN / RoI feature width
-FC_DIM = 256
-WIDTH = 32  # ResNet stem width; stages 32, 64, 128, 256
-PRETRAINED = "sa_ejhead://pretrained/sa_shapes_R18half_pretrain.pth"
-
-
-def apply_demo_settings(model):
-    """The demo's backbone, RPN and RoI settings on a Mask R-CNN model config (Detectron2's
-    StandardROIHeads or sa_ejhead's EJROIHeads)."""
-    # ResNet-18 at half width, FrozenBN, stem and res2 frozen, pre-trained (train.init_checkpoint)
-    bottom_up = model.backbone.bottom_up
-    bottom_up.stem.update(out_channels=WIDTH, norm="FrozenBN")
-    bottom_up.stages = [
-        L(ResNet.make_stage)(
-            block_class=BasicBlock,
-            num_blocks=2,
-            stride_per_block=[stride, 1],
-            in_channels=WIDTH * max(1, 2 ** (i - 1)),
-            out_channels=WIDTH * 2**i,
-            norm="FrozenBN",
-        )
-        for i, stride in enumerate([1, 2, 2, 2])
-    ]
-    bottom_up.freeze_at = 2
-    model.backbone.out_channels = CHANNELS
-    model.pixel_mean = [103.53, 116.28, 123.675]  # the pre-training's normalisation
-    model.pixel_std = [57.375, 57.12, 58.395]
-
-    rpn = model.proposal_generator
-    rpn.head.in_channels = CHANNELS
-    rpn.anchor_generator.sizes = [[8], [16], [32], [64], [128]]
-    rpn.pre_nms_topk = (1000, 500)
-    rpn.post_nms_topk = (500, 200)
-
-    roi = model.roi_heads
-    roi.num_classes = 5
-    roi.batch_size_per_image = 64
-    roi.positive_fraction = 0.25
-    roi.box_pooler.canonical_box_size = 224
-    roi.mask_pooler.canonical_box_size = 224
-    side = roi.box_pooler.output_size  # 14: EJ-Head's Enriched Feature, 7: Mask R-CNN
-    roi.box_head.input_shape = ShapeSpec(channels=CHANNELS, height=side, width=side)
-    roi.box_head.fc_dims = [FC_DIM, FC_DIM]
-    roi.box_predictor.input_shape = ShapeSpec(channels=FC_DIM)
-    roi.mask_head.input_shape = ShapeSpec(channels=CHANNELS, height=14, width=14)
-    roi.mask_head.conv_dims = [CHANNELS, CHANNELS, CHANNELS]  # 2 convs + the deconv's width
-    if "refinement" in roi:  # EJROIHeads
-        roi.interleave_max_positives = 16  # = 64 x 0.25: every mask head trains on as many RoIs
-        roi.refinement.channels = CHANNELS  # the faithful block, on all channels
-        roi.refinement.last_relu = False  # the residual branch ends in a linear conv
-    return model
-
-
-# SA-FPN + EJ-Head: 14x14 box RoIs flattened into the first fc (the Enriched Feature)
+# SA-FPN + EJ-Head: 14x14 box RoIs flattened into the first fc (the Enriched Feature), which
+# learns at (7/14)^2 of the lr (docs/design.md)
 model = apply_demo_settings(get_config("common/models/mask_rcnn_safpn_ejhead.py").model)
-
-# --- data: configs/common/data/sa_shapes.py at the images' native scale -----------------------
-dataloader.train.mapper.augmentations[0].update(
-    short_edge_length=(160, 176, 192, 208, 224), max_size=320
-)
-dataloader.test.mapper.augmentations[0].update(short_edge_length=192, max_size=320)
-
-# --- schedule ---------------------------------------------------------------------------------
-optimizer = L(torch.optim.SGD)(
-    params=L(get_default_optimizer_params)(
-        base_lr="${..lr}", weight_decay_norm=0.0, lr_factor_func=enriched_fc1_lr_factor(14, 7)
-    ),
-    lr=0.01,
-    momentum=0.9,
-    weight_decay=1e-4,
-)
-lr_multiplier = L(WarmupParamScheduler)(
-    scheduler=L(CosineParamScheduler)(start_value=1.0, end_value=0.01),
-    warmup_length=0.1,
-    warmup_factor=0.01,
-)
-
-train = get_detectron2_config("common/train.py").train
-train.update(
-    init_checkpoint=PRETRAINED,
-    output_dir="output/demo",
-    # tools/train_demo.py trains fewer when a timed start shows these won't fit in its time budget
-    max_iter=1200,
-    eval_period=0,  # evaluate once, after the last iteration
-    log_period=20,
-    checkpointer=dict(period=100000, max_to_keep=1),  # model_final.pth only
-    device="cpu",
-    seed=0,
-)
+optimizer.params.lr_factor_func = enriched_fc1_lr_factor(14, 7)

@@ -4,9 +4,8 @@
 # settings (tests/test_demo_configs.py).
 from detectron2.model_zoo import get_config
 
-from .sa_shapes import apply_demo_settings, dataloader, lr_multiplier, optimizer, train
+from ..common.sa_shapes_cpu import apply_demo_settings, dataloader, lr_multiplier, optimizer, train
 
 model = apply_demo_settings(get_config("common/models/mask_rcnn_fpn.py").model)
-optimizer.params.pop("lr_factor_func")  # no Enriched Feature
 
 train.output_dir = "output/demo_baseline"

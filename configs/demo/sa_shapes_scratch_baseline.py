@@ -6,23 +6,17 @@ from detectron2.layers import ShapeSpec
 from detectron2.modeling.backbone import FPN
 from detectron2.modeling.roi_heads import FastRCNNConvFCHead, StandardROIHeads
 
-from .sa_shapes_scratch import CHANNELS, FC_DIM, dataloader, lr_multiplier, model, optimizer, train
+from ..common.models.mask_rcnn_ejhead import EJ_HEAD_ARGUMENTS
+from ..common.sa_shapes_cpu import CHANNELS, FC_DIM
+from .sa_shapes_scratch import dataloader, lr_multiplier, model, optimizer, train
 
 model.backbone._target_ = FPN
-for key in ("mode", "downsample", "share_laterals", "fuse_position", "td_only_levels"):
+for key in ("mode", "share_laterals", "fuse_position", "td_only_levels"):
     model.backbone.pop(key)
 
 roi = model.roi_heads
 roi._target_ = StandardROIHeads
-for key in (
-    "refinement",
-    "refinement_scope",
-    "box_refinement_downsample",
-    "interleave",
-    "interleave_append_gt",
-    "interleave_iou_threshold",
-    "interleave_max_positives",
-):
+for key in EJ_HEAD_ARGUMENTS + ("threaded_pooling",):
     roi.pop(key)
 roi.box_pooler.output_size = 7
 roi.box_head = L(FastRCNNConvFCHead)(

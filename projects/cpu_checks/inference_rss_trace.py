@@ -18,11 +18,19 @@ freed memory differently from process to process: run a config several times bef
 """
 
 import argparse
+import os
+import sys
 
 import torch
 
-from sa_ejhead.analysis.measure import _measured_model, _peak_rss_bytes, _rss_bytes, random_inputs
-from sa_ejhead.analysis.specs import parse_spec
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "lab"))
+from sa_ejhead_lab.measure import (  # noqa: E402
+    _measured_model,
+    _peak_rss_bytes,
+    _rss_bytes,
+    random_inputs,
+)
+from sa_ejhead_lab.specs import parse_spec  # noqa: E402
 
 
 def _mib(x):

@@ -18,13 +18,16 @@ import contextlib
 import io
 import json
 import os
+import sys
 import time
 
 import torch
 
-from sa_ejhead.analysis.measure import fix_roi_counts, random_inputs
-from sa_ejhead.analysis.specs import build_model_from_spec, parse_spec
 from sa_ejhead.modeling.poolers import ThreadedROIAlign
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "lab"))
+from sa_ejhead_lab.measure import fix_roi_counts, random_inputs  # noqa: E402
+from sa_ejhead_lab.specs import build_model_from_spec, parse_spec  # noqa: E402
 
 MODULES = (
     "backbone.bottom_up",

@@ -10,11 +10,14 @@ tools/benchmark.py (800x1216, 1000 proposals, 100 detections, random weights).
 import argparse
 import contextlib
 import io
+import os
+import sys
 
 import torch
 
-from sa_ejhead.analysis.measure import fix_roi_counts, random_inputs, time_inference
-from sa_ejhead.analysis.specs import build_model_from_spec, parse_spec
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "lab"))
+from sa_ejhead_lab.measure import fix_roi_counts, random_inputs, time_inference  # noqa: E402
+from sa_ejhead_lab.specs import build_model_from_spec, parse_spec  # noqa: E402
 
 DEFAULT_CONFIGS = [
     "base=d2://common/models/mask_rcnn_fpn.py",

@@ -167,7 +167,8 @@ def time_inference(cfg, checkpoint):
     import torch
     from detectron2.config import instantiate
 
-    from sa_ejhead.analysis.measure import time_calls
+    sys.path.insert(0, os.path.join(REPO, "projects", "lab"))  # the measurement lab
+    from sa_ejhead_lab.measure import time_calls
     from sa_ejhead.engine import build_cpu_model
 
     model, _ = build_cpu_model(cfg, checkpoint)
@@ -193,8 +194,9 @@ def pack(name, config, record):
     MAX_BYTES; return the manifest entry."""
     import torch
 
-    from sa_ejhead.engine import export_submodule_weights
+    sys.path.insert(0, os.path.join(REPO, "projects", "pretrain_backbone"))  # its weights.py
     from sa_ejhead.pretrained import MODEL_ZOO_DIR, PRECISIONS, sha256_of, unpack_file
+    from weights import export_submodule_weights
 
     out = _output_dir(name)
     final = os.path.join(out, "model_final.pth")

@@ -39,8 +39,9 @@ def main(argv=None):
     import torch
     from detectron2.utils.logger import setup_logger
 
-    from sa_ejhead.engine import do_train, export_submodule_weights, load_lazy_config
+    from sa_ejhead.engine import do_train, load_lazy_config
     from sa_ejhead.pretrained import PRETRAINED_BACKBONES, pretrained_path
+    from weights import export_submodule_weights  # this folder's (the script's own)
 
     if args.threads > 0:
         torch.set_num_threads(args.threads)

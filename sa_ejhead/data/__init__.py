@@ -3,6 +3,12 @@
 Importing this module registers ``sa_shapes_train`` and ``sa_shapes_val``.
 """
 
+from ..errors import (  # noqa: F401  (the dataset errors, importable from here too)
+    DatasetError,
+    DatasetFileNotFoundError,
+    DatasetFormatError,
+    DatasetImageError,
+)
 from .datasets import (  # noqa: F401
     SA_SHAPES_DEFAULTS,
     default_sa_shapes_root,
@@ -12,10 +18,4 @@ from .datasets import (  # noqa: F401
 )
 from .mapper import CheckedDatasetMapper  # noqa: F401
 from .synthetic import SA_SHAPES_CATEGORIES, generate_sa_shapes, size_counts  # noqa: F401
-from .validation import (  # noqa: F401
-    DatasetError,
-    DatasetFileNotFoundError,
-    DatasetFormatError,
-    DatasetImageError,
-    validate_coco_json,
-)
+from .validation import validate_coco_json  # noqa: F401

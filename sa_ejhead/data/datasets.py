@@ -1,10 +1,5 @@
-"""Dataset registration: the embedded SA-Shapes set and validated COCO-format datasets.
-
-Importing :mod:`sa_ejhead` registers ``sa_shapes_train`` and ``sa_shapes_val`` in Detectron2's
-``DatasetCatalog``/``MetadataCatalog``. Registration is cheap: the images are generated (once, in
-a few seconds) the first time one of the two is loaded, e.g. by a data loader, or explicitly by
-:func:`prepare_sa_shapes`. Where the data live: :func:`default_sa_shapes_root`.
-"""
+"""Dataset registration: the embedded SA-Shapes sets (registered on import, generated on first
+load) and validated COCO-format datasets."""
 
 import functools
 import os
@@ -24,20 +19,16 @@ __all__ = [
     "register_coco_instances_checked",
 ]
 
-# Parameters of the default set (see sa_ejhead.data.synthetic.generate_sa_shapes).
+# The arguments of sa_ejhead.data.synthetic.generate_sa_shapes for sa_shapes_{train,val}
 SA_SHAPES_DEFAULTS = dict(num_train=400, num_val=80, height=192, width=256, seed=0)
-# The separate, larger set on which the demo backbone is pre-trained (the stand-in for ImageNet):
-# another seed, so none of its images is one of sa_shapes_train/val. Registered as
-# sa_shapes_pretrain_train / sa_shapes_pretrain_val, in the folder "sa_shapes_pretrain" beside
-# the default set's.
+# The same for sa_shapes_pretrain_{train,val} (in "sa_shapes_pretrain" beside the default set), on
+# which the demo backbone is pre-trained: another seed, so no image of sa_shapes_train/val.
 SA_SHAPES_PRETRAIN = dict(num_train=2000, num_val=100, height=192, width=256, seed=1000)
 
 
 def default_sa_shapes_root():
-    """The absolute SA-Shapes folder, found as Detectron2 finds its built-in datasets:
-    ``$SA_SHAPES_ROOT`` if set; else ``sa_shapes`` in ``$DETECTRON2_DATASETS`` (default
-    ``datasets``, relative to the current directory: the repository's root for ``make demo`` and
-    the tests). The pre-training set (``sa_shapes_pretrain``) lives beside it."""
+    """The absolute SA-Shapes folder: ``$SA_SHAPES_ROOT`` if set, else ``sa_shapes`` in
+    ``$DETECTRON2_DATASETS`` (default ``datasets``, relative to the current directory)."""
     root = os.environ.get("SA_SHAPES_ROOT") or os.path.join(
         os.environ.get("DETECTRON2_DATASETS", "datasets"), "sa_shapes"
     )
@@ -82,24 +73,16 @@ def register_sa_shapes(root=None, *, prefix="sa_shapes", **gen_kwargs):
     return names
 
 
-def register_coco_instances_checked(
-    name, json_file, image_root, *, metadata=None, require_annotations=True
-):
+def register_coco_instances_checked(name, json_file, image_root, *, require_annotations=True):
     """Validate a COCO-format dataset (:func:`validate_coco_json`, whose summary is returned),
-    then register it as Detectron2's ``register_coco_instances``.
-
-    A bad file fails here, naming the file and the field, instead of deep inside training. The
-    metadata (Detectron2's, plus the extra ``metadata``) are set now rather than on first load,
-    so a Visualizer or ``COCOEvaluator`` can use them at once. ``require_annotations=False``
-    accepts an empty ``annotations`` list (an evaluation-only set).
-    """
+    then register it as Detectron2's ``register_coco_instances``, with its class metadata set
+    now, not on first load."""
     json_file, image_root = os.fspath(json_file), os.fspath(image_root)
     summary = validate_coco_json(json_file, image_root, require_annotations=require_annotations)
     cats = summary["categories"]
     meta = {
         "thing_classes": [c["name"] for c in cats],
         "thing_dataset_id_to_contiguous_id": {c["id"]: i for i, c in enumerate(cats)},
-        **(metadata or {}),
     }
     register_coco_instances(name, meta, json_file, image_root)
     return summary

@@ -1,48 +1,30 @@
-"""A DatasetMapper whose errors name the image file: unreadable images, images of the wrong size
-or of a mode Detectron2 reads wrongly, and missing masks; also from data-loader workers."""
+"""A DatasetMapper whose errors name the image file, also from data-loader workers."""
 
-import os
 import traceback
 
 from detectron2.data import DatasetMapper
 from detectron2.data.detection_utils import SizeMismatchError
 from torch.utils.data import get_worker_info
 
-from ..errors import describe
-from .validation import (
-    BOX_ONLY_ADVICE,
-    DatasetError,
-    DatasetFileNotFoundError,
-    DatasetFormatError,
-    DatasetImageError,
-    check_image_file,
-    has_segmentation,
-    lacks_segmentation,
-)
+from ..errors import DatasetError, DatasetFormatError, DatasetImageError, describe
+from .validation import BOX_ONLY_ADVICE, check_image_file, has_segmentation, lacks_segmentation
 
 __all__ = ["CheckedDatasetMapper"]
 
 
 def _describe(anno):
     """``(id 57, bbox [x, y, w, h])``: what identifies an annotation of a dataset dict."""
-    parts = []
-    if "id" in anno:
-        parts.append(f"id {anno['id']!r}")
+    parts = [f"id {anno['id']!r}"] if "id" in anno else []
     if "bbox" in anno:
         parts.append("bbox [" + ", ".join(f"{float(v):g}" for v in anno["bbox"]) + "]")
     return f" ({', '.join(parts)})" if parts else ""
 
 
 class _FailedSample(dict):
-    """What :class:`CheckedDatasetMapper` returns, in a data-loader worker process, for an image
-    it cannot map: the image's ``file_name``, ``image_id``, ``width`` and ``height`` (which
-    Detectron2's aspect-ratio grouping reads) and the error, which the first read of any other
-    key (``"image"``, by the model) raises in the main process.
-
-    PyTorch would re-raise the error itself as a new exception of its type, made from its
-    worker's formatted traceback (its ``file``, ``field`` and one-line message lost); this
-    carries the error object, pickled, to the main process instead.
-    """
+    """What :class:`CheckedDatasetMapper` returns in a data-loader worker for an image it cannot
+    map: the keys that Detectron2's aspect-ratio grouping reads, and the error, raised unchanged in
+    the main process by the read of any other key (PyTorch would re-raise the worker's traceback
+    as a new exception)."""
 
     def __init__(self, dataset_dict, error):
         keys = ("file_name", "image_id", "width", "height")
@@ -56,44 +38,22 @@ class _FailedSample(dict):
 
 
 class CheckedDatasetMapper(DatasetMapper):
-    """Detectron2's :class:`DatasetMapper` (same arguments) with errors that name the image file
-    and its ``image_id``.
-
-    Detectron2 reads images with PIL inside the data loader, whose errors do not always name the
-    file (e.g. "image file is truncated"); this mapper re-raises them as
-    :class:`DatasetImageError` (an ``OSError``) or, for a file that has disappeared since
-    registration, :class:`DatasetFileNotFoundError`. It reads each image's header first
-    (:func:`~sa_ejhead.data.validation.check_image_file`): an image whose mode Detectron2 would
-    read wrongly (16-bit greyscale) is a DatasetImageError, one whose size differs from the
-    dict's ``width`` and ``height`` a :class:`DatasetFormatError`, both naming the file.
-
-    In a data-loader worker process, such an error is not raised there but carried to the main
-    process with the sample, and raised there, unchanged, when the model reads the image.
-
-    In training with ``use_instance_mask=True``, a non-crowd annotation without a segmentation
-    raises :class:`DatasetFormatError` naming the annotation, with how to train box-only, instead
-    of Detectron2's later bare ``KeyError: 'segmentation'`` or ``Cannot find field 'gt_masks'``
-    (data not checked up front by :func:`sa_ejhead.data.register_coco_instances_checked`).
+    """Detectron2's :class:`DatasetMapper` (same arguments) whose errors name the image file and
+    its ``image_id``: a missing or unreadable image, one of a mode Detectron2 reads wrongly
+    (:func:`~sa_ejhead.data.validation.check_image_file`) or of a size other than the dict's, and,
+    in training with ``use_instance_mask=True``, a non-crowd annotation without a segmentation.
     """
 
     def _check_masks(self, dataset_dict):
         """Raise DatasetFormatError for the first non-crowd annotation without a segmentation."""
         annos = dataset_dict.get("annotations") or ()
-        # one pass over the image's annotations; the rest only when there is an error
-        missing = next(
-            (
-                i
-                for i, anno in enumerate(annos)
-                if anno.get("iscrowd", 0) == 0 and not has_segmentation(anno)
-            ),
-            None,
-        )
-        if missing is None:
-            return
-        anno = annos[missing]
-        what = "has " + lacks_segmentation(anno, empty="an empty")
         noncrowd = [i for i, a in enumerate(annos) if a.get("iscrowd", 0) == 0]
         with_segm = [i for i in noncrowd if has_segmentation(annos[i])]
+        if len(with_segm) == len(noncrowd):
+            return
+        missing = next(i for i in noncrowd if not has_segmentation(annos[i]))
+        anno = annos[missing]
+        what = "has " + lacks_segmentation(anno, empty="an empty")
         if with_segm:
             others = (
                 f"while annotations[{with_segm[0]}]{_describe(annos[with_segm[0]])} has one: "
@@ -103,7 +63,6 @@ class CheckedDatasetMapper(DatasetMapper):
         else:
             others = "and no non-crowd annotation of the image has one (box-only data)"
         file_name = dataset_dict.get("file_name", "")
-        field = f"annotations[{missing}].segmentation"
         raise DatasetFormatError(
             f"image {file_name} (image_id {dataset_dict.get('image_id')!r}): "
             f"annotations[{missing}]{_describe(anno)} {what}, {others}. The data loader trains "
@@ -111,7 +70,7 @@ class CheckedDatasetMapper(DatasetMapper):
             "a segmentation (sa_ejhead.data.register_coco_instances_checked checks a whole COCO "
             f"file when it is registered), or {BOX_ONLY_ADVICE}.",
             file=file_name,
-            field=field,
+            field=f"annotations[{missing}].segmentation",
         )
 
     def __call__(self, dataset_dict):
@@ -146,11 +105,6 @@ class CheckedDatasetMapper(DatasetMapper):
                 f"image {file_name} ({where}): {describe(e)}", file=file_name, field="width"
             ) from e
         except (OSError, SyntaxError) as e:  # PIL raises these for unreadable files
-            if not os.path.isfile(file_name):
-                raise DatasetFileNotFoundError(
-                    f"image file not found: {file_name} ({where})", file=file_name
-                ) from e
             raise DatasetImageError(
-                f"cannot read image {file_name} ({where}): {describe(e)}",
-                file=file_name,
+                f"cannot read image {file_name} ({where}): {describe(e)}", file=file_name
             ) from e

@@ -1,11 +1,5 @@
-"""SA-Shapes: a small, deterministic, multi-scale instance-segmentation dataset in COCO format.
-
-It exercises scale variation, what SA-FPN and EJ-Head are about, on a CPU in minutes (docs/demo.md,
-"The dataset"). Masks are the *visible* part of each object: a polygon (the exact one it was
-drawn from) when it is neither occluded nor holed, else compressed RLE; the image is painted with
-the very masks that are written.
-
-Layout written by :func:`generate_sa_shapes`::
+"""SA-Shapes: a small, deterministic, multi-scale instance-segmentation dataset in COCO format
+(docs/data.md). Layout written by :func:`generate_sa_shapes`::
 
     ROOT/
       info.json                      # generator version and parameters, per-split size counts
@@ -13,10 +7,6 @@ Layout written by :func:`generate_sa_shapes`::
       annotations/val.json
       train/000000.png ...
       val/000000.png ...
-
-Generation is deterministic: image ``i`` of split ``s`` depends only on ``(seed, s, i)`` and the
-image size, so the same call writes byte-identical files. Files are written to a temporary sibling
-folder which is renamed to ``ROOT`` at the end, so an interrupted generation is never reused.
 """
 
 import json
@@ -31,13 +21,7 @@ import cv2
 import numpy as np
 import pycocotools.mask as mask_util
 
-__all__ = [
-    "SA_SHAPES_CATEGORIES",
-    "SA_SHAPES_VERSION",
-    "generate_sa_shapes",
-    "ensure_sa_shapes",
-    "size_counts",
-]
+__all__ = ["SA_SHAPES_CATEGORIES", "ensure_sa_shapes", "generate_sa_shapes", "size_counts"]
 
 logger = logging.getLogger(__name__)
 
@@ -349,9 +333,10 @@ def _params(num_train, num_val, height, width, seed):
 def generate_sa_shapes(root, *, num_train=400, num_val=80, height=192, width=256, seed=0):
     """Generate an SA-Shapes dataset into the new folder ``root``; return its ``info.json``.
 
-    The files are written to a temporary folder beside ``root``, then renamed to it; if another
-    process created ``root`` meanwhile, its copy is kept. Images are at least 64 x 64; the same
-    arguments give byte-identical files.
+    Image ``i`` of split ``s`` depends only on ``(seed, s, i)`` and the image size (at least
+    64 x 64): the same arguments give byte-identical files. They are written to a temporary folder
+    beside ``root``, then renamed to it (if another process created ``root`` meanwhile, its copy is
+    kept), so an interrupted generation is never reused.
     """
     if min(height, width) < 64:
         raise ValueError(f"SA-Shapes images must be at least 64x64, got {height}x{width}")
@@ -384,8 +369,7 @@ def generate_sa_shapes(root, *, num_train=400, num_val=80, height=192, width=256
                 raise
             logger.info(f"{root} was created by another process meanwhile; using it")
             shutil.rmtree(tmp, ignore_errors=True)
-            with open(os.path.join(root, "info.json")) as f:
-                info = json.load(f)
+            info = _read_info(root)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -393,11 +377,8 @@ def generate_sa_shapes(root, *, num_train=400, num_val=80, height=192, width=256
 
 
 def _read_info(root):
-    try:
-        with open(os.path.join(root, "info.json")) as f:
-            return json.load(f)
-    except (OSError, ValueError):
-        return None
+    with open(os.path.join(root, "info.json")) as f:
+        return json.load(f)
 
 
 def ensure_sa_shapes(root, *, num_train=400, num_val=80, height=192, width=256, seed=0):
@@ -407,18 +388,21 @@ def ensure_sa_shapes(root, *, num_train=400, num_val=80, height=192, width=256, 
     first, then swapped in)."""
     root = os.path.abspath(root)
     want = _params(num_train, num_val, height, width, seed)
-    info = _read_info(root)
+    try:
+        info = _read_info(root)
+    except (OSError, ValueError):
+        info = None
     if info is not None and all(info.get(k) == v for k, v in want.items()):
         return info
     params = {k: v for k, v in want.items() if k != "version"}
-    if os.path.exists(root):
-        logger.warning(f"{root} holds another SA-Shapes version or parameters: regenerating it")
-        new = root + f".new-{os.getpid()}"
-        info = generate_sa_shapes(new, **params)
-        old = root + f".old-{os.getpid()}"
-        os.rename(root, old)
-        os.rename(new, root)
-        shutil.rmtree(old, ignore_errors=True)
-        return info
-    logger.info(f"Generating the SA-Shapes dataset in {root} ...")
-    return generate_sa_shapes(root, **params)
+    if not os.path.exists(root):
+        logger.info(f"Generating the SA-Shapes dataset in {root} ...")
+        return generate_sa_shapes(root, **params)
+    logger.warning(f"{root} holds another SA-Shapes version or parameters: regenerating it")
+    new = root + f".new-{os.getpid()}"
+    info = generate_sa_shapes(new, **params)
+    old = root + f".old-{os.getpid()}"
+    os.rename(root, old)
+    os.rename(new, root)
+    shutil.rmtree(old, ignore_errors=True)
+    return info

@@ -1,28 +1,23 @@
-"""Up-front checks of a user's COCO-format instance annotations.
-
-:func:`validate_coco_json` raises, at the first problem, an error whose message names the file
-and the field (``annotations[12].category_id``), before any model is built: the problems that
-otherwise surface late and obscurely in Detectron2's loader, mapper or evaluator. What is checked
-and what is accepted (as Detectron2's ``load_coco_json`` handles it): docs/demo.md, "Your own
-COCO-format data". :func:`check_image_file` reads an image's header (size, mode): the images
-whose size differs from the JSON, and those Detectron2 would read wrongly (16-bit greyscale),
-fail there too.
-"""
+"""Up-front checks of COCO-format instance annotations and image headers: the faults that
+otherwise surface late and obscurely in Detectron2's loader, mapper or evaluator (what is
+accepted: docs/data.md, "Your own COCO-format data")."""
 
 import json
 import math
 import numbers
 import os
 
-from PIL import Image, ImageMode
+from PIL import ExifTags, Image, ImageMode
 
-from ..errors import SAEJHeadError, describe
+from ..errors import (
+    DatasetError,
+    DatasetFileNotFoundError,
+    DatasetFormatError,
+    DatasetImageError,
+    describe,
+)
 
 __all__ = [
-    "DatasetError",
-    "DatasetFormatError",
-    "DatasetFileNotFoundError",
-    "DatasetImageError",
     "BOX_ONLY_ADVICE",
     "check_image_file",
     "has_segmentation",
@@ -30,15 +25,9 @@ __all__ = [
     "validate_coco_json",
 ]
 
-# A box may stick out of its image by this many pixels (rounding in exported annotations).
-BOX_TOLERANCE = 1.0
-
-# How to train data without masks, for the errors about missing segmentations. LazyConfig needs
-# both settings: Detectron2's ROI heads derive mask_on from mask_in_features (there is no mask_on
-# argument), and the train mapper still loads masks while use_instance_mask=True (mixed data then
-# fails in Detectron2's annotations_to_instances, box-only data in CheckedDatasetMapper). On the
-# command line the overrides go through Hydra's parser, where None is null ("None" would be the
-# string 'None'). yacs MODEL.MASK_ON sets both the heads and the mapper.
+# How to train data without masks. LazyConfig needs both settings: the ROI heads derive mask_on
+# from mask_in_features, and the train mapper loads masks while use_instance_mask=True. Hydra's
+# parser reads null as None ("None" would be a string).
 BOX_ONLY_ADVICE = (
     "train box-only: model.roi_heads.mask_in_features=null "
     "dataloader.train.mapper.use_instance_mask=False (LazyConfig command line; "
@@ -46,41 +35,12 @@ BOX_ONLY_ADVICE = (
 )
 
 
-class DatasetError(SAEJHeadError):
-    """Base of the dataset errors; ``file`` and ``field`` (e.g. ``"annotations[3].bbox"``) say
-    where the problem is (the message names them too)."""
-
-    def __init__(self, message, file=None, field=None):
-        super().__init__(message)
-        self.file = file
-        self.field = field
-
-
-class DatasetFormatError(DatasetError, ValueError):
-    """The annotation file is malformed or inconsistent."""
-
-
-class DatasetFileNotFoundError(DatasetError, FileNotFoundError):
-    """The annotation file, the image folder or an image file does not exist."""
-
-
-class DatasetImageError(DatasetError, OSError):
-    """An image file exists but cannot be decoded."""
-
-
-# The PIL modes with more than 8 bits per band that Detectron2's read_image converts to 8-bit RGB
-# (or L) by clipping every value above 255, as PIL's convert does: refused, with what they are.
+# PIL modes that Detectron2's read_image converts to 8 bits by clipping every value above 255.
 _WIDE_MODES = {
-    "I;16": "16-bit greyscale",
-    "I;16L": "16-bit greyscale",
-    "I;16B": "16-bit greyscale",
-    "I;16N": "16-bit greyscale",
+    **dict.fromkeys(("I;16", "I;16L", "I;16B", "I;16N"), "16-bit greyscale"),
     "I": "32-bit integer greyscale",
     "F": "32-bit float greyscale",
 }
-# EXIF orientations for which Detectron2's read_image turns the image by 90 degrees.
-_SWAPS_SIDES = (5, 6, 7, 8)
-_EXIF_ORIENTATION = 274
 
 
 def _supported_mode(mode):
@@ -92,23 +52,17 @@ def _supported_mode(mode):
 
 
 def check_image_file(path, prefix="", note=""):
-    """Read the header of the image file ``path`` (no decoding) and return ``(width, height)``
-    as Detectron2's ``read_image`` will see the image (after its EXIF rotation).
-
-    Raises, with ``prefix`` (e.g. ``"ann.json: images[3].file_name='x.png': "``) before the
-    message and ``note`` (e.g. ``" (image_id 3)"``) after the file name:
-    :class:`DatasetFileNotFoundError` if the file does not exist;
-    :class:`DatasetImageError` if its header cannot be read, or if its mode is one that Detectron2
-    would read wrongly (more than 8 bits per band: 16-bit greyscale, 32-bit integer or float).
-    """
+    """``(width, height)`` of the image file ``path`` as Detectron2's ``read_image`` will see it
+    (after its EXIF rotation), from its header only; a :class:`DatasetFileNotFoundError` or a
+    :class:`DatasetImageError` (unreadable header, more than 8 bits per band) whose message has
+    ``prefix`` before it and ``note`` (e.g. ``" (image_id 3)"``) after the file name."""
     try:
         with Image.open(path) as image:
             width, height = image.size
             mode = image.mode
-            # a PNG's EXIF after its pixels would need decoding them: not looked for (the mapper
-            # then reports Detectron2's size mismatch)
+            # a PNG's EXIF after its pixels would need decoding them (the mapper catches it)
             has_exif = image.format != "PNG" or "exif" in image.info
-            orientation = image.getexif().get(_EXIF_ORIENTATION) if has_exif else None
+            orientation = image.getexif().get(ExifTags.Base.Orientation) if has_exif else None
     except FileNotFoundError as e:
         raise DatasetFileNotFoundError(
             f"{prefix}image file not found: {path}{note}", file=path
@@ -126,7 +80,7 @@ def check_image_file(path, prefix="", note=""):
             "viewers show it)",
             file=path,
         )
-    if orientation in _SWAPS_SIDES:
+    if orientation in (5, 6, 7, 8):  # Detectron2's read_image turns the image by 90 degrees
         width, height = height, width
     return width, height
 
@@ -139,15 +93,25 @@ def _is_number(v):
     return isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(v)
 
 
+def _is_box(v):
+    return isinstance(v, list) and len(v) == 4 and all(_is_number(x) for x in v)
+
+
+def _is_rle_counts(v):
+    return isinstance(v, str) or (isinstance(v, list) and all(_is_int(x) for x in v))
+
+
 class _Checker:
-    """Raises :class:`DatasetFormatError` with the file name and the field in the message."""
+    """Raises :class:`DatasetFormatError` naming the file and the field."""
 
     def __init__(self, json_file):
         self.json_file = json_file
 
-    def fail(self, field, problem, cls=DatasetFormatError):
+    def fail(self, field, problem):
         where = f"{field}: " if field else ""
-        raise cls(f"{self.json_file}: {where}{problem}", file=self.json_file, field=field)
+        raise DatasetFormatError(
+            f"{self.json_file}: {where}{problem}", file=self.json_file, field=field
+        )
 
     def require(self, obj, key, field, kind, check):
         """Return ``obj[key]`` after checking it exists and ``check(value)`` holds."""
@@ -165,12 +129,11 @@ class _Checker:
 def _load_json(json_file):
     if not os.path.isfile(json_file):
         raise DatasetFileNotFoundError(
-            f"COCO annotation file not found: {json_file}", file=json_file, field=None
+            f"COCO annotation file not found: {json_file}", file=json_file
         )
     try:
         with open(json_file, "rb") as f:
-            raw = f.read()
-        return json.loads(raw)
+            return json.load(f)
     except json.JSONDecodeError as e:
         raise DatasetFormatError(
             f"{json_file}: malformed JSON at line {e.lineno} column {e.colno}: {e.msg}",
@@ -189,12 +152,10 @@ def _check_segmentation(c, segm, field, img):
             if len(poly) % 2:
                 c.fail(f, f"a polygon needs an even number of coordinates, got {len(poly)}")
             if len(poly) < 6:
-                # load_coco_json drops such a polygon with only a warning, and the whole
-                # annotation when none of its polygons is left
+                # load_coco_json would drop it (and the annotation if none is left) with a warning
                 c.fail(
                     f,
-                    f"a polygon needs at least 3 points (6 coordinates), got {len(poly)}: "
-                    f"{poly!r}",
+                    f"a polygon needs at least 3 points (6 coordinates), got {len(poly)}: {poly!r}",
                 )
     elif isinstance(segm, dict):
         size = c.require(
@@ -206,21 +167,14 @@ def _check_segmentation(c, segm, field, img):
                 f"RLE size {size} differs from its image's [height, width] = "
                 f"[{img['height']}, {img['width']}] (file_name {img['file_name']!r})",
             )
-        c.require(
-            segm,
-            "counts",
-            field,
-            "an RLE string or a list of run lengths",
-            lambda v: isinstance(v, str) or (isinstance(v, list) and all(_is_int(x) for x in v)),
-        )
+        c.require(segm, "counts", field, "an RLE string or a list of run lengths", _is_rle_counts)
     else:
         c.fail(field, f"must be a list of polygons or an RLE object, got {type(segm).__name__}")
 
 
 def has_segmentation(anno):
-    """Whether an annotation has a mask to train on: not when ``segmentation`` is missing, None,
-    or an empty list or dict (polygons, RLE and 2D mask arrays count). The one rule of the COCO
-    file check here and of :class:`CheckedDatasetMapper`."""
+    """Whether an annotation has a mask to train on: a ``segmentation`` that is not None, nor an
+    empty list or dict (the rule of the COCO file check and of :class:`CheckedDatasetMapper`)."""
     segm = anno.get("segmentation")
     return not (segm is None or (isinstance(segm, (list, tuple, dict)) and len(segm) == 0))
 
@@ -233,18 +187,12 @@ def lacks_segmentation(anno, empty="empty"):
 
 
 def _check_masks_consistent(c, anns, with_segm, without_segm):
-    """Fail if some (``with_segm``), but not all (``without_segm``: the others), non-crowd
-    annotations have a segmentation.
-
-    Detectron2's mapper reads ``segmentation`` from every non-crowd annotation of an image when
-    the first one has it (a bare ``KeyError: 'segmentation'`` otherwise), and the mask head needs
-    ``gt_masks`` on every training image (``Cannot find field 'gt_masks'``).
-    """
+    """Fail if some (``with_segm``), but not all (``without_segm``), non-crowd annotations have a
+    segmentation: Detectron2's mapper and mask head need one on each, or none."""
     if not with_segm or not without_segm:
         return
     i, k = without_segm[0], with_segm[0]
     ann = anns[i]
-    field = f"annotations[{i}].segmentation"
     raise DatasetFormatError(
         f"{c.json_file}: annotations[{i}] (id {ann['id']}): {lacks_segmentation(ann)}, "
         f"while annotations[{k}] (id {anns[k]['id']}) has one: {len(without_segm)} of the "
@@ -252,32 +200,19 @@ def _check_masks_consistent(c, anns, with_segm, without_segm):
         "Detectron2 trains masks from every non-crowd annotation, so give each a segmentation; "
         f"box-only data must have none, and {BOX_ONLY_ADVICE}.",
         file=c.json_file,
-        field=field,
+        field=f"annotations[{i}].segmentation",
     )
 
 
 def validate_coco_json(json_file, image_root, *, require_annotations=True):
-    """Check a COCO instances annotation file, and its images under ``image_root``: that they
-    exist, and from their headers (:func:`check_image_file`, no decoding) that their sizes are the
-    JSON's ``width`` and ``height`` and that Detectron2 reads their mode correctly.
+    """Check a COCO instances file and the headers of its images under ``image_root``; raise a
+    :class:`DatasetError` naming the file and the field at the first fault.
 
-    Args:
-        require_annotations (bool): raise if ``annotations`` is empty, or all of them are crowd
-            regions (a training set must have annotations to train on; an evaluation-only set
-            may not).
-
-    Returns:
-        dict: ``categories`` (list of ``{"id", "name"}`` sorted by id), ``num_images``,
-        ``num_annotations``, ``num_images_without_annotations``.
-
-    Raises:
-        DatasetFileNotFoundError: the JSON file, ``image_root`` or an image file is missing.
-        DatasetFormatError: the JSON is malformed or inconsistent, or an image's size differs
-            from its ``width`` and ``height``.
-        DatasetImageError: an image's header cannot be read, or its mode is not supported.
+    ``require_annotations`` (a training set): ``annotations`` must not be empty nor all crowd.
+    Returns ``categories`` (``{"id", "name"}`` sorted by id), ``num_images``,
+    ``num_annotations`` and ``num_images_without_annotations``.
     """
-    json_file = os.fspath(json_file)
-    image_root = os.fspath(image_root)
+    json_file, image_root = os.fspath(json_file), os.fspath(image_root)
     c = _Checker(json_file)
     data = _load_json(json_file)
     if not isinstance(data, dict):
@@ -361,18 +296,12 @@ def validate_coco_json(json_file, image_root, *, require_annotations=True):
                 f"{f}.category_id",
                 f"category_id={cid} is not declared in categories (declared ids: {declared})",
             )
-        bbox = c.require(
-            ann,
-            "bbox",
-            f,
-            "[x, y, width, height] with 4 finite numbers",
-            lambda v: isinstance(v, list) and len(v) == 4 and all(_is_number(x) for x in v),
-        )
+        bbox = c.require(ann, "bbox", f, "[x, y, width, height] with 4 finite numbers", _is_box)
         x, y, w, h = bbox
         if w < 0 or h < 0:
             c.fail(f"{f}.bbox", f"bbox={bbox} has a negative width or height")
         W, H = img["width"], img["height"]
-        t = BOX_TOLERANCE
+        t = 1.0  # a box may stick out of its image by this much (rounding in exported files)
         if x < -t or y < -t or x + w > W + t or y + h > H + t:
             c.fail(
                 f"{f}.bbox",
@@ -389,8 +318,7 @@ def validate_coco_json(json_file, image_root, *, require_annotations=True):
         if ann.get("ignore", 0) != 0:
             c.fail(
                 f"{f}.ignore",
-                "'ignore' annotations are not supported by Detectron2; use "
-                "iscrowd=1 or remove them",
+                "'ignore' annotations are not supported by Detectron2; use iscrowd=1 or remove them",
             )
         annotated.add(iid)
     _check_masks_consistent(c, anns, with_segm, without_segm)

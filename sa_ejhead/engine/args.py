@@ -1,4 +1,4 @@
-"""Command-line arguments shared by the tools: Detectron2's, plus ``--coco-dataset``."""
+"""The tools' command line (Detectron2's, plus ``--coco-dataset`` and ``--debug``) and launch."""
 
 import functools
 import os
@@ -13,6 +13,7 @@ from detectron2.engine import launch
 from detectron2.utils import comm
 from torch.multiprocessing import ProcessExitedException
 
+from ..data import register_coco_instances_checked
 from ..errors import ConfigError, SAEJHeadError, other_messages_on_stdout, run_tool
 from .train_loop import input_errors_on_one_line
 
@@ -23,7 +24,6 @@ __all__ = [
     "add_debug_argument",
     "parse_coco_dataset_spec",
     "register_datasets_from_args",
-    "register_coco_dataset_specs",
 ]
 
 _SPEC_FORMAT = "NAME=ANNOTATIONS.json,IMAGE_DIR"
@@ -58,19 +58,17 @@ def default_argument_parser(epilog=None):
 
 
 def _run_tool_main(main, debug, error_dir, args):
-    """``main(args)``, in a process of ``launch``. Without ``debug``: the training loop's log of a
-    project error that stops training is one line, without the traceback that
-    :func:`~sa_ejhead.errors.run_tool` saves; and in a process that ``launch`` started
-    (``error_dir`` is not None), such an error is saved (pickled) in ``error_dir`` for the parent
-    process to report, and the process exits with status 1."""
+    """``main(args)`` in a process of ``launch``; without ``debug``, a project error is logged on
+    one line and, in a process that ``launch`` started (``error_dir`` is not None), pickled into
+    ``error_dir`` for the parent to report, and the process exits with status 1."""
     if debug:
         return main(args)
     with input_errors_on_one_line(), other_messages_on_stdout():
-        if error_dir is None:
-            return main(args)
         try:
             return main(args)
         except SAEJHeadError as e:
+            if error_dir is None:  # the tool's own process: run_tool reports it
+                raise
             rank = comm.get_local_rank()
             worker = "".join(traceback.format_exception(e)).rstrip()
             e.add_note(f"Raised in the launched process of local rank {rank}:\n{worker}")
@@ -84,20 +82,14 @@ def _run_tool_main(main, debug, error_dir, args):
 
 
 def _launch(main, args, error_dir):
-    """Detectron2's ``launch`` of ``main(args)`` on several processes; re-raise here the project
-    error of the process that failed first, as that process saved it (:func:`_run_tool_main`)."""
+    """Detectron2's ``launch`` of ``main(args)``; re-raise here the project error that the
+    launched process that failed first saved (:func:`_run_tool_main`)."""
+    run = functools.partial(_run_tool_main, main, args.debug, error_dir)
     try:
-        launch(
-            functools.partial(_run_tool_main, main, args.debug, error_dir),
-            args.num_gpus,
-            args.num_machines,
-            args.machine_rank,
-            args.dist_url,
-            (args,),
-        )
+        launch(run, args.num_gpus, args.num_machines, args.machine_rank, args.dist_url, (args,))
     except ProcessExitedException as e:
-        saved = os.path.join(error_dir, f"{e.error_index}.pkl")
-        if not os.path.isfile(saved):
+        saved = os.path.join(error_dir or "", f"{e.error_index}.pkl")
+        if not (error_dir and os.path.isfile(saved)):
             raise
         with open(saved, "rb") as f:
             error = pickle.load(f)
@@ -107,26 +99,11 @@ def _launch(main, args, error_dir):
 def launch_tool(main, argv=None):
     """Parse a training tool's command line (:func:`default_argument_parser`) and run
     ``main(args)`` in every process of Detectron2's ``launch``, through
-    :func:`sa_ejhead.errors.run_tool`; return the exit status.
-
-    With several processes (``--num-gpus 2``), the project error of the process that fails first
-    is reported by this one, as one line too.
-    """
+    :func:`sa_ejhead.errors.run_tool`; return the exit status."""
     args = default_argument_parser().parse_args(argv)
-    if args.num_gpus * args.num_machines <= 1:
-        run_main = functools.partial(_run_tool_main, main, args.debug, None)
-        return run_tool(
-            launch,
-            run_main,
-            args.num_gpus,
-            args.num_machines,
-            args.machine_rank,
-            args.dist_url,
-            (args,),
-            debug=args.debug,
-        )
     with tempfile.TemporaryDirectory(prefix="sa_ejhead-errors-") as error_dir:
-        return run_tool(_launch, main, args, error_dir, debug=args.debug)
+        several = args.num_gpus * args.num_machines > 1
+        return run_tool(_launch, main, args, error_dir if several else None, debug=args.debug)
 
 
 def parse_coco_dataset_spec(spec):
@@ -150,23 +127,17 @@ def parse_coco_dataset_spec(spec):
     return name, json_file, image_root
 
 
-def register_coco_dataset_specs(specs):
-    """Register every ``--coco-dataset`` spec as a COCO instances dataset; return the names.
-
-    Registering the same name again with the same files is a no-op (each process of a
-    distributed job registers its datasets); with other files it is an error.
-    """
-    from sa_ejhead.data import register_coco_instances_checked
-
+def register_datasets_from_args(args):
+    """Register the ``--coco-dataset`` datasets of ``args`` (which may lack the option), in the
+    function that ``launch`` runs in every process; return the names. The same name again with the
+    same files is a no-op; with other files, an error."""
     names = []
-    for spec in specs or []:
+    for spec in getattr(args, "coco_dataset", None) or []:
         name, json_file, image_root = parse_coco_dataset_spec(spec)
         if name in DatasetCatalog.list():
             meta = MetadataCatalog.get(name)
-            same = os.path.abspath(meta.get("json_file", "")) == os.path.abspath(
-                json_file
-            ) and os.path.abspath(meta.get("image_root", "")) == os.path.abspath(image_root)
-            if not same:
+            files = tuple(os.path.abspath(meta.get(k, "")) for k in ("json_file", "image_root"))
+            if files != (os.path.abspath(json_file), os.path.abspath(image_root)):
                 raise ConfigError(
                     f"--coco-dataset {spec!r}: a dataset named {name!r} is already registered "
                     "with other files; choose another NAME"
@@ -175,9 +146,3 @@ def register_coco_dataset_specs(specs):
             register_coco_instances_checked(name, json_file, image_root)
         names.append(name)
     return names
-
-
-def register_datasets_from_args(args):
-    """Register the ``--coco-dataset`` datasets of ``args`` (which may lack the option); call it
-    in the function that ``launch`` runs, so that every process registers them."""
-    return register_coco_dataset_specs(getattr(args, "coco_dataset", None) or [])

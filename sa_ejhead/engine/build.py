@@ -1,4 +1,9 @@
-"""A config file of either kind (LazyConfig or yacs) with overrides, and its model on the CPU."""
+"""A config file of either kind (LazyConfig or yacs) with overrides, and its model on the CPU.
+
+This is the one place that tells the two config kinds apart: the rest of the package asks these
+functions (weights, device, test-time input, model) instead of testing ``isinstance(cfg,
+CfgNode)`` itself.
+"""
 
 import torch
 import yaml
@@ -6,10 +11,26 @@ from detectron2.config import CfgNode, instantiate
 from detectron2.modeling import build_model
 
 from .checkpoint import AtomicDetectionCheckpointer
-from .lazy import check_config_file, load_lazy_config
-from .trainer import load_yacs_config
+from ..config import check_config_file, load_lazy_config, load_yacs_config
 
-__all__ = ["build_cpu_model", "is_lazy_config", "load_config", "load_weights"]
+__all__ = [
+    "build_config_model",
+    "build_cpu_model",
+    "build_evaluator",
+    "build_test_loader",
+    "config_device",
+    "config_input_format",
+    "config_test_dataset",
+    "config_weights",
+    "is_lazy_config",
+    "is_yacs_config",
+    "load_config",
+    "load_weights",
+    "overridden_keys",
+    "set_config_weights",
+    "test_augmentations",
+    "weights_option",
+]
 
 
 class _TagBlindLoader(yaml.SafeLoader):
@@ -40,6 +61,110 @@ def load_config(config_file, opts=None):
     if is_lazy_config(config_file):
         return load_lazy_config(config_file, opts)
     return load_yacs_config(config_file, opts)
+
+
+def is_yacs_config(cfg) -> bool:
+    """Whether a loaded config is a yacs ``CfgNode`` (else a LazyConfig ``DictConfig``)."""
+    return isinstance(cfg, CfgNode)
+
+
+def weights_option(cfg) -> str:
+    """The key that names a config's initial weights: ``MODEL.WEIGHTS`` or
+    ``train.init_checkpoint``."""
+    return "MODEL.WEIGHTS" if is_yacs_config(cfg) else "train.init_checkpoint"
+
+
+def config_weights(cfg) -> str:
+    """A config's initial weights (a path or URL; "" for none)."""
+    if is_yacs_config(cfg):
+        return cfg.MODEL.WEIGHTS
+    return cfg.train.get("init_checkpoint", "") or ""
+
+
+def set_config_weights(cfg, path: str) -> None:
+    """Set a config's initial weights, in place."""
+    if is_yacs_config(cfg):
+        cfg.MODEL.WEIGHTS = path
+    else:
+        cfg.train.init_checkpoint = path
+
+
+def overridden_keys(cfg, opts) -> list:
+    """The keys that command-line overrides ``opts`` set: ``KEY=VALUE`` items (Hydra's ``+``,
+    ``++`` and ``~`` prefixes removed) for a LazyConfig, ``KEY VALUE`` pairs for yacs."""
+    opts = list(opts or [])
+    if is_yacs_config(cfg):
+        return opts[::2]
+    return [o.split("=", 1)[0].lstrip("+~") for o in opts]
+
+
+def test_augmentations(cfg) -> list:
+    """The test-time augmentations (instances) of a config's test loader."""
+    import detectron2.data.transforms as T
+
+    if is_yacs_config(cfg):
+        return [T.ResizeShortestEdge([cfg.INPUT.MIN_SIZE_TEST] * 2, cfg.INPUT.MAX_SIZE_TEST)]
+    return [instantiate(a) for a in cfg.dataloader.test.mapper.augmentations]
+
+
+def config_input_format(cfg, model=None) -> str:
+    """The image format the model takes ("BGR", "RGB", ...), as the config's test loader reads
+    images."""
+    if is_yacs_config(cfg):
+        return cfg.INPUT.FORMAT
+    default = model.input_format if model is not None else "BGR"
+    return cfg.dataloader.test.mapper.get("image_format", default)
+
+
+def config_device(cfg) -> str:
+    """The device a config's model runs on: ``MODEL.DEVICE``, or ``train.device`` (default
+    "cuda", as the engine reads it)."""
+    if is_yacs_config(cfg):
+        return cfg.MODEL.DEVICE
+    return cfg.train.get("device", "cuda")
+
+
+def config_test_dataset(cfg):
+    """The name of a config's first test dataset (``DATASETS.TEST``, or the test loader's
+    ``dataset.names``), or None."""
+    if is_yacs_config(cfg):
+        names = cfg.DATASETS.TEST
+    else:
+        names = cfg.dataloader.test.dataset.get("names", None)
+    if names is None or isinstance(names, str):
+        return names
+    return names[0] if len(names) else None
+
+
+def build_test_loader(cfg, dataset_name=None):
+    """The config's test data loader (yacs: of ``dataset_name``, default ``DATASETS.TEST[0]``)."""
+    from detectron2.data import build_detection_test_loader
+
+    if is_yacs_config(cfg):
+        return build_detection_test_loader(cfg, dataset_name or cfg.DATASETS.TEST[0])
+    return instantiate(cfg.dataloader.test)
+
+
+def build_evaluator(cfg, output_dir=None):
+    """The config's COCO evaluator: a LazyConfig's ``dataloader.evaluator``; for yacs, the
+    project's :class:`~sa_ejhead.evaluation.COCOEvaluator` on ``DATASETS.TEST[0]``."""
+    if is_yacs_config(cfg):
+        from ..evaluation import COCOEvaluator
+
+        return COCOEvaluator(cfg.DATASETS.TEST[0], output_dir=output_dir)
+    return instantiate(cfg.dataloader.evaluator)
+
+
+def build_config_model(cfg, device=None):
+    """The model of a config (a LazyConfig's ``model``, or the config itself if it has none; a
+    yacs config's ``MODEL``), on ``device`` (default: the yacs config's ``MODEL.DEVICE``, else
+    left where it is built), randomly initialised, no weights loaded."""
+    if is_yacs_config(cfg):
+        if device is not None:
+            cfg.MODEL.DEVICE = device
+        return build_model(cfg)
+    model = instantiate(cfg.model if "model" in cfg else cfg)
+    return model.to(device) if device is not None else model
 
 
 class _RecordingCheckpointer(AtomicDetectionCheckpointer):
@@ -76,9 +201,6 @@ def build_cpu_model(cfg, checkpoint="", seed=0):
         tuple[nn.Module, list[str]]: the model and the weights left at their initial values.
     """
     torch.manual_seed(seed)
-    if isinstance(cfg, CfgNode):
-        model = build_model(cfg)
-    else:
-        model = instantiate(cfg.model if "model" in cfg else cfg)
-    model.to("cpu").eval()
+    model = build_config_model(cfg, "cpu")
+    model.eval()
     return model, (load_weights(model, checkpoint) if checkpoint else list(model.state_dict()))

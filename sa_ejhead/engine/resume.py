@@ -1,11 +1,5 @@
-"""Exact resumption of training: the data order and the random state depend on the iteration only.
-
-Detectron2's ``--resume`` restores weights, optimizer, LR schedule and iteration, but restarts
-its :class:`TrainingSampler` stream and random generators. :class:`ResumableTrainingSampler`
-skips the indices the finished iterations consumed; :class:`IterationSeeder` reseeds the global
-generators at every iteration from ``(seed, iteration, rank)`` and keeps ``seed`` in the
-checkpoint (docs/tools.md, "Resume loses nothing").
-"""
+"""Exact resumption of training: the data order and the random state depend on the iteration only
+(docs/tools.md, "Resume loses nothing")."""
 
 import itertools
 import logging
@@ -20,7 +14,6 @@ from detectron2.utils import comm
 __all__ = [
     "ResumableTrainingSampler",
     "IterationSeeder",
-    "iteration_seed",
     "process_seed",
     "run_seed",
 ]
@@ -48,18 +41,9 @@ def iteration_seed(seed, iteration, rank=0):
 
 class ResumableTrainingSampler(TrainingSampler):
     """:class:`TrainingSampler` (same arguments, same stream) whose stream can start at a given
-    position (:meth:`set_start`). The data loader iterates the sampler only when training
-    starts, so calling :meth:`set_start` before the first iteration is enough.
-    """
+    position (:meth:`set_start`, before the data loader is first iterated)."""
 
-    def __init__(self, size, shuffle=True, seed=None):
-        super().__init__(size, shuffle=shuffle, seed=seed)
-        self._start = 0
-
-    @property
-    def seed(self):
-        """int: the seed of the index stream."""
-        return self._seed
+    _start = 0
 
     def set_start(self, num_samples, seed=None):
         """Begin the stream ``num_samples`` indices into this process's share of it, with
@@ -75,16 +59,9 @@ class ResumableTrainingSampler(TrainingSampler):
 
 
 class IterationSeeder(HookBase):
-    """Seed the global generators from ``(seed, iteration, rank)`` before every iteration.
-
-    Its state (the base ``seed``, the same on every rank) is saved in checkpoints, and
-    ``before_train`` moves the ``sampler`` (a :class:`ResumableTrainingSampler` yielding
-    ``samples_per_iter`` indices per iteration on this process) to the starting iteration.
-
-    Exact with ``num_workers=0`` and batches that keep the stream order (no aspect-ratio grouping,
-    or images that all fall in one aspect-ratio group). With data-loading worker processes, the
-    workers' augmentation generators are reseeded when the loader starts, and a resumed run
-    continues the same index stream but not the same augmentations.
+    """Seed the global generators from ``(seed, iteration, rank)`` before every iteration; keep
+    ``seed`` in the checkpoints, and move the ``sampler`` (a :class:`ResumableTrainingSampler`
+    drawing ``samples_per_iter`` indices per iteration on this process) to the starting iteration.
     """
 
     def __init__(self, seed, sampler=None, samples_per_iter=1):

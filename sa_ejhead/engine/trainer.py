@@ -1,96 +1,65 @@
-"""yacs training: a ``DefaultTrainer`` with COCO evaluation, exact resume and atomic checkpoints."""
+"""yacs training: Detectron2's ``DefaultTrainer`` with checked data, our COCO evaluation, exact
+resume and atomic checkpoints."""
 
 import logging
 import os
-import weakref
 
 import torch
-
-from detectron2.config import get_cfg
-from detectron2.data import (
-    build_detection_test_loader,
-    build_detection_train_loader,
-    get_detection_dataset_dicts,
-)
-from detectron2.engine import DefaultTrainer, TrainerBase, default_setup, hooks
+from detectron2.data import build_detection_test_loader, build_detection_train_loader
+from detectron2.engine import DefaultTrainer, default_setup, hooks
 from detectron2.solver import get_default_optimizer_params
 from detectron2.solver.build import maybe_add_gradient_clipping
 from detectron2.utils import comm
 from detectron2.utils.env import seed_all_rng
 from detectron2.utils.logger import setup_logger
 
-from sa_ejhead.config import add_sa_ejhead_config
-from sa_ejhead.errors import ConfigError, errors_logged_in
-from sa_ejhead.data import CheckedDatasetMapper
-from sa_ejhead.evaluation import COCOEvaluator
-from sa_ejhead.solver import ParamLRFactor, fc1_prefixes
-
+from ..config import load_yacs_config
+from ..data import CheckedDatasetMapper
+from ..errors import ConfigError, errors_logged_in
+from ..evaluation import COCOEvaluator
+from ..solver import ParamLRFactor, fc1_prefixes
 from .args import register_datasets_from_args
 from .checkpoint import AtomicDetectionCheckpointer, check_checkpoint_path
-from .ddp import create_ddp_model
-from .lazy import check_config_file, check_device
+from .lazy import check_device
 from .resume import IterationSeeder, ResumableTrainingSampler, process_seed, run_seed
-from .train_loop import AMPTrainer, EvalHook, SimpleTrainer
+from .train_loop import EvalHook, StopsOnDivergence
 
-__all__ = ["Trainer", "load_yacs_config", "setup_yacs_config", "main"]
+__all__ = ["Trainer", "setup_yacs_config", "main"]
+
+logger = logging.getLogger(__name__)
 
 
-class Trainer(DefaultTrainer):
+class Trainer(StopsOnDivergence, DefaultTrainer):
     """Detectron2's ``DefaultTrainer`` with :class:`CheckedDatasetMapper` loaders, our
-    ``COCOEvaluator``, atomic checkpoints, exact ``--resume`` with the default ``TrainingSampler``
-    (:class:`IterationSeeder`, seeded by ``cfg.SEED`` or a drawn seed kept in the checkpoints),
-    DistributedDataParallel on CPU (gloo) processes too, and the project's errors for a missing
-    ``MODEL.WEIGHTS`` (before the model is built) and a diverging training; the evaluation after
-    training runs only when training finished.
-    """
+    ``COCOEvaluator``, atomic checkpoints, exact ``--resume`` (seeded by ``cfg.SEED`` or a drawn
+    seed, kept in ``self.cfg.SEED``), and the project's errors (as :func:`~.lazy.do_train`)."""
 
     def __init__(self, cfg):
-        # A copy of detectron2.engine.DefaultTrainer.__init__ (Detectron2 0.7.2), in the same
-        # order, with: the seed set before the model is built, a resumable sampler, our
-        # create_ddp_model (which also wraps CPU models; Detectron2's calls its own module-level
-        # create_ddp_model, which a subclass cannot replace), the atomic checkpointer, and
-        # trainers that stop with a TrainingDivergedError.
-        TrainerBase.__init__(self)
-        logger = logging.getLogger("detectron2")
-        if not logger.isEnabledFor(logging.INFO):
-            setup_logger()
-        cfg = DefaultTrainer.auto_scale_workers(cfg, comm.get_world_size())
-        check_device(cfg.MODEL.DEVICE)
+        if check_device(cfg.MODEL.DEVICE).type == "cpu" and comm.get_world_size() > 1:
+            # DefaultTrainer gives DistributedDataParallel a device id, refused for a CPU model
+            raise ConfigError(
+                "the yacs Trainer trains on GPUs only when there are several processes (--num-gpus "
+                f"{comm.get_world_size()} with MODEL.DEVICE cpu): train on one process, or train "
+                "a LazyConfig (tools/lazyconfig_train_net.py trains on several CPU processes)"
+            )
         # resume_or_load(resume=...) is called later: check unless it may resume
         check_checkpoint_path(cfg.MODEL.WEIGHTS, "MODEL.WEIGHTS", resume_dir=cfg.OUTPUT_DIR)
-
-        self.seed = run_seed(cfg.SEED)
-        # The model's initialisation too (as default_setup; the Trainer can be built alone).
-        seed_all_rng(process_seed(self.seed))
-        model = self.build_model(cfg)
-        optimizer = self.build_optimizer(cfg, model)
-        dataset, self.train_sampler = self.build_train_sampler(cfg, self.seed)
-        data_loader = self.build_train_loader(cfg, dataset=dataset, sampler=self.train_sampler)
-
-        model = create_ddp_model(model, broadcast_buffers=False)
-        self._trainer = (AMPTrainer if cfg.SOLVER.AMP.ENABLED else SimpleTrainer)(
-            model, data_loader, optimizer
-        )
-        self.scheduler = self.build_lr_scheduler(cfg, optimizer)
-        self.checkpointer = AtomicDetectionCheckpointer(
-            model, cfg.OUTPUT_DIR, trainer=weakref.proxy(self)
-        )
-        self._trainer.checkpointer = self.checkpointer  # named if training diverges
-        self.start_iter = 0
-        self.max_iter = cfg.SOLVER.MAX_ITER
-        self.cfg = cfg
-        self.register_hooks(self.build_hooks())
+        cfg, frozen = cfg.clone(), cfg.is_frozen()
+        cfg.defrost()
+        cfg.SEED = run_seed(cfg.SEED)
+        if frozen:
+            cfg.freeze()
+        seed_all_rng(process_seed(cfg.SEED))  # the model's initialisation too
+        super().__init__(cfg)
 
     @classmethod
     def build_optimizer(cls, cfg, model):
-        """Detectron2's SGD, with the box head's fc1 at ``SOLVER.ENRICHED_FC1_LR_FACTOR`` of the
-        base lr (docs/design.md, "The Enriched Feature's first fc"); at 1.0 it is Detectron2's
-        ``build_optimizer`` itself, otherwise the same SGD arguments as that function
-        (Detectron2 0.7.2) plus the factor."""
+        """Detectron2's SGD, with the box heads' fc1 at ``SOLVER.ENRICHED_FC1_LR_FACTOR``."""
         factor = cfg.SOLVER.ENRICHED_FC1_LR_FACTOR
-        stages = len(cfg.MODEL.ROI_BOX_CASCADE_HEAD.IOUS)  # the box heads of a cascade, if one
         if factor == 1.0:
             return super().build_optimizer(cfg, model)
+        # detectron2.solver.build_optimizer (0.7.2), which takes no lr_factor_func, plus the factor
+        stages = len(cfg.MODEL.ROI_BOX_CASCADE_HEAD.IOUS)  # the box heads of a cascade, if one
         params = get_default_optimizer_params(
             model,
             base_lr=cfg.SOLVER.BASE_LR,
@@ -109,99 +78,53 @@ class Trainer(DefaultTrainer):
         return maybe_add_gradient_clipping(cfg, sgd)
 
     @classmethod
-    def build_train_sampler(cls, cfg, seed):
-        """``(dataset dicts, ResumableTrainingSampler)`` from the run's ``seed``, or ``(None,
-        None)`` when ``DATALOADER.SAMPLER_TRAIN`` is not ``TrainingSampler`` (Detectron2 then
-        builds its own sampler, whose stream restarts on resume)."""
+    def build_train_loader(cls, cfg):
+        """Detectron2's train loader with :class:`CheckedDatasetMapper` and, instead of the default
+        ``TrainingSampler``, a :class:`ResumableTrainingSampler`, kept as ``resumable_sampler``."""
+        args = build_detection_train_loader.from_config(cfg, CheckedDatasetMapper(cfg, True))
+        sampler = None
         if cfg.DATALOADER.SAMPLER_TRAIN != "TrainingSampler":
-            logging.getLogger(__name__).warning(
+            logger.warning(
                 f"{cfg.DATALOADER.SAMPLER_TRAIN}: --resume will restart its data stream."
             )
-            return None, None
-        dataset = get_detection_dataset_dicts(
-            cfg.DATASETS.TRAIN,
-            filter_empty=cfg.DATALOADER.FILTER_EMPTY_ANNOTATIONS,
-            min_keypoints=(
-                cfg.MODEL.ROI_KEYPOINT_HEAD.MIN_KEYPOINTS_PER_IMAGE if cfg.MODEL.KEYPOINT_ON else 0
-            ),
-            proposal_files=cfg.DATASETS.PROPOSAL_FILES_TRAIN if cfg.MODEL.LOAD_PROPOSALS else None,
-        )
-        return dataset, ResumableTrainingSampler(len(dataset), seed=seed)
-
-    @classmethod
-    def build_train_loader(cls, cfg, dataset=None, sampler=None):
-        """Detectron2's train loader with :class:`CheckedDatasetMapper`, on ``dataset`` and
-        ``sampler`` if given (else ``DATASETS.TRAIN``, ``DATALOADER.SAMPLER_TRAIN``)."""
-        mapper = CheckedDatasetMapper(cfg, is_train=True)
-        if sampler is None:
-            return build_detection_train_loader(cfg, mapper=mapper)
-        # The loader's own generator, so that starting it draws nothing from the global one.
-        return build_detection_train_loader(
-            cfg, mapper=mapper, dataset=dataset, sampler=sampler, seed=process_seed(sampler.seed)
-        )
+        elif args["sampler"] is not None:  # not an IterableDataset
+            seed = run_seed(cfg.SEED)
+            sampler = args["sampler"] = ResumableTrainingSampler(len(args["dataset"]), seed=seed)
+            # the loader's own generator: starting it draws nothing from the global one
+            args["seed"] = process_seed(seed)
+        loader = build_detection_train_loader(**args)
+        loader.resumable_sampler = sampler
+        return loader
 
     @classmethod
     def build_test_loader(cls, cfg, dataset_name):
         """Detectron2's test loader with :class:`CheckedDatasetMapper`."""
-        return build_detection_test_loader(
-            cfg, dataset_name, mapper=CheckedDatasetMapper(cfg, is_train=False)
-        )
+        mapper = CheckedDatasetMapper(cfg, is_train=False)
+        return build_detection_test_loader(cfg, dataset_name, mapper=mapper)
+
+    @classmethod
+    def build_evaluator(cls, cfg, dataset_name, output_folder=None):
+        """A :class:`COCOEvaluator` writing to ``output_folder`` (``OUTPUT_DIR/inference``)."""
+        output_folder = output_folder or os.path.join(cfg.OUTPUT_DIR, "inference")
+        return COCOEvaluator(dataset_name, output_dir=output_folder)
 
     def build_hooks(self):
-        """Detectron2's default hooks, preceded by the :class:`IterationSeeder`, with our
-        :class:`~sa_ejhead.engine.train_loop.EvalHook` (no evaluation after a failed training)."""
+        """Detectron2's default hooks, after the :class:`IterationSeeder`, with our ``EvalHook`` and
+        an atomic checkpointer (replaced here, before the hooks take it)."""
+        c = self.checkpointer
+        self.checkpointer = AtomicDetectionCheckpointer(c.model, c.save_dir, **c.checkpointables)
+        sampler = getattr(self._trainer.data_loader, "resumable_sampler", None)
         per_iter = self.cfg.SOLVER.IMS_PER_BATCH // comm.get_world_size()
-        ret = [IterationSeeder(self.seed, self.train_sampler, per_iter)]
+        ret = [IterationSeeder(self.cfg.SEED, sampler, per_iter)]
         for hook in super().build_hooks():
             if isinstance(hook, hooks.EvalHook):
                 hook = EvalHook(self.cfg.TEST.EVAL_PERIOD, self._test_and_save_results)
             ret.append(hook)
         return ret
 
-    def _test_and_save_results(self):
-        # what DefaultTrainer.build_hooks evaluates (Detectron2 0.7.2)
+    def _test_and_save_results(self):  # what DefaultTrainer's EvalHook runs (Detectron2 0.7.2)
         self._last_eval_results = self.test(self.cfg, self.model)
         return self._last_eval_results
-
-    @classmethod
-    def build_evaluator(cls, cfg, dataset_name, output_folder=None):
-        """A :class:`COCOEvaluator` writing to ``output_folder`` (``OUTPUT_DIR/inference``)."""
-        if output_folder is None:
-            output_folder = os.path.join(cfg.OUTPUT_DIR, "inference")
-        return COCOEvaluator(dataset_name, output_dir=output_folder)
-
-
-def _message(error):
-    return str(error.args[0]) if error.args else str(error)
-
-
-def load_yacs_config(config_file="", opts=None):
-    """``get_cfg()`` + :func:`add_sa_ejhead_config` + a YAML file ('' for none) + ``KEY VALUE``
-    overrides; not frozen. A missing file, an unknown key or a value of the wrong type raises a
-    :class:`ConfigError` (a KeyError and a ValueError) naming the file or the command line."""
-    cfg = add_sa_ejhead_config(get_cfg())
-    if config_file:
-        check_config_file(config_file)
-        where = f"in config file {config_file!r} (or one of its _BASE_ files)"
-        try:
-            cfg.merge_from_file(config_file)
-        except KeyError as e:
-            raise ConfigError(
-                f"{_message(e)} {where}; the keys of sa-ejhead come from add_sa_ejhead_config"
-            ) from e
-        except ValueError as e:
-            raise ConfigError(f"{_message(e)} {where}") from e
-    if opts:
-        try:
-            cfg.merge_from_list(list(opts))
-        except (KeyError, AssertionError) as e:
-            # yacs asserts "Non-existent key" and "odd length" for command-line overrides.
-            if "Non-existent" in _message(e):
-                raise ConfigError(f"{_message(e)} in the command-line overrides") from e
-            raise ConfigError(f"{_message(e)} in the command-line overrides {opts}") from e
-        except ValueError as e:
-            raise ConfigError(f"{_message(e)} in the command-line overrides") from e
-    return cfg
 
 
 def setup_yacs_config(args):

@@ -7,5 +7,3 @@ from .fast_coco import (  # noqa: F401
     evaluate_coco_results,
     get_cocoeval_class,
 )
-from .synthetic import make_synthetic_coco  # noqa: F401
-from .timing import time_coco_eval  # noqa: F401

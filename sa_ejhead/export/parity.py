@@ -12,9 +12,9 @@ __all__ = [
     "BOX_ATOL",
     "SCORE_ATOL",
     "MASK_IOU_MIN",
+    "check_parity",
     "compare_instances",
     "summarize_parity",
-    "condition_random_heads",
 ]
 
 # Tolerances of the exported models against eager (float32 throughout; onnxruntime's convolution
@@ -29,25 +29,18 @@ def _mask_iou(a: torch.Tensor, b: torch.Tensor) -> float:
     return 1.0 if union == 0 else (a & b).sum().item() / union
 
 
-def compare_instances(
-    expected,
-    actual,
-    *,
-    box_atol: float = BOX_ATOL,
-    score_atol: float = SCORE_ATOL,
-    mask_iou_min: float = MASK_IOU_MIN,
-) -> Dict:
+def compare_instances(expected, actual) -> Dict:
     """Match the instances of two predictions of one image (e.g. eager, after
     ``detector_postprocess``, and exported) and measure their differences.
 
-    Pairs: same class, score within ``score_atol``, every box coordinate within ``box_atol``
-    pixels; the closest (largest coordinate difference) first, greedily.
+    Pairs: same class, score within :data:`SCORE_ATOL`, every box coordinate within
+    :data:`BOX_ATOL` pixels; the closest (largest coordinate difference) first, greedily.
 
     Returns:
         dict: ``expected``, ``actual`` and ``matched`` counts; ``box_max_abs``,
         ``score_max_abs`` and ``mask_iou_min`` over the matched pairs (None without pairs or
         masks); ``ok``: every instance matched on both sides and every mask IoU at least
-        ``mask_iou_min``.
+        :data:`MASK_IOU_MIN`.
     """
     n_exp, n_act = len(expected), len(actual)
     boxes_e = expected.pred_boxes.tensor.float()
@@ -55,21 +48,17 @@ def compare_instances(
     box_diff = (boxes_e[:, None, :] - boxes_a[None, :, :]).abs().amax(dim=2)  # E x A
     score_diff = (expected.scores[:, None] - actual.scores[None, :]).abs()
     same_class = expected.pred_classes[:, None] == actual.pred_classes[None, :]
-    candidate = same_class & (score_diff <= score_atol) & (box_diff <= box_atol)
+    candidate = same_class & (score_diff <= SCORE_ATOL) & (box_diff <= BOX_ATOL)
     cost = torch.where(candidate, box_diff, torch.full_like(box_diff, float("inf")))
-    pairs = []
-    taken = torch.zeros(n_act, dtype=torch.bool)
-    # greedy on the globally smallest difference first
-    order = torch.argsort(cost.flatten()) if cost.numel() else torch.zeros(0, dtype=torch.long)
-    matched_e = torch.zeros(n_exp, dtype=torch.bool)
-    for flat in order.tolist():
+    pairs, matched_e, matched_a = [], set(), set()
+    for flat in torch.argsort(cost.flatten()).tolist():
         i, j = divmod(flat, n_act)
         if not torch.isfinite(cost[i, j]):
             break
-        if matched_e[i] or taken[j]:
-            continue
-        matched_e[i], taken[j] = True, True
-        pairs.append((i, j))
+        if i not in matched_e and j not in matched_a:
+            matched_e.add(i)
+            matched_a.add(j)
+            pairs.append((i, j))
     result = {
         "expected": n_exp,
         "actual": n_act,
@@ -79,17 +68,15 @@ def compare_instances(
         "mask_iou_min": None,
     }
     if pairs:
-        ei = torch.tensor([p[0] for p in pairs])
-        ai = torch.tensor([p[1] for p in pairs])
+        ei, ai = torch.tensor(pairs).T
         result["box_max_abs"] = float(box_diff[ei, ai].max())
         result["score_max_abs"] = float(score_diff[ei, ai].max())
         if expected.has("pred_masks") and actual.has("pred_masks"):
-            ious = [
+            result["mask_iou_min"] = min(
                 _mask_iou(expected.pred_masks[i].bool(), actual.pred_masks[j].bool())
                 for i, j in pairs
-            ]
-            result["mask_iou_min"] = min(ious)
-    masks_ok = result["mask_iou_min"] is None or result["mask_iou_min"] >= mask_iou_min
+            )
+    masks_ok = result["mask_iou_min"] is None or result["mask_iou_min"] >= MASK_IOU_MIN
     result["ok"] = len(pairs) == n_exp == n_act and masks_ok
     return result
 
@@ -115,68 +102,20 @@ def summarize_parity(results: Iterable[Dict]) -> Dict:
     }
 
 
-def _predictor_layers(model) -> List[List[torch.nn.Module]]:
-    """The output layers of a GeneralizedRCNN, in the order in which they are conditioned (each
-    group's inputs depend on the previous groups' outputs)."""
-    rpn_head = model.proposal_generator.rpn_head
-    groups = [[rpn_head.objectness_logits, rpn_head.anchor_deltas]]
-    predictors = model.roi_heads.box_predictor
-    if not isinstance(predictors, torch.nn.ModuleList):
-        predictors = [predictors]
-    for predictor in predictors:
-        groups.append([predictor.cls_score, predictor.bbox_pred])
-    if getattr(model.roi_heads, "mask_on", False):
-        groups.append([model.roi_heads.mask_head.predictor])
-    return groups
+def check_parity(model, exported: Dict, inputs: List[Dict]) -> Dict:
+    """Compare the predictions of exported models (runtime name -> :class:`ExportedModel`) with
+    the eager model's on Detectron2 ``inputs``, image by image (:func:`compare_instances`).
 
-
-# Output spread (standard deviation) given to each randomly initialised output layer.
-_TARGET_STD = {
-    "objectness_logits": 2.0,  # RPN: proposals ranked by a spread-out objectness
-    "anchor_deltas": 0.1,  # RPN: proposals near their anchors, not collapsed onto the border
-    "cls_score": 2.0,  # box head: scores between 0 and 1, few ties
-    "bbox_pred": 0.1,  # box head: small refinements (deltas are weighted by 10, 10, 5, 5)
-    "predictor": 3.0,  # mask head: probabilities with structure, not all 0 or 1
-}
-
-
-@torch.no_grad()
-def condition_random_heads(model, images: Iterable[torch.Tensor]):
-    """Rescale the output layers of a randomly initialised R-CNN (in eval mode; changed in place
-    and returned) so that its predictions look like a trained model's, for parity checks and
-    latency measurements without trained weights: without it, scores saturate at 0 or 1 and ties
-    decide which boxes survive NMS and the top-k.
-
-    Each output layer (RPN objectness and deltas, box classifier and regressor of every stage,
-    mask predictor) is scaled, weight and bias, so that its output's standard deviation on
-    ``images`` (3 x H x W, model input format) is a fixed target; the layers are done in the
-    order of inference, each after a forward with the previous ones scaled.
+    Returns:
+        dict: runtime -> ``{"images": [per-image results], "summary": summarize_parity(...)}``.
     """
-    images = list(images)
-    inputs = [{"image": image} for image in images]
-    for group in _predictor_layers(model):
-        outputs = {layer: [] for layer in group}
-        hooks = [
-            # output channels first: C x (everything else)
-            layer.register_forward_hook(
-                lambda m, i, o: outputs[m].append(o.detach().transpose(0, 1).flatten(1))
-            )
-            for layer in group
+    with torch.no_grad():
+        expected = [model([x])[0]["instances"] for x in inputs]
+    report = {}
+    for runtime, exported_model in exported.items():
+        per_image = [
+            compare_instances(e, exported_model([x])[0]["instances"])
+            for e, x in zip(expected, inputs)
         ]
-        try:
-            model.inference(inputs, do_postprocess=False)
-        finally:
-            for hook in hooks:
-                hook.remove()
-        for layer, values in outputs.items():
-            values = torch.cat(values, dim=1) if values else torch.zeros(0, 0)
-            std = float(values.std()) if values.numel() > 1 else 0.0
-            name = [n for n, m in model.named_modules() if m is layer][0].rsplit(".", 1)[-1]
-            if std > 0:
-                scale = _TARGET_STD[name] / std
-                layer.weight.mul_(scale)
-                if layer.bias is not None:
-                    layer.bias.mul_(scale)
-                    if name == "predictor":  # each class's mask logits centred on 0
-                        layer.bias.sub_(values.mean(dim=1) * scale)
-    return model
+        report[runtime] = {"images": per_image, "summary": summarize_parity(per_image)}
+    return report

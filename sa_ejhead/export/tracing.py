@@ -1,33 +1,20 @@
-"""Export a Detectron2 R-CNN (SA-FPN + EJ-Head or any ``GeneralizedRCNN``) by tracing.
-
+"""Export a Detectron2 R-CNN (SA-FPN + EJ-Head or any ``GeneralizedRCNN``) by tracing
 Detectron2's :class:`~detectron2.export.TracingAdapter` around
-``model.inference(..., do_postprocess=False)`` is traced once, on a sample image, into TorchScript
-(``torch.jit.trace``) or ONNX (``torch.onnx.export``, TorchScript-based exporter). The graph's
-inputs and outputs (dynamic H, W and N), and what stays out of it (the mask paste and the rescale
-to the original image, :mod:`sa_ejhead.export.runtime`): docs/deploy.md and the metadata file.
-EJ-Head's :class:`~sa_ejhead.modeling.ThreadedROIAlign` takes the plain RoIAlign path while
-tracing, so the graph holds one RoIAlign per pyramid level.
+``model.inference(..., do_postprocess=False)`` once, on a sample image, into TorchScript or ONNX.
+The graph's inputs, outputs and ops, and what stays out of it: docs/deploy.md and the metadata.
 """
 
+import importlib
 import json
 import logging
 import os
 import platform
 import warnings
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, Optional, Tuple
 
 import torch
 
-__all__ = [
-    "DEFAULT_OPSET",
-    "MIN_OPSET",
-    "EXPORT_FORMATS",
-    "export_model",
-    "exported_path",
-    "metadata_path",
-    "traceable_inference",
-    "library_versions",
-]
+__all__ = ["DEFAULT_OPSET", "MIN_OPSET", "export_model", "metadata_path"]
 
 logger = logging.getLogger(__name__)
 
@@ -35,7 +22,7 @@ logger = logging.getLogger(__name__)
 # Detectron2's STABLE_ONNX_OPSET_VERSION (11) would silently drop the half-pixel shift.
 MIN_OPSET = 16
 DEFAULT_OPSET = 17
-EXPORT_FORMATS = {"torchscript": "ts", "onnx": "onnx"}
+_SUFFIXES = {"torchscript": "ts", "onnx": "onnx"}
 
 # The meaning of each output of the exported graph (written into the metadata file).
 _OUTPUT_DOCS = {
@@ -52,19 +39,10 @@ _OUTPUT_DOCS = {
 }
 
 
-def traceable_inference(model, image: torch.Tensor):
-    """The function that is traced: one 3 x H x W image in, the detector's instances at the
-    input size out (``do_postprocess=False``: ``pred_masks`` as M x M probabilities)."""
+def _inference(model, image: torch.Tensor):
+    """The traced function: one 3 x H x W image in, the detector's Instances at the input size
+    out (``pred_masks`` as M x M probabilities)."""
     return model.inference([{"image": image}], do_postprocess=False)[0]
-
-
-def exported_path(output_dir: str, format: str, name: str = "model") -> str:
-    """Where :func:`export_model` writes the model of ``format`` ("torchscript" or "onnx")."""
-    if format not in EXPORT_FORMATS:
-        raise ValueError(
-            f"Unknown export format {format!r}; expected one of {list(EXPORT_FORMATS)}"
-        )
-    return os.path.join(output_dir, f"{name}.{EXPORT_FORMATS[format]}")
 
 
 def metadata_path(model_path: str) -> str:
@@ -72,23 +50,11 @@ def metadata_path(model_path: str) -> str:
     return model_path + ".json"
 
 
-def library_versions() -> Dict[str, str]:
-    """Versions of the libraries an exported model depends on (those installed)."""
-    import detectron2
-    import torchvision
-
-    import sa_ejhead
-
-    versions = {
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "torchvision": torchvision.__version__,
-        "detectron2": detectron2.__version__,
-        "sa_ejhead": sa_ejhead.__version__,
-    }
-    for name in ("onnx", "onnxruntime"):
+def _library_versions() -> Dict[str, str]:
+    versions = {"python": platform.python_version()}
+    for name in ("torch", "torchvision", "detectron2", "sa_ejhead", "onnx", "onnxruntime"):
         try:
-            versions[name] = __import__(name).__version__
+            versions[name] = importlib.import_module(name).__version__
         except ImportError:
             pass
     return versions
@@ -106,20 +72,9 @@ def _check_model(model):
         raise ValueError("Put the model in eval mode (model.eval()) before exporting it")
 
 
-def _output_names(adapter) -> List[str]:
-    from detectron2.export.flatten import InstancesSchema
-
-    schema = adapter.outputs_schema
-    if not isinstance(schema, InstancesSchema):
-        raise TypeError(f"Expected the traced function to return Instances, got schema {schema}")
-    # InstancesSchema flattens the fields in sorted order, one tensor each, then the image size
-    return list(schema.keys) + ["image_size"]
-
-
 def _test_postprocess_settings(model) -> Dict:
     """The constants that tracing bakes into the graph (they cannot change after export)."""
-    heads = model.roi_heads
-    predictor = heads.box_predictor
+    predictor = model.roi_heads.box_predictor
     if isinstance(predictor, torch.nn.ModuleList):  # cascade: the last stage's settings
         predictor = predictor[-1]
     rpn = model.proposal_generator
@@ -138,21 +93,18 @@ def _export_onnx(adapter, image, path, names, opset):
     import onnx
 
     dynamic_axes = {"image": {1: "height", 2: "width"}}
-    for name in names:
-        if name != "image_size":
-            dynamic_axes[name] = {0: "num_instances"}
-    with torch.no_grad():
-        torch.onnx.export(
-            adapter,
-            (image,),
-            path,
-            dynamo=False,  # the TorchScript-based exporter: TracingAdapter, torchvision symbolics
-            opset_version=opset,
-            input_names=["image"],
-            output_names=names,
-            dynamic_axes=dynamic_axes,
-            do_constant_folding=True,
-        )
+    dynamic_axes.update({name: {0: "num_instances"} for name in names if name != "image_size"})
+    torch.onnx.export(
+        adapter,
+        (image,),
+        path,
+        dynamo=False,  # the TorchScript-based exporter: TracingAdapter, torchvision symbolics
+        opset_version=opset,
+        input_names=["image"],
+        output_names=names,
+        dynamic_axes=dynamic_axes,
+        do_constant_folding=True,
+    )
     onnx.checker.check_model(path)
 
 
@@ -164,7 +116,6 @@ def export_model(
     *,
     opset: int = DEFAULT_OPSET,
     resize: Optional[Dict] = None,
-    name: str = "model",
     extra_metadata: Optional[Dict] = None,
 ) -> Tuple[str, Dict]:
     """Trace ``model`` on ``image`` and write the exported model and its metadata file.
@@ -174,7 +125,7 @@ def export_model(
         image (Tensor): 3 x H x W sample image in the model's input format, resized as the
             model's test-time resize does (the graph is dynamic in H and W, but the trace runs
             this image once: use a realistic one).
-        format (str): "torchscript" (``<name>.ts``) or "onnx" (``<name>.onnx``).
+        format (str): "torchscript" (``model.ts``) or "onnx" (``model.onnx``).
         opset (int): ONNX opset, at least :data:`MIN_OPSET`.
         resize (dict or None): the test-time resize the caller must apply before the model;
             recorded in the metadata.
@@ -193,22 +144,22 @@ def export_model(
         )
     if image.dim() != 3 or image.shape[0] != 3:
         raise ValueError(f"Expected a 3 x H x W image, got shape {tuple(image.shape)}")
+    if format not in _SUFFIXES:
+        raise ValueError(f"Unknown export format {format!r}; expected one of {list(_SUFFIXES)}")
     image = image.float().cpu()
     os.makedirs(output_dir, exist_ok=True)
-    path = exported_path(output_dir, format, name)
+    path = os.path.join(output_dir, f"model.{_SUFFIXES[format]}")
 
-    adapter = TracingAdapter(model, image, traceable_inference).eval()
-    with warnings.catch_warnings():
-        # TracerWarnings: Python ints and asserts that tracing records as constants; the
-        # shape-dependent ones (image size, number of RoIs) are handled by Detectron2's
-        # tracing-aware code paths, checked by tests/test_deploy.py on other sizes.
+    adapter = TracingAdapter(model, image, _inference).eval()
+    with warnings.catch_warnings(), torch.no_grad():
+        # TracerWarnings on Python values recorded as constants; the shape-dependent ones take
+        # Detectron2's tracing-aware paths (tests/test_deploy.py runs other sizes).
         warnings.simplefilter("ignore")
-        with torch.no_grad():
-            sample_outputs = adapter(image)  # also fills adapter.outputs_schema
-        names = _output_names(adapter)
+        sample_outputs = adapter(image)  # also fills adapter.outputs_schema
+        # Instances flatten to their fields in sorted order, then the image size
+        names = list(adapter.outputs_schema.keys) + ["image_size"]
         if format == "torchscript":
-            with torch.no_grad():
-                torch.jit.save(torch.jit.trace(adapter, (image,), check_trace=False), path)
+            torch.jit.save(torch.jit.trace(adapter, (image,), check_trace=False), path)
         else:
             _export_onnx(adapter, image, path, names, opset)
 
@@ -247,9 +198,9 @@ def export_model(
             "model was trained at those sizes) and rescales the outputs to the original image",
         },
         "postprocess": _test_postprocess_settings(model),
-        "mask_paste": "not in the graph: sa_ejhead.export.runtime.ExportedModel (Detectron2's "
-        "detector_postprocess) or sa_ejhead.export.runtime.postprocess_numpy",
-        "versions": library_versions(),
+        "mask_paste": "not in the graph: sa_ejhead.export.ExportedModel (Detectron2's "
+        "detector_postprocess)",
+        "versions": _library_versions(),
     }
     if "pred_masks" in names:
         metadata["mask_resolution"] = int(sample_outputs[names.index("pred_masks")].shape[-1])

@@ -1,113 +1,35 @@
 """EJ-Head: Mask R-CNN ROI heads with Enriched Feature, shared Boundary Refinement and Interleaving.
 
-See docs/design.md, EJ-Head. Both classes only override Detectron2's narrow hooks (box/mask forward,
-the cascade stage, the box-head builder); the training ``forward`` is overridden only when
+See docs/design.md, EJ-Head. The heads install a :class:`RefinedROIPooler` (pooling, then the
+shared refinement) as their box and mask poolers, so Detectron2's box, mask and cascade-stage
+code runs unchanged on refined RoIs. The training ``forward`` is overridden only when
 interleaving is on, because the re-matching needs all the ground truth of each image, which
 ``StandardROIHeads.forward`` does not hand to the mask branch.
 """
 
-import logging
 import math
-from typing import Dict, Iterator, List, Optional, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import torch
 from torch import nn
-from torch.nn import functional as F
-from torch.utils.checkpoint import checkpoint
 
 from detectron2.config import configurable
-from detectron2.layers import ROIAlign, cat
+from detectron2.layers import cat
 from detectron2.modeling.matcher import Matcher
-from detectron2.modeling.poolers import ROIPooler
-from detectron2.modeling.roi_heads import (
-    ROI_HEADS_REGISTRY,
-    CascadeROIHeads,
-    StandardROIHeads,
-    select_foreground_proposals,
-)
-from detectron2.modeling.roi_heads.cascade_rcnn import _ScaleGradient
+from detectron2.modeling.roi_heads import ROI_HEADS_REGISTRY, CascadeROIHeads, StandardROIHeads
 from detectron2.structures import Boxes, Instances, pairwise_iou
 from detectron2.utils.events import get_event_storage
 
-from .poolers import ThreadedROIAlign, _is_tracing, use_threaded_roi_align
+from .poolers import RefinedROIPooler, check_count, use_threaded_roi_align
 from .refinement import build_refinement
 
-__all__ = ["EJROIHeads", "EJCascadeROIHeads", "REFINEMENT_SCOPES", "direct_box_pooler"]
-
-logger = logging.getLogger(__name__)
+__all__ = ["EJROIHeads", "EJCascadeROIHeads", "REFINEMENT_SCOPES"]
 
 REFINEMENT_SCOPES = ("shared", "box")
 
 # The objectness logit Detectron2's add_ground_truth_to_proposals gives the GT boxes it appends
 # (P(object) = 1 - 1e-10); together with exact box equality it marks an appended GT proposal.
 _GT_PROPOSAL_LOGIT = math.log((1.0 - 1e-10) / (1 - (1.0 - 1e-10)))
-
-
-def _box_pooler_at(cfg, input_shape, resolution: int) -> ROIPooler:
-    in_features = cfg.MODEL.ROI_HEADS.IN_FEATURES
-    return ROIPooler(
-        output_size=resolution,
-        scales=tuple(1.0 / input_shape[k].stride for k in in_features),
-        sampling_ratio=cfg.MODEL.ROI_BOX_HEAD.POOLER_SAMPLING_RATIO,
-        pooler_type=cfg.MODEL.ROI_BOX_HEAD.POOLER_TYPE,
-    )
-
-
-def direct_box_pooler(pooler: ROIPooler, factor: int) -> Optional[ROIPooler]:
-    """
-    The pooler whose output equals ``avg_pool2d(pooler(x, boxes), factor)``, computed without the
-    full-resolution RoIs, or None where there is no such pooler (docs/design.md, "Exact
-    downsampled box pooling").
-
-    With a fixed sampling ratio ``s > 0``, an ``S x S`` RoIAlign followed by a ``factor x factor``
-    average pool is an ``(S / factor) x (S / factor)`` RoIAlign with sampling ratio
-    ``factor * s``: both average the same ``(factor * s)^2`` bilinear samples per output cell
-    (the sample points of a coarse bin are exactly those of its ``factor x factor`` fine bins);
-    only the float summation order differs. The adaptive ratio (``s = 0``) depends on the bin
-    size, so it has no such equivalent.
-
-    Args:
-        pooler (ROIPooler): the full-resolution pooler (e.g. the Enriched Feature's 14x14).
-        factor (int): the average-pool factor (``box_refinement_downsample``).
-
-    Returns:
-        ROIPooler or None: a pooler with the same scales, level assignment (canonical box size
-        and level), ``aligned`` flag and RoIAlign class (a :class:`ThreadedROIAlign` keeps its
-        ``min_rois_per_thread`` and ``threaded_inference``), at ``output_size // factor`` and
-        sampling ratio ``factor * s``; None when ``factor == 1``, the ratio is adaptive (0),
-        the levels are not RoIAlign (RoIPool, rotated RoIAlign), ``output_size`` is not
-        divisible by ``factor``, or ``pooler`` overrides :meth:`ROIPooler.forward`.
-    """
-    levels = list(pooler.level_poolers)
-    if (
-        factor <= 1
-        or type(pooler).forward is not ROIPooler.forward
-        or not levels
-        or any(type(level) not in (ROIAlign, ThreadedROIAlign) for level in levels)
-        or any(size % factor for size in pooler.output_size)
-    ):
-        return None
-    ratios = {int(level.sampling_ratio) for level in levels}
-    aligned = {bool(level.aligned) for level in levels}
-    if len(ratios) != 1 or len(aligned) != 1:
-        return None
-    (ratio,), (is_aligned,) = ratios, aligned
-    if ratio <= 0:  # adaptive: the number of samples depends on the bin size
-        return None
-    direct = ROIPooler(
-        output_size=tuple(size // factor for size in pooler.output_size),
-        scales=tuple(level.spatial_scale for level in levels),
-        sampling_ratio=factor * ratio,
-        pooler_type="ROIAlignV2" if is_aligned else "ROIAlign",
-        canonical_box_size=pooler.canonical_box_size,
-        canonical_level=pooler.canonical_level,
-    )
-    threaded = [level for level in levels if isinstance(level, ThreadedROIAlign)]
-    if threaded:
-        use_threaded_roi_align(
-            direct, threaded[0].min_rois_per_thread, threaded[0].threaded_inference
-        )
-    return direct
 
 
 class _EJHeadMixin:
@@ -124,7 +46,7 @@ class _EJHeadMixin:
         interleave_append_gt: bool = True,
         interleave_iou_threshold: float = 0.5,
         interleave_max_positives: int = 128,
-        threaded_pooling: bool = True,
+        threaded_pooling: bool = False,
         threaded_inference_pooling: bool = True,
         box_inference_chunk: int = 256,
         checkpoint_refinement: bool = False,
@@ -137,40 +59,30 @@ class _EJHeadMixin:
                 same shape), e.g. :class:`BoundaryRefinement`; None for no refinement.
             refinement_scope (str): "shared" (box and mask RoIs, one set of parameters) or
                 "box" (box RoIs only).
-            box_refinement_downsample (int): efficiency lever; 1 (faithful) refines the box RoIs
-                at the pooler's resolution, k > 1 average-pools them by k first (14x14 -> 7x7 for
-                k=2; the box head then takes the smaller input). Mask RoIs are never downsampled.
-                With a fixed sampling ratio s > 0 of the box pooler, the pooled-then-averaged
-                RoIs are computed exactly by one RoIAlign at (resolution / k) with ratio k * s
-                (``box_direct_pooler``, :func:`direct_box_pooler`): the full-resolution RoIs are
-                never built. With the adaptive ratio (s = 0, Detectron2's default) the box
-                pooler runs at full resolution and the RoIs are average-pooled, as before.
+            box_refinement_downsample (int): 1 (faithful) refines the box RoIs at the box
+                pooler's resolution; k > 1 average-pools them by k first (14x14 -> 7x7 for k=2;
+                the box head then takes the smaller input). Mask RoIs are never downsampled.
+                With a fixed sampling ratio s of the box pooler this equals a box pooler at the
+                resolution / k with ratio k * s (docs/design.md, "Costs and the
+                efficient setting"), which configs state directly (the efficient model); this lever is
+                for the adaptive ratio (s = 0), which has no such equivalent.
             interleave (bool): train the mask branch on the regressed boxes.
             interleave_append_gt (bool): re-append the GT boxes to the interleaved positives.
             interleave_iou_threshold (float): IoU for a regressed box to be a positive.
             interleave_max_positives (int): at most this many mask positives per image.
-            threaded_pooling (bool): on the CPU, split the RoIAlign of the box/mask poolers,
-                and its backward in training, over the torch threads (:class:`ThreadedROIAlign`;
-                the same output and gradient).
+            threaded_pooling (bool): speed only: on the CPU, split the RoIAlign of the box/mask
+                poolers, and its backward in training, over the torch threads
+                (:class:`ThreadedROIAlign`; the same output and gradient).
             threaded_inference_pooling (bool): with ``threaded_pooling``, False splits only
                 the pooling that autograd records (training) and pools in one call at
                 inference: less peak memory, more latency (``ThreadedROIAlign``'s
                 ``threaded_inference``).
+            box_inference_chunk (int): memory only: the box poolers' ``inference_chunk``
+                (:class:`RefinedROIPooler`), box RoIs refined at a time at inference.
+            checkpoint_refinement (bool): memory only: the box and mask poolers' ``checkpoint``
+                (:class:`RefinedROIPooler`), activation checkpointing in training.
+            checkpoint_chunk (int): memory only: the poolers' ``checkpoint_chunk``.
             kwargs: the arguments of :class:`StandardROIHeads` (or :class:`CascadeROIHeads`).
-            box_inference_chunk (int): memory only (the same outputs up to float summation
-                order): at inference (no autograd) the pooled box RoIs are refined and run
-                through the box head this many at a time, so the refinement's intermediate
-                tensors exist for one chunk instead of all 1000 RoIs; 0 runs them all at once.
-                Not while tracing.
-            checkpoint_refinement (bool): memory only, in training (same losses and gradients
-                up to float summation order): the RoI pooling and the refinement run under
-                activation checkpointing, so the pooled RoIs and the refinement's inner maps are
-                recomputed in the backward instead of kept from the forward. Costs one more
-                pooling and refinement forward per step.
-            checkpoint_chunk (int): memory only, with ``checkpoint_refinement``: the
-                checkpointed forward (which keeps no graph) pools and refines the box and mask
-                RoIs this many at a time (0: all at once), and so does the backward's
-                recomputation.
         """
         super().__init__(**kwargs)
         # a wrong type fails here, not at the first forward (e.g. refinement="none")
@@ -183,13 +95,6 @@ class _EJHeadMixin:
             raise ValueError(
                 f"Unknown refinement_scope '{refinement_scope}'; expected one of "
                 f"{REFINEMENT_SCOPES}"
-            )
-        if int(box_refinement_downsample) != box_refinement_downsample or (
-            box_refinement_downsample < 1
-        ):
-            raise ValueError(
-                f"box_refinement_downsample must be a positive integer, got "
-                f"{box_refinement_downsample}"
             )
         if interleave and self.train_on_pred_boxes:
             raise ValueError("interleave=True and train_on_pred_boxes=True are exclusive")
@@ -208,38 +113,31 @@ class _EJHeadMixin:
         # RoIs; None when there is no refinement (Table 5's "None").
         self.refinement = refinement
         self.refinement_scope = refinement_scope
-        self.box_refinement_downsample = int(box_refinement_downsample)
         self.interleave = interleave
         self.interleave_append_gt = interleave_append_gt
         self.interleave_max_positives = interleave_max_positives
         self.interleave_matcher = Matcher(
             [interleave_iou_threshold], [0, 1], allow_low_quality_matches=False
         )
-        # Speed only (bit-identical output and gradient): the RoIAlign levels split their work
-        # over the CPU threads (torchvision's CPU kernels use one); see poolers.py.
-        self.threaded_pooling = threaded_pooling
-        self.threaded_inference_pooling = bool(threaded_inference_pooling)
-        if int(box_inference_chunk) != box_inference_chunk or box_inference_chunk < 0:
-            raise ValueError(
-                f"box_inference_chunk must be an integer >= 0, got {box_inference_chunk}"
-            )
-        if int(checkpoint_chunk) != checkpoint_chunk or checkpoint_chunk < 0:
-            raise ValueError(f"checkpoint_chunk must be an integer >= 0, got {checkpoint_chunk}")
-        self.box_inference_chunk = int(box_inference_chunk)
-        self.checkpoint_refinement = bool(checkpoint_refinement)
-        self.checkpoint_chunk = int(checkpoint_chunk)
         if threaded_pooling:
             for name in ("box_pooler", "mask_pooler", "keypoint_pooler"):
                 if getattr(self, name, None) is not None:
                     use_threaded_roi_align(
                         getattr(self, name), threaded_inference=threaded_inference_pooling
                     )
-        # Box RoIs pooled straight to the downsampled size where that is exact (same numbers as
-        # the box pooler + average pool, docs/design.md); None: the box pooler + average pool.
-        self.box_direct_pooler = None
-        box_pooler = getattr(self, "box_pooler", None)
-        if box_pooler is not None and self.box_refinement_downsample > 1:
-            self.box_direct_pooler = direct_box_pooler(box_pooler, self.box_refinement_downsample)
+        check_count("box_refinement_downsample", box_refinement_downsample, 1)
+        check_count("box_inference_chunk", box_inference_chunk, 0)
+        checkpointing = dict(checkpoint=checkpoint_refinement, checkpoint_chunk=checkpoint_chunk)
+        self.box_pooler = RefinedROIPooler(
+            self.box_pooler,
+            refinement,
+            downsample=box_refinement_downsample,
+            inference_chunk=box_inference_chunk,
+            **checkpointing,
+        )
+        if self.mask_on and self.mask_pooler is not None:
+            shared = refinement if refinement_scope == "shared" else None
+            self.mask_pooler = RefinedROIPooler(self.mask_pooler, shared, **checkpointing)
 
     @classmethod
     def from_config(cls, cfg, input_shape):
@@ -249,7 +147,6 @@ class _EJHeadMixin:
         ret.update(
             refinement=build_refinement(cfg, channels),
             refinement_scope=ej.REFINEMENT_SCOPE,
-            box_refinement_downsample=ej.BOX_REFINEMENT_DOWNSAMPLE,
             interleave=ej.INTERLEAVE,
             interleave_append_gt=ej.INTERLEAVE_APPEND_GT,
             interleave_iou_threshold=ej.INTERLEAVE_IOU_THRESHOLD,
@@ -262,82 +159,9 @@ class _EJHeadMixin:
         )
         return ret
 
-    @classmethod
-    def _init_box_head(cls, cfg, input_shape):
-        """Build the box pooler at ``POOLER_RESOLUTION`` and the box head(s) for the (optionally
-        downsampled) refined feature; check that ``BOX_FC_INPUT`` reaches the box head."""
-        ej = cfg.MODEL.EJ_HEAD
-        if ej.BOX_FC_INPUT != "flatten" and cfg.MODEL.ROI_BOX_HEAD.NAME == "FastRCNNConvFCHead":
-            raise ValueError(
-                f"MODEL.EJ_HEAD.BOX_FC_INPUT='{ej.BOX_FC_INPUT}' needs "
-                "MODEL.ROI_BOX_HEAD.NAME='EJFastRCNNConvFCHead'"
-            )
-        factor = ej.BOX_REFINEMENT_DOWNSAMPLE
-        resolution = cfg.MODEL.ROI_BOX_HEAD.POOLER_RESOLUTION
-        if factor == 1:
-            return super()._init_box_head(cfg, input_shape)
-        if resolution % factor:
-            raise ValueError(
-                f"POOLER_RESOLUTION={resolution} is not divisible by "
-                f"BOX_REFINEMENT_DOWNSAMPLE={factor}"
-            )
-        # Build the head(s) for the downsampled feature, then pool at the full resolution.
-        head_cfg = cfg.clone()
-        head_cfg.defrost()
-        head_cfg.MODEL.ROI_BOX_HEAD.POOLER_RESOLUTION = resolution // factor
-        ret = super()._init_box_head(head_cfg, input_shape)
-        ret["box_pooler"] = _box_pooler_at(cfg, input_shape, resolution)
-        return ret
-
     @property
     def _interleave_on(self) -> bool:
         return self.interleave and self.mask_on
-
-    def _pool_box_features(self, features: List[torch.Tensor], boxes: List[Boxes]) -> torch.Tensor:
-        """The box RoIs, R x C x S x S with S = the box pooler's resolution divided by
-        ``box_refinement_downsample`` (14 for the Enriched Feature, 7 when downsampled by 2):
-        ``box_direct_pooler`` when there is one, else the box pooler then the average pool."""
-        if self.box_direct_pooler is not None:
-            return self.box_direct_pooler(features, boxes)
-        x = self.box_pooler(features, boxes)
-        if self.box_refinement_downsample > 1:
-            x = F.avg_pool2d(x, self.box_refinement_downsample)
-        return x
-
-    def _refine_box_features(self, x: torch.Tensor) -> torch.Tensor:
-        # x: R x C x S x S pooled (and downsampled) box RoIs, from _pool_box_features
-        if self.refinement is not None:
-            x = self.refinement(x)
-        return x
-
-    def _refine_mask_features(self, x: torch.Tensor) -> torch.Tensor:
-        # x: R x C x 14 x 14 pooled mask RoIs
-        if self.refinement is not None and self.refinement_scope == "shared":
-            x = self.refinement(x)
-        return x
-
-    def _checkpointing(self, mask: bool = False) -> bool:
-        """Whether the pooling + refinement of the box (or mask) RoIs runs checkpointed now."""
-        refined = self.refinement is not None and (not mask or self.refinement_scope == "shared")
-        return self.checkpoint_refinement and refined and self.training and torch.is_grad_enabled()
-
-    def _pool_and_refine(self, pool, refine, features: List[torch.Tensor], boxes, mask=False):
-        """``refine(pool(features, boxes))``. Checkpointed (:meth:`_checkpointing`), the forward
-        (which keeps no graph) runs ``checkpoint_chunk`` RoIs at a time, so that the pooled
-        RoIs and the inner maps exist for one chunk only."""
-        on = self._checkpointing(mask)
-        chunk = self.checkpoint_chunk if on else 0
-
-        def run(fs):
-            return _in_chunks(lambda part: refine(pool(fs, part)), boxes, chunk)
-
-        return _maybe_checkpointed(run, features, on)
-
-    def _pooled_refined_box_features(self, features: List[torch.Tensor], boxes: List[Boxes]):
-        """The refined box RoIs: :meth:`_pool_box_features` then the refinement."""
-        return self._pool_and_refine(
-            self._pool_box_features, self._refine_box_features, features, boxes
-        )
 
     def forward(self, images, features, proposals, targets=None):
         """
@@ -351,38 +175,10 @@ class _EJHeadMixin:
         proposals = self.label_and_sample_proposals(proposals, targets)
         losses, boxes, from_gt = self._forward_box_interleaved(features, proposals, targets)
         mask_instances = self._interleave_instances(boxes, from_gt, targets)
+        # the mask head trains on foreground instances: every interleaved one is
         losses.update(self._forward_mask(features, mask_instances))
         losses.update(self._forward_keypoint(features, proposals))
         return proposals, losses
-
-    def _forward_mask(self, features: Dict[str, torch.Tensor], instances: List[Instances]):
-        """
-        Like :meth:`StandardROIHeads._forward_mask`, with the shared refinement applied to the
-        pooled mask RoIs (scope "shared").
-
-        Args:
-            features (dict[str, Tensor]): the FPN features.
-            instances (list[Instances]): in training, the proposals or the interleaved
-                instances (fields ``proposal_boxes``, ``gt_classes``, ``gt_masks``); in
-                inference, the post-NMS detections.
-
-        Returns:
-            In training, a dict of losses; in inference, ``instances`` with ``pred_masks``.
-        """
-        if not self.mask_on:
-            return {} if self.training else instances
-        if self.mask_pooler is None:
-            return super()._forward_mask(features, instances)
-        if self.training:
-            # the mask head trains on positives only (interleaved instances are all positive)
-            instances, _ = select_foreground_proposals(instances, self.num_classes)
-        boxes = [x.proposal_boxes if self.training else x.pred_boxes for x in instances]
-
-        features = [features[f] for f in self.mask_in_features]
-        mask_features = self._pool_and_refine(
-            self.mask_pooler, self._refine_mask_features, features, boxes, mask=True
-        )
-        return self.mask_head(mask_features, instances)
 
     @torch.no_grad()
     def _regress_for_gt_classes(
@@ -503,13 +299,11 @@ class EJROIHeads(_EJHeadMixin, StandardROIHeads):
     switches (docs/design.md, EJ-Head):
 
     1. Enriched Feature: the ``box_pooler`` at 14x14 (its ``output_size``), with a box head for
-       14x14 inputs (:class:`EJFastRCNNConvFCHead`, ``box_fc_input``); with
-       ``box_refinement_downsample=k`` the box RoIs are average-pooled by k, or, where the box
-       pooler has a fixed sampling ratio s > 0, pooled directly at 14/k with ratio k * s, which
-       gives the same numbers (``box_direct_pooler``);
+       14x14 inputs (:class:`EJFastRCNNConvFCHead`);
     2. Boundary Refinement: ``refinement`` (a :class:`BoundaryRefinement` or None) right after the
        RoIAlign, shared by the box and the mask RoIs (``refinement_scope="shared"``) or applied
-       to the box RoIs only (``"box"``);
+       to the box RoIs only (``"box"``): the :class:`RefinedROIPooler` installed as the box
+       and mask poolers;
     3. Interleaving (``interleave``, training only): the mask branch trains on the box branch's
        regressed boxes re-matched to the GT.
 
@@ -518,47 +312,6 @@ class EJROIHeads(_EJHeadMixin, StandardROIHeads):
     the post-NMS boxes (refined by the shared refinement). Arguments: those of
     ``_EJHeadMixin.__init__``, and of :class:`StandardROIHeads` for the rest.
     """
-
-    def _box_predictions(self, features: Dict[str, torch.Tensor], proposals: List[Instances]):
-        features = [features[f] for f in self.box_in_features]
-        boxes = [x.proposal_boxes for x in proposals]
-        chunk = self.box_inference_chunk
-        if (
-            chunk > 0
-            and sum(len(b) for b in boxes) > chunk
-            and not self.training
-            and not torch.is_grad_enabled()
-            and not _is_tracing()
-        ):
-            # per-RoI operations: the same numbers, the refinement's tensors for one chunk only.
-            # The pooling goes at once: pooling in chunks too lowers the live peak further but
-            # raised the peak RSS (glibc keeps more of the freed chunks; docs/design.md)
-            box_features = self._pool_box_features(features, boxes)
-            heads = [
-                self.box_head(self._refine_box_features(part)) for part in box_features.split(chunk)
-            ]
-            return self.box_predictor(torch.cat(heads))
-        box_features = self._pooled_refined_box_features(features, boxes)  # R x C x S x S
-        return self.box_predictor(self.box_head(box_features))
-
-    def _forward_box(self, features: Dict[str, torch.Tensor], proposals: List[Instances]):
-        """
-        Like :meth:`StandardROIHeads._forward_box`, with the refinement on the pooled RoIs.
-
-        Returns:
-            In training, a dict of losses; in inference, the predicted instances.
-        """
-        predictions = self._box_predictions(features, proposals)
-        if not self.training:
-            pred_instances, _ = self.box_predictor.inference(predictions, proposals)
-            return pred_instances
-        losses = self.box_predictor.losses(predictions, proposals)
-        if self.train_on_pred_boxes:
-            with torch.no_grad():
-                pred_boxes = self.box_predictor.predict_boxes_for_gt_classes(predictions, proposals)
-                for proposals_per_image, pred_boxes_per_image in zip(proposals, pred_boxes):
-                    proposals_per_image.proposal_boxes = Boxes(pred_boxes_per_image)
-        return losses
 
     def _forward_box_interleaved(self, features, proposals, targets):
         """
@@ -569,7 +322,9 @@ class EJROIHeads(_EJHeadMixin, StandardROIHeads):
             list[Tensor]: per image, the regressed (detached) boxes of the sampled proposals.
             list[Tensor]: per image, bools marking the appended GT proposals.
         """
-        predictions = self._box_predictions(features, proposals)
+        features = [features[f] for f in self.box_in_features]
+        box_features = self.box_pooler(features, [x.proposal_boxes for x in proposals])
+        predictions = self.box_predictor(self.box_head(box_features))
         losses = self.box_predictor.losses(predictions, proposals)
         boxes = self._regress_for_gt_classes(self.box_predictor, predictions, proposals)
         from_gt = [self._appended_gt_flags(p, t) for p, t in zip(proposals, targets)]
@@ -580,23 +335,13 @@ class EJROIHeads(_EJHeadMixin, StandardROIHeads):
 class EJCascadeROIHeads(_EJHeadMixin, CascadeROIHeads):
     """
     EJ-Head on Cascade R-CNN: every stage pools 14x14 and refines with the (one, shared)
-    refinement; with interleaving the mask branch trains on the last stage's regressed boxes,
+    refinement, through the same :class:`RefinedROIPooler` as :class:`EJROIHeads` (so it sees
+    the average of the stage losses, as the features do, while each stage's head sees its own
+    loss); with interleaving the mask branch trains on the last stage's regressed boxes,
     re-matched to the GT at ``interleave_iou_threshold``.
 
     Arguments: those of :class:`EJROIHeads`, and of :class:`CascadeROIHeads` for the rest.
     """
-
-    def _run_stage(self, features: List[torch.Tensor], proposals: List[Instances], stage: int):
-        """Like :meth:`CascadeROIHeads._run_stage`, with the refinement on the pooled RoIs."""
-        # The refinement is shared by all stages, like the features: it sees the average of the
-        # stage losses, while each stage's head sees its own loss (as CascadeROIHeads).
-        box_features = self._pooled_refined_box_features(
-            features, [x.proposal_boxes for x in proposals]
-        )
-        if self.training:
-            box_features = _ScaleGradient.apply(box_features, 1.0 / self.num_cascade_stages)
-        box_features = self.box_head[stage](box_features)
-        return self.box_predictor[stage](box_features)
 
     def _forward_box_interleaved(
         self,
@@ -633,44 +378,6 @@ class EJCascadeROIHeads(_EJHeadMixin, CascadeROIHeads):
                 prev_boxes = self.box_predictor[stage].predict_boxes(predictions, proposals)
         boxes = self._regress_for_gt_classes(self.box_predictor[-1], predictions, proposals)
         return losses, boxes, from_gt
-
-
-def _maybe_checkpointed(fn, features: List[torch.Tensor], on: bool) -> torch.Tensor:
-    """``fn(features)``, under activation checkpointing if ``on`` (non-reentrant, so that the
-    refinement's parameters get their gradients; the feature maps are its inputs)."""
-    if not on:
-        return fn(features)
-    return checkpoint(lambda *fs: fn(list(fs)), *features, use_reentrant=False)
-
-
-def _split_boxes(boxes: List[Boxes], chunk: int) -> Iterator[List[Boxes]]:
-    """The RoIs of all images, in order, ``chunk`` at a time: per chunk, one (maybe empty)
-    :class:`Boxes` per image."""
-    sizes = [len(b) for b in boxes]
-    starts = [sum(sizes[:i]) for i in range(len(sizes))]
-    for s in range(0, sum(sizes), chunk):
-        e = s + chunk
-        yield [
-            b[min(max(s - o, 0), n) : min(max(e - o, 0), n)]
-            for b, o, n in zip(boxes, starts, sizes)
-        ]
-
-
-def _in_chunks(fn, boxes: List[Boxes], chunk: int) -> torch.Tensor:
-    """``fn(boxes)`` for per-RoI ``fn`` (R RoIs in -> R rows out), computed ``chunk`` RoIs at a
-    time into one preallocated output (0: all at once). Each chunk's intermediate tensors are
-    freed before the next one runs, unless autograd keeps them."""
-    total = sum(len(b) for b in boxes)
-    if chunk <= 0 or total <= chunk:
-        return fn(boxes)
-    out, start = None, 0
-    for part in _split_boxes(boxes, chunk):
-        y = fn(part)
-        if out is None:
-            out = y.new_empty((total,) + tuple(y.shape[1:]))
-        out[start : start + len(y)] = y
-        start += len(y)
-    return out
 
 
 def _nonempty_after_clip(boxes: torch.Tensor, image_size) -> torch.Tensor:

@@ -1,5 +1,10 @@
-"""RoIAlign that uses every CPU thread, forward and backward.
+"""The RoI poolers of the EJ-Head: :class:`RefinedROIPooler` and :class:`ThreadedROIAlign`.
 
+:class:`RefinedROIPooler` is the one path by which the EJ-Head pools and refines RoIs: the box
+RoIs (of every cascade stage) and the mask RoIs. The ROI heads install it in place of their
+``box_pooler`` / ``mask_pooler``, so Detectron2's box, mask and cascade-stage code runs unchanged.
+
+:class:`ThreadedROIAlign` is RoIAlign that uses every CPU thread, forward and backward.
 torchvision's CPU ``roi_align`` kernel, and its backward, run on one thread whatever
 ``torch.get_num_threads()`` says. The Enriched Feature pools 1000 box RoIs at 14x14, four times
 the bins of Mask R-CNN's 7x7, so on a many-core CPU the RoIAlign becomes the largest single cost
@@ -29,31 +34,38 @@ import math
 import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
+from typing import Iterator, List, Optional
 
 import torch
+from torch import nn
+from torch.nn import functional as F
+from torch.utils.checkpoint import checkpoint
 
 from detectron2.layers import ROIAlign
 from detectron2.modeling.poolers import ROIPooler
+from detectron2.structures import Boxes
 
-__all__ = ["ThreadedROIAlign", "ThreadedROIPooler", "use_threaded_roi_align"]
+__all__ = ["RefinedROIPooler", "ThreadedROIAlign", "ThreadedROIPooler", "use_threaded_roi_align"]
 
 _POOLS = {}  # thread count -> ThreadPoolExecutor
 _POOLS_LOCK = threading.Lock()
 _PIECE_BYTES = 2 << 20
+_fork_hook_registered = False
 
 
 def _reset_pools():
     _POOLS.clear()
 
 
-# A forked child (e.g. a data-loader worker) inherits the pool objects but not their threads.
-os.register_at_fork(after_in_child=_reset_pools)
-
-
 def _executor(workers: int) -> ThreadPoolExecutor:
     """A process-wide pool of exactly ``workers`` threads (so a call never runs on more threads
     than ``torch.get_num_threads()``), each limited to one intra-op thread."""
+    global _fork_hook_registered
     with _POOLS_LOCK:
+        if not _fork_hook_registered:
+            # a forked child (e.g. a data-loader worker) inherits the pools but not their threads
+            os.register_at_fork(after_in_child=_reset_pools)
+            _fork_hook_registered = True
         if workers not in _POOLS:
             executor = ThreadPoolExecutor(workers, thread_name_prefix="roi_align")
             _make_workers_serial(executor, workers)
@@ -264,3 +276,140 @@ class ThreadedROIPooler(ROIPooler):
     ):
         super().__init__(*args, **kwargs)
         use_threaded_roi_align(self, min_rois_per_thread, threaded_inference)
+
+
+class RefinedROIPooler(nn.Module):
+    """
+    A Detectron2 :class:`ROIPooler` followed by the EJ-Head's refinement of the pooled RoIs:
+    ``refinement(avg_pool(pooler(features, boxes), downsample))``, R x C x S x S out, with
+    S = the pooler's output size / ``downsample``. It takes and returns what ``ROIPooler``
+    does, so an ROI heads' ``box_pooler`` or ``mask_pooler`` can be one.
+
+    Memory levers (the same outputs and gradients up to float summation order):
+
+    * at inference (nothing recorded by autograd), the RoIs are pooled at once and refined
+      ``inference_chunk`` at a time, each chunk written back into the pooled tensor, so that the
+      refinement's intermediate maps exist for one chunk instead of all RoIs (1000 box RoIs per
+      image). Pooling in chunks too would lower the live peak further but raised the peak RSS
+      (glibc keeps more of the freed chunks; docs/design.md). Not while tracing;
+    * in training, ``checkpoint=True`` runs the pooling and the refinement under activation
+      checkpointing: the pooled RoIs and the refinement's inner maps are recomputed in the
+      backward instead of kept from the forward (one more pooling and refinement forward per
+      step). The checkpointed forward, which keeps no graph, and the backward's recomputation
+      pool and refine ``checkpoint_chunk`` RoIs at a time.
+
+    Args:
+        pooler (ROIPooler): pools the RoIs of the feature maps.
+        refinement (nn.Module or None): applied to the pooled RoIs (R x C x S x S -> same
+            shape), e.g. a :class:`~sa_ejhead.modeling.BoundaryRefinement`; None: the pooled
+            RoIs as they are. It is not a child of this module: the ROI heads own it (its weights
+            are ``roi_heads.refinement.*`` in a checkpoint) and share it between their poolers.
+        downsample (int): average-pool the RoIs by this factor before the refinement (1: no
+            pooling).
+        inference_chunk (int): RoIs refined at a time at inference; 0: all at once.
+        checkpoint (bool): activation checkpointing of the pooling and refinement in training.
+        checkpoint_chunk (int): RoIs pooled and refined at a time when checkpointed; 0: all.
+    """
+
+    def __init__(
+        self,
+        pooler: ROIPooler,
+        refinement: Optional[nn.Module] = None,
+        *,
+        downsample: int = 1,
+        inference_chunk: int = 0,
+        checkpoint: bool = False,
+        checkpoint_chunk: int = 0,
+    ):
+        super().__init__()
+        check_count("downsample", downsample, 1)
+        check_count("inference_chunk", inference_chunk, 0)
+        check_count("checkpoint_chunk", checkpoint_chunk, 0)
+        self.pooler = pooler
+        # not registered as a child: see ``refinement`` above
+        self.__dict__["refinement"] = refinement
+        self.downsample = int(downsample)
+        self.inference_chunk = int(inference_chunk)
+        self.checkpoint = bool(checkpoint)
+        self.checkpoint_chunk = int(checkpoint_chunk)
+
+    @property
+    def output_size(self):
+        """The pooler's output size (before ``downsample``)."""
+        return self.pooler.output_size
+
+    @property
+    def level_poolers(self):
+        """The pooler's RoIAlign (or other) module of each feature level."""
+        return self.pooler.level_poolers
+
+    def forward(self, features: List[torch.Tensor], boxes: List[Boxes]) -> torch.Tensor:
+        """
+        Args:
+            features (list[Tensor]): the feature maps, N x C x H x W each, as ``ROIPooler``.
+            boxes (list[Boxes]): the RoIs of each image.
+
+        Returns:
+            Tensor: R x C x S x S, the RoIs of all images in order.
+        """
+        if self.refinement is None:
+            return self._pool(features, boxes)
+        if self.checkpoint and self.training and torch.is_grad_enabled():
+            # non-reentrant, so that the refinement's parameters get their gradients
+            return checkpoint(
+                self._pool_and_refine_in_chunks, boxes, *features, use_reentrant=False
+            )
+        x = self._pool(features, boxes)
+        chunk = self.inference_chunk
+        if torch.is_grad_enabled() or chunk <= 0 or len(x) <= chunk or _is_tracing():
+            return self.refinement(x)
+        for part in x.split(chunk):
+            part.copy_(self.refinement(part))  # nothing recorded: in place, per-RoI operations
+        return x
+
+    def _pool(self, features, boxes):
+        x = self.pooler(features, boxes)
+        return F.avg_pool2d(x, self.downsample) if self.downsample > 1 else x
+
+    def _pool_and_refine_in_chunks(self, boxes: List[Boxes], *features: torch.Tensor):
+        """``refinement(_pool(features, boxes))``, ``checkpoint_chunk`` RoIs at a time into one
+        preallocated output."""
+        total = sum(len(b) for b in boxes)
+        chunk = self.checkpoint_chunk
+        if chunk <= 0 or total <= chunk:
+            return self.refinement(self._pool(list(features), boxes))
+        out, start = None, 0
+        for part in _split_boxes(boxes, chunk):
+            y = self.refinement(self._pool(list(features), part))
+            if out is None:
+                out = y.new_empty((total,) + tuple(y.shape[1:]))
+            out[start : start + len(y)] = y
+            start += len(y)
+        return out
+
+    def extra_repr(self) -> str:
+        refinement = type(self.refinement).__name__ if self.refinement is not None else None
+        return (
+            f"refinement={refinement}, downsample={self.downsample}, "
+            f"inference_chunk={self.inference_chunk}, checkpoint={self.checkpoint}, "
+            f"checkpoint_chunk={self.checkpoint_chunk}"
+        )
+
+
+def check_count(name: str, value, least: int):
+    """Raise a ValueError naming ``name`` unless ``value`` is an integer >= ``least``."""
+    if int(value) != value or value < least:
+        raise ValueError(f"{name} must be an integer >= {least}, got {value!r}")
+
+
+def _split_boxes(boxes: List[Boxes], chunk: int) -> Iterator[List[Boxes]]:
+    """The RoIs of all images, in order, ``chunk`` at a time: per chunk, one (maybe empty)
+    :class:`Boxes` per image."""
+    sizes = [len(b) for b in boxes]
+    starts = [sum(sizes[:i]) for i in range(len(sizes))]
+    for s in range(0, sum(sizes), chunk):
+        e = s + chunk
+        yield [
+            b[min(max(s - o, 0), n) : min(max(e - o, 0), n)]
+            for b, o, n in zip(boxes, starts, sizes)
+        ]

@@ -20,8 +20,7 @@ from detectron2.modeling.backbone.fpn import LastLevelMaxPool
 
 __all__ = ["SAFPN", "build_resnet_safpn_backbone", "SAFPN_MODES"]
 
-SAFPN_MODES = ("td", "bu", "buf", "td+buf", "sa", "pa")
-_DOWNSAMPLES = ("conv", "maxpool")
+SAFPN_MODES = ("td", "bu", "buf", "td+buf", "sa")
 _FUSE_POSITIONS = ("after", "before")
 
 
@@ -70,9 +69,8 @@ class SAFPN(Backbone):
 
     Notation (levels i from the finest to the coarsest input feature, e.g. 2..5): C_i the
     bottom-up features; L_i = 1x1 lateral conv; Up = nearest resize to the finer level's exact
-    size; Down = 3x3 stride-2 conv (``downsample="conv"``, PANet's choice) or 3x3 stride-2 max
-    pool with padding 1 (``"maxpool"``, same output geometry, no parameters), whose output is
-    cropped / zero-padded at the bottom-right to the next level's size; O = 3x3 output conv;
+    size; Down = 3x3 stride-2 conv (PANet's choice), whose output is cropped / zero-padded at the
+    bottom-right to the next level's size; O = 3x3 output conv;
     "+" is the element-wise merge chosen by ``fuse_type`` (``"avg"`` divides the sum by the
     number of summed terms, as Detectron2's FPN does for its two). No activations.
 
@@ -91,11 +89,7 @@ class SAFPN(Backbone):
     * ``bu`` / ``buf``: BU_i / BUF_i;
     * ``td+buf``: TD_i + BUF_i;
     * ``sa`` (default, the paper's SA-FPN): ``sa_fuse{i}``(concat(TD_i, BUF_i)), a 1x1 conv
-      2C -> C;
-    * ``pa`` (PANet's path augmentation, for comparison; modules ``pa_down{i}``,
-      ``pa_output{i}``): N_i = TD_i; P'_2 = N_2; P'_i = O'(N_i + Down(P'_{i-1})), following the
-      PANet paper (the downsample takes the previous *output* P'_{i-1}; mmdetection's PAFPN
-      downsamples the pre-conv sum instead). No activations, like the rest of this neck.
+      2C -> C.
 
     Efficiency levers (defaults are the faithful model; they apply to ``td+buf`` and ``sa``):
 
@@ -118,7 +112,6 @@ class SAFPN(Backbone):
         out_channels: int,
         *,
         mode: str = "sa",
-        downsample: str = "conv",
         norm: str = "",
         top_block: Optional[nn.Module] = None,
         fuse_type: str = "sum",
@@ -134,9 +127,7 @@ class SAFPN(Backbone):
             in_features (list[str]): names of contiguous bottom-up features with log2-contiguous
                 strides, from high to low resolution, e.g. ``["res2", "res3", "res4", "res5"]``.
             out_channels (int): channels of every output map (256 in the paper).
-            mode (str): one of ``"td"``, ``"bu"``, ``"buf"``, ``"td+buf"``, ``"sa"``, ``"pa"``.
-            downsample (str): ``"conv"`` (3x3 stride-2 conv) or ``"maxpool"`` (3x3 stride-2 max
-                pool); used by the BU/BUF and PA pathways.
+            mode (str): one of ``"td"``, ``"bu"``, ``"buf"``, ``"td+buf"``, ``"sa"``.
             norm (str): normalization of every conv, as in Detectron2's FPN ("" for none,
                 "GN", "SyncBN", ...); convs have a bias only without norm.
             top_block (nn.Module or None): extra levels computed from an output (or a bottom-up
@@ -166,10 +157,6 @@ class SAFPN(Backbone):
             raise ValueError("SAFPN: in_features must not be empty")
         if mode not in SAFPN_MODES:
             raise ValueError(f"SAFPN: unknown mode {mode!r}; expected one of {SAFPN_MODES}")
-        if downsample not in _DOWNSAMPLES:
-            raise ValueError(
-                f"SAFPN: unknown downsample {downsample!r}; expected one of {_DOWNSAMPLES}"
-            )
         if fuse_type not in ("sum", "avg"):
             raise ValueError(f"SAFPN: unknown fuse_type {fuse_type!r}; expected 'sum' or 'avg'")
         if fuse_position not in _FUSE_POSITIONS:
@@ -212,7 +199,6 @@ class SAFPN(Backbone):
 
         self.in_features = tuple(in_features)
         self._mode = mode
-        self._downsample = downsample
         self._fuse_type = fuse_type
         self._fuse_position = fuse_position
         self._share_laterals = bool(share_laterals)
@@ -236,21 +222,14 @@ class SAFPN(Backbone):
             self.add_module(name, layer)
             return layer
 
-        def down(name):
-            if downsample == "conv":
-                return conv(name, out_channels, 3, stride=2)
-            layer = nn.MaxPool2d(kernel_size=3, stride=2, padding=1)
-            self.add_module(name, layer)
-            return layer
-
-        has_td = mode in ("td", "td+buf", "sa", "pa")
+        has_td = mode in ("td", "td+buf", "sa")
         has_bu = mode in ("bu", "buf", "td+buf", "sa")
         before = two_paths and fuse_position == "before"
         n_levels = len(stages)
         # Python lists (modules are registered by add_module), ordered fine -> coarse.
         self.td_laterals, self.td_outputs = [], []
         self.bu_laterals, self.bu_downs, self.bu_outputs = [], [], []
-        self.sa_fuses, self.pa_downs, self.pa_outputs = [], [], []
+        self.sa_fuses = []
         for k, (stage, c_in) in enumerate(zip(stages, in_channels)):
             fused_here = k >= self._num_td_only
             if has_td:
@@ -261,7 +240,8 @@ class SAFPN(Backbone):
                     self.bu_laterals.append(self.td_laterals[k])
                 else:
                     self.bu_laterals.append(conv(f"buf_lateral{stage}", c_in, 1))
-                self.bu_downs.append(down(f"buf_down{stage}") if k > 0 else None)
+                down = conv(f"buf_down{stage}", out_channels, 3, stride=2) if k > 0 else None
+                self.bu_downs.append(down)
                 needs_output = not two_paths or (fused_here and not before)
                 self.bu_outputs.append(
                     conv(f"buf_output{stage}", out_channels, 3) if needs_output else None
@@ -269,11 +249,6 @@ class SAFPN(Backbone):
             if mode == "sa":
                 self.sa_fuses.append(
                     conv(f"sa_fuse{stage}", 2 * out_channels, 1) if fused_here else None
-                )
-            if mode == "pa":
-                self.pa_downs.append(down(f"pa_down{stage}") if k > 0 else None)
-                self.pa_outputs.append(
-                    conv(f"pa_output{stage}", out_channels, 3) if k > 0 else None
                 )
         assert len(self.td_outputs) in (0, n_levels)
         self.top_block = top_block
@@ -304,7 +279,6 @@ class SAFPN(Backbone):
             "in_features": cfg.MODEL.FPN.IN_FEATURES,
             "out_channels": cfg.MODEL.FPN.OUT_CHANNELS,
             "mode": cfg.MODEL.SAFPN.MODE,
-            "downsample": cfg.MODEL.SAFPN.DOWNSAMPLE,
             "norm": cfg.MODEL.FPN.NORM,
             "top_block": LastLevelMaxPool(),
             "fuse_type": cfg.MODEL.FPN.FUSE_TYPE,
@@ -386,13 +360,6 @@ class SAFPN(Backbone):
             return [o(t) for o, t in zip(self.td_outputs, self._top_down(td_laterals))]
         if mode in ("bu", "buf"):
             return [o(b) for o, b in zip(self.bu_outputs, self._bottom_up(bu_laterals))]
-        if mode == "pa":
-            outs = [o(t) for o, t in zip(self.td_outputs, self._top_down(td_laterals))]
-            results = [outs[0]]
-            for k in range(1, len(outs)):
-                down = _match_size(self.pa_downs[k](results[-1]), outs[k])
-                results.append(self.pa_outputs[k](self._merge([outs[k], down])))
-            return results
 
         # td+buf and sa
         td = self._top_down(td_laterals)

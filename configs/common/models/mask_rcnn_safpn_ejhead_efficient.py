@@ -10,15 +10,15 @@
 #                           output conv per level (the BUF 3x3 output convs are gone);
 #   td_only_levels=["p2"]   p2 outputs the TD pathway alone (B2 still feeds the BUF pathway), so
 #                           there is no 512->256 fuse at the 1/4 scale.
-# EJ-Head (Enriched 14x14 RoIAlign, shared residual Boundary Refinement and Interleaving kept):
+# EJ-Head (shared residual Boundary Refinement and Interleaving kept; the box RoIAlign samples as
+# densely as the Enriched Feature's 14x14 at ratio 1, then the bins are 2x2 averages):
 #   refinement.bottleneck_channels=64  the residual branch runs on 64 channels
 #                           (1x1 256->64, two 3x3 64->64, 1x1 64->256, shortcut);
-#   box_refinement_downsample=2        box RoIs at 7x7 for the refinement and the fc input (12.8 M
-#                           first-fc weights instead of 51.4 M); mask RoIs are refined at 14x14;
-#   box_pooler.sampling_ratio=1        with a fixed ratio the 2x2 average of the 14x14 RoIAlign is
-#                           exactly a 7x7 RoIAlign at ratio 2, so the head pools 7x7 directly and
-#                           never builds the 14x14 tensor (docs/design.md, "Exact downsampled box
-#                           pooling"). Detectron2's adaptive ratio (0) has no such shortcut; its
+#   box_pooler 7x7 at sampling_ratio=2  box RoIs at 7x7 for the refinement and the fc input
+#                           (12.8 M first-fc weights instead of 51.4 M); mask RoIs are refined at
+#                           14x14. This is exactly the 2x2 average of a 14x14 RoIAlign at ratio 1
+#                           (docs/design.md, "Costs and the efficient setting"), without the 14x14
+#                           tensor. Detectron2's adaptive ratio (0) has no such 7x7 equivalent; its
 #                           accuracy against ratio 1 is the ablation's table E (docs/ablation.md).
 #   checkpoint_refinement=True         memory only (same losses and gradients up to float
 #                           summation order): in training the RoI pooling and the refinement are
@@ -29,10 +29,9 @@
 #                           pooled RoIs and the refinement's transient maps stay small. At
 #                           inference the box RoIs are refined box_inference_chunk=256 at a time
 #                           (the default; docs/benchmark.md has both chunks' measurements);
-#   threaded_inference_pooling=False   memory for latency: the RoIAlign is split over the CPU
-#                           threads in training (forward and backward) but is one call at
-#                           inference, as in Detectron2; the threads' allocations at inference
-#                           raised the peak RSS by about 80 MiB on average on 2 cores.
+# The CPU figures of docs/benchmark.md add the threaded RoIAlign (threaded_pooling=True, in training
+# only: threaded_inference_pooling=False) on the command line; this config, like every model-zoo
+# config, leaves it off.
 from detectron2.layers import ShapeSpec
 
 from .mask_rcnn_safpn_ejhead import model
@@ -40,9 +39,9 @@ from .mask_rcnn_safpn_ejhead import model
 model.backbone.update(share_laterals=True, fuse_position="before", td_only_levels=["p2"])
 
 model.roi_heads.refinement.bottleneck_channels = 64
-model.roi_heads.box_refinement_downsample = 2
+model.roi_heads.box_pooler.update(output_size=7, sampling_ratio=2)
 model.roi_heads.box_head.input_shape = ShapeSpec(channels=256, height=7, width=7)
-model.roi_heads.box_pooler.sampling_ratio = 1
-model.roi_heads.checkpoint_refinement = True
-model.roi_heads.checkpoint_chunk = 128
-model.roi_heads.threaded_inference_pooling = False
+model.roi_heads.update(
+    checkpoint_refinement=True,
+    checkpoint_chunk=128,
+)

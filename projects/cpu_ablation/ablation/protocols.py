@@ -4,7 +4,7 @@
   to levels at canonical size 36, 615 iterations; finished, its hashes pinned. Its ``D``
   tables are the diagnostics that led to v2.
 * ``v2`` (pretrained): every row starts from the committed pre-trained backbone, with RoI
-  geometry like COCO's, equal positive caps and one variable per row (``configs_v2/_base.py``).
+  geometry like COCO's, equal positive caps and one variable per row (``configs_v2/_settings.py``).
 
 A table is ``(title, leading column names, rows, metrics)``; a row is ``(config, leading cells)``.
 A claim is one sentence of the paper's Tables 2-5 as ``(table, text, better, worse, metrics)``:
@@ -22,172 +22,160 @@ AP_SML = ("AP", "APs", "APm", "APl")
 AP_DIAG = ("AP", "AP50", "AP75", "APs", "APm", "APl")
 BOX_MASK = (("bbox", "AP"), ("segm", "AP"))
 
-_T2_R18 = [
-    ("baseline", ["Mask R-CNN (Baseline)", "ResNet18-FPN"]),
-    ("safpn", ["Mask R-CNN + SA-FPN", "ResNet18-FPN"]),
-    ("ejhead", ["Mask R-CNN + EJ-Head", "ResNet18-FPN"]),
-    ("safpn_ejhead", ["Mask R-CNN + SA-FPN + EJ-Head (Ours)", "ResNet18-FPN"]),
-]
-_T2_MORE = [
-    ("r34_baseline", ["Mask R-CNN", "ResNet34-FPN"]),
-    ("r34_safpn_ejhead", ["Mask R-CNN + SA-FPN + EJ-Head (Ours)", "ResNet34-FPN"]),
-    ("cascade_baseline", ["Cascade Mask R-CNN", "ResNet18-FPN"]),
-    ("cascade_safpn_ejhead", ["Cascade Mask R-CNN + SA-FPN + EJ-Head", "ResNet18-FPN"]),
-]
 
+def _rows(text):
+    """A table's rows from ``text``, one a line: the config, then its leading cells, separated by
+    "|" (as in a Markdown table)."""
+    rows = []
+    for line in text.strip().splitlines():
+        config, *cells = (cell.strip() for cell in line.split("|"))
+        rows.append((config, cells))
+    return rows
+
+
+def _claims(text):
+    """Claims from ``text``, one a line: ``table | sentence | better > worse``, then ``| metrics``
+    as comma-separated ``task metric`` pairs where they are not ``BOX_MASK``."""
+    claims = []
+    for line in text.strip().splitlines():
+        table, sentence, rows, *metrics = (part.strip() for part in line.split("|"))
+        better, worse = (config.strip() for config in rows.split(">"))
+        pairs = (
+            tuple(tuple(pair.split()) for pair in metrics[0].split(",")) if metrics else BOX_MASK
+        )
+        claims.append((table, sentence, better, worse, pairs))
+    return claims
+
+
+_T2 = _rows("""
+    baseline | Mask R-CNN (Baseline) | ResNet18-FPN
+    safpn | Mask R-CNN + SA-FPN | ResNet18-FPN
+    ejhead | Mask R-CNN + EJ-Head | ResNet18-FPN
+    safpn_ejhead | Mask R-CNN + SA-FPN + EJ-Head (Ours) | ResNet18-FPN
+    r34_baseline | Mask R-CNN | ResNet34-FPN
+    r34_safpn_ejhead | Mask R-CNN + SA-FPN + EJ-Head (Ours) | ResNet34-FPN
+    cascade_baseline | Cascade Mask R-CNN | ResNet18-FPN
+    cascade_safpn_ejhead | Cascade Mask R-CNN + SA-FPN + EJ-Head | ResNet18-FPN
+    """)
+_T3 = _rows("""
+    baseline | TD-FPN
+    fpn_bu | BU-FPN
+    fpn_buf | BUF-FPN
+    fpn_td_add_buf | TD-FPN add BUF-FPN
+    safpn | SA-FPN (TD-FPN concat BUF-FPN)
+    """)
+# leading cells: method | interleaving | enriched feature | boundary refinement
+_T4 = _rows("""
+    baseline | Mask R-CNN (Baseline) | | |
+    ej_interleave | Mask R-CNN | ✓ | |
+    ej_enriched | Mask R-CNN | | ✓ |
+    ej_refine | Mask R-CNN | | | ✓
+    ej_interleave_enriched | Mask R-CNN | ✓ | ✓ |
+    ejhead | Mask R-CNN + EJ-Head | ✓ | ✓ | ✓
+    """)
+_T5 = _rows("""
+    baseline | None
+    ej_br_conv1 | Simple Conv x 1
+    ej_br_conv2 | Simple Conv x 2
+    ej_br_conv3 | Simple Conv x 3
+    ej_refine | Simple Conv x 2 + Shortcut (BR)
+    """)
+_TE = _rows("""
+    baseline | Mask R-CNN (Baseline)
+    safpn_ejhead | SA-FPN + EJ-Head, faithful
+    safpn_ejhead_efficient | SA-FPN + EJ-Head, efficient
+    """)
 PAPER_TABLES = {
-    "2": ("Table 2. Effects of each component", ["Model", "Backbone"], _T2_R18 + _T2_MORE, AP_SML),
-    "3": (
-        "Table 3. FPN designs",
-        ["FPN design"],
-        [
-            ("baseline", ["TD-FPN"]),
-            ("fpn_bu", ["BU-FPN"]),
-            ("fpn_buf", ["BUF-FPN"]),
-            ("fpn_td_add_buf", ["TD-FPN add BUF-FPN"]),
-            ("safpn", ["SA-FPN (TD-FPN concat BUF-FPN)"]),
-        ],
-        AP_SML,
-    ),
+    "2": ("Table 2. Effects of each component", ["Model", "Backbone"], _T2, AP_SML),
+    "3": ("Table 3. FPN designs", ["FPN design"], _T3, AP_SML),
     "4": (
         "Table 4. EJ-Head components",
         ["Method", "Interleaving", "Enriched Feature", "Boundary Refinement"],
-        [
-            ("baseline", ["Mask R-CNN (Baseline)", "", "", ""]),
-            ("ej_interleave", ["Mask R-CNN", "✓", "", ""]),
-            ("ej_enriched", ["Mask R-CNN", "", "✓", ""]),
-            ("ej_refine", ["Mask R-CNN", "", "", "✓"]),
-            ("ej_interleave_enriched", ["Mask R-CNN", "✓", "✓", ""]),
-            ("ejhead", ["Mask R-CNN + EJ-Head", "✓", "✓", "✓"]),
-        ],
+        _T4,
         AP_SML,
     ),
-    "5": (
-        "Table 5. Boundary Refinement designs",
-        ["Boundary Refinement (BR)"],
-        [
-            ("baseline", ["None"]),
-            ("ej_br_conv1", ["Simple Conv x 1"]),
-            ("ej_br_conv2", ["Simple Conv x 2"]),
-            ("ej_br_conv3", ["Simple Conv x 3"]),
-            ("ej_refine", ["Simple Conv x 2 + Shortcut (BR)"]),
-        ],
-        AP_SML,
-    ),
-    "E": (
-        "Efficient vs faithful SA-FPN + EJ-Head (not in the paper)",
-        ["Setting"],
-        [
-            ("baseline", ["Mask R-CNN (Baseline)"]),
-            ("safpn_ejhead", ["SA-FPN + EJ-Head, faithful"]),
-            ("safpn_ejhead_efficient", ["SA-FPN + EJ-Head, efficient"]),
-        ],
-        AP_SML,
-    ),
+    "5": ("Table 5. Boundary Refinement designs", ["Boundary Refinement (BR)"], _T5, AP_SML),
+    "E": ("Efficient vs faithful SA-FPN + EJ-Head (not in the paper)", ["Setting"], _TE, AP_SML),
 }
 
+_D = _rows("""
+    baseline | v1 baseline | 36 | x1
+    ej_enriched | v1 Enriched Feature only | 36 | x1
+    diag_baseline_c224 | baseline | 224 | x1
+    diag_enriched_c224 | Enriched Feature only | 224 | x1
+    diag_baseline_c224_fc1x4 | baseline | 224 | x4
+    diag_enriched_c224_fc1x025 | Enriched Feature only | 224 | x0.25
+    """)
+_D2 = _rows("""
+    diag_interleave_c224 | Interleaving only, 224
+    diag_interleave_enriched_c224 | Interleaving + Enriched Feature, 224
+    diag_refine_c224 | Boundary Refinement only, 224
+    diag_refine_c224_zeroinit | Boundary Refinement only, 224, last conv at zero
+    """)
 DIAGNOSTIC_TABLES = {
     "D": (
         "Diagnostics (a), (b): RoI level assignment and the enriched fc1's learning rate",
         ["Run", "canonical size", "fc1 lr"],
-        [
-            ("baseline", ["v1 baseline", "36", "x1"]),
-            ("ej_enriched", ["v1 Enriched Feature only", "36", "x1"]),
-            ("diag_baseline_c224", ["baseline", "224", "x1"]),
-            ("diag_enriched_c224", ["Enriched Feature only", "224", "x1"]),
-            ("diag_baseline_c224_fc1x4", ["baseline", "224", "x4"]),
-            ("diag_enriched_c224_fc1x025", ["Enriched Feature only", "224", "x0.25"]),
-        ],
+        _D,
         AP_DIAG,
     ),
     "D2": (
         "Diagnostics (d), (f): interleaving with the Enriched Feature; a zero-initialised BR",
         ["Run"],
-        [
-            ("diag_interleave_c224", ["Interleaving only, 224"]),
-            ("diag_interleave_enriched_c224", ["Interleaving + Enriched Feature, 224"]),
-            ("diag_refine_c224", ["Boundary Refinement only, 224"]),
-            ("diag_refine_c224_zeroinit", ["Boundary Refinement only, 224, last conv at zero"]),
-        ],
+        _D2,
         AP_DIAG,
     ),
 }
 
-# The paper's claims (Tables 2-5), each as a comparison of two rows.
-PAPER_CLAIMS = [
-    ("2", "SA-FPN improves Mask R-CNN", "safpn", "baseline", BOX_MASK),
-    ("2", "EJ-Head improves Mask R-CNN", "ejhead", "baseline", BOX_MASK),
-    ("2", "SA-FPN + EJ-Head improves Mask R-CNN", "safpn_ejhead", "baseline", BOX_MASK),
-    ("2", "SA-FPN + EJ-Head beats SA-FPN alone (complementary)", "safpn_ejhead", "safpn", BOX_MASK),
-    (
-        "2",
-        "SA-FPN + EJ-Head beats EJ-Head alone (complementary)",
-        "safpn_ejhead",
-        "ejhead",
-        BOX_MASK,
+# v2's efficient row pools its box RoIs at 7x7 with the fixed sampling ratio 1 (exact for a 14x14
+# RoIAlign at ratio 1 + 2x2 average pool); its table E adds a row with the adaptive ratio 0 that the
+# efficient model had before (14x14 RoIAlign + average pool), and its own diagnostic.
+_V2_TE = _rows("""
+    safpn_ejhead_efficient_adaptive | SA-FPN + EJ-Head, efficient, adaptive box sampling
+    """)
+_V2_D = _rows("""
+    baseline | Mask R-CNN (Baseline) | x1 (7x7 input)
+    ej_enriched | Enriched Feature only | x0.25
+    diag_enriched_fc1x1 | Enriched Feature only | x1
+    """)
+_V2_TABLES = {
+    **PAPER_TABLES,
+    "E": (*PAPER_TABLES["E"][:2], _TE + _V2_TE, AP_SML),
+    "D": (
+        "Diagnostic: the Enriched Feature's fc1 learning rate under v2",
+        ["Row", "fc1 lr"],
+        _V2_D,
+        AP_DIAG,
     ),
-    (
-        "2",
-        "Ours improves the deeper backbone (R-34 here)",
-        "r34_safpn_ejhead",
-        "r34_baseline",
-        BOX_MASK,
-    ),
-    ("2", "Ours improves Cascade Mask R-CNN", "cascade_safpn_ejhead", "cascade_baseline", BOX_MASK),
-    ("3", "TD-FPN beats BU-FPN", "baseline", "fpn_bu", BOX_MASK),
-    ("3", "BUF-FPN beats BU-FPN", "fpn_buf", "fpn_bu", BOX_MASK),
-    (
-        "3",
-        "TD-FPN beats BUF-FPN on small objects",
-        "baseline",
-        "fpn_buf",
-        (("bbox", "APs"), ("segm", "APs")),
-    ),
-    (
-        "3",
-        "BUF-FPN beats TD-FPN on large objects",
-        "fpn_buf",
-        "baseline",
-        (("bbox", "APl"), ("segm", "APl")),
-    ),
-    ("3", "Concat (SA-FPN) beats add (TD-FPN add BUF-FPN)", "safpn", "fpn_td_add_buf", BOX_MASK),
-    ("3", "SA-FPN beats TD-FPN", "safpn", "baseline", BOX_MASK),
-    ("3", "SA-FPN beats BUF-FPN", "safpn", "fpn_buf", BOX_MASK),
-    ("4", "Interleaving improves mask AP", "ej_interleave", "baseline", (("segm", "AP"),)),
-    ("4", "The Enriched Feature improves Mask R-CNN", "ej_enriched", "baseline", BOX_MASK),
-    ("4", "Boundary Refinement improves Mask R-CNN", "ej_refine", "baseline", BOX_MASK),
-    (
-        "4",
-        "Interleaving + Enriched Feature improves mask AP",
-        "ej_interleave_enriched",
-        "baseline",
-        (("segm", "AP"),),
-    ),
-    (
-        "4",
-        "The full EJ-Head beats each part alone: vs Boundary Refinement",
-        "ejhead",
-        "ej_refine",
-        BOX_MASK,
-    ),
-    ("5", "The shortcut helps: BR beats Simple Conv x 2", "ej_refine", "ej_br_conv2", BOX_MASK),
-    ("5", "BR beats Simple Conv x 1", "ej_refine", "ej_br_conv1", BOX_MASK),
-    ("5", "BR beats Simple Conv x 3", "ej_refine", "ej_br_conv3", BOX_MASK),
-    (
-        "5",
-        "Stacked convs help a little: Simple Conv x 2 beats none",
-        "ej_br_conv2",
-        "baseline",
-        (("bbox", "AP"),),
-    ),
-    (
-        "5",
-        "More stacked convs harm masks: Simple Conv x 3 below x 2",
-        "ej_br_conv2",
-        "ej_br_conv3",
-        (("segm", "AP"),),
-    ),
-]
+}
+
+# The paper's claims (Tables 2-5), each as a comparison of two rows (the format: _claims).
+PAPER_CLAIMS = _claims("""
+2 | SA-FPN improves Mask R-CNN | safpn > baseline
+2 | EJ-Head improves Mask R-CNN | ejhead > baseline
+2 | SA-FPN + EJ-Head improves Mask R-CNN | safpn_ejhead > baseline
+2 | SA-FPN + EJ-Head beats SA-FPN alone (complementary) | safpn_ejhead > safpn
+2 | SA-FPN + EJ-Head beats EJ-Head alone (complementary) | safpn_ejhead > ejhead
+2 | Ours improves the deeper backbone (R-34 here) | r34_safpn_ejhead > r34_baseline
+2 | Ours improves Cascade Mask R-CNN | cascade_safpn_ejhead > cascade_baseline
+3 | TD-FPN beats BU-FPN | baseline > fpn_bu
+3 | BUF-FPN beats BU-FPN | fpn_buf > fpn_bu
+3 | TD-FPN beats BUF-FPN on small objects | baseline > fpn_buf | bbox APs, segm APs
+3 | BUF-FPN beats TD-FPN on large objects | fpn_buf > baseline | bbox APl, segm APl
+3 | Concat (SA-FPN) beats add (TD-FPN add BUF-FPN) | safpn > fpn_td_add_buf
+3 | SA-FPN beats TD-FPN | safpn > baseline
+3 | SA-FPN beats BUF-FPN | safpn > fpn_buf
+4 | Interleaving improves mask AP | ej_interleave > baseline | segm AP
+4 | The Enriched Feature improves Mask R-CNN | ej_enriched > baseline
+4 | Boundary Refinement improves Mask R-CNN | ej_refine > baseline
+4 | Interleaving + Enriched Feature improves mask AP | ej_interleave_enriched > baseline | segm AP
+4 | The full EJ-Head beats each part alone: vs Boundary Refinement | ejhead > ej_refine
+5 | The shortcut helps: BR beats Simple Conv x 2 | ej_refine > ej_br_conv2
+5 | BR beats Simple Conv x 1 | ej_refine > ej_br_conv1
+5 | BR beats Simple Conv x 3 | ej_refine > ej_br_conv3
+5 | Stacked convs help a little: Simple Conv x 2 beats none | ej_br_conv2 > baseline | bbox AP
+5 | More stacked convs harm masks: Simple Conv x 3 below x 2 | ej_br_conv2 > ej_br_conv3 | segm AP
+""")
 
 
 @dataclass(frozen=True)
@@ -226,51 +214,24 @@ class Protocol:
 PROTOCOLS = {
     "v1": Protocol(
         name="v1",
+        tables={**PAPER_TABLES, **DIAGNOSTIC_TABLES},
+        default_tables=("2", "3", "4", "5", "E"),
         config_dir="projects/cpu_ablation/configs",
         results_dir="projects/cpu_ablation/results",
         output_dir="output/cpu_ablation",
         iters=615,
-        tables={**PAPER_TABLES, **DIAGNOSTIC_TABLES},
-        default_tables=("2", "3", "4", "5", "E"),
         markers="cpu-ablation-tables",
         run_overrides=("train.eval_period=0",),
     ),
     "v2": Protocol(
         name="v2",
+        tables=_V2_TABLES,
+        default_tables=("2", "4", "3", "5", "E"),
+        claims=PAPER_CLAIMS,
         config_dir="projects/cpu_ablation/configs_v2",
         results_dir="projects/cpu_ablation/results_v2",
         output_dir="output/cpu_ablation_v2",
         iters=1200,
-        tables={
-            **PAPER_TABLES,
-            # v2's efficient row pools its box RoIs at 7x7 with the fixed sampling ratio 1 (exact
-            # for a 14x14 RoIAlign at ratio 1 + 2x2 average pool); the last row has the adaptive
-            # ratio 0 that the efficient model had before (14x14 RoIAlign + average pool)
-            "E": (
-                PAPER_TABLES["E"][0],
-                PAPER_TABLES["E"][1],
-                PAPER_TABLES["E"][2]
-                + [
-                    (
-                        "safpn_ejhead_efficient_adaptive",
-                        ["SA-FPN + EJ-Head, efficient, adaptive box sampling"],
-                    )
-                ],
-                PAPER_TABLES["E"][3],
-            ),
-            "D": (
-                "Diagnostic: the Enriched Feature's fc1 learning rate under v2",
-                ["Row", "fc1 lr"],
-                [
-                    ("baseline", ["Mask R-CNN (Baseline)", "x1 (7x7 input)"]),
-                    ("ej_enriched", ["Enriched Feature only", "x0.25"]),
-                    ("diag_enriched_fc1x1", ["Enriched Feature only", "x1"]),
-                ],
-                AP_DIAG,
-            ),
-        },
-        default_tables=("2", "4", "3", "5", "E"),
-        claims=PAPER_CLAIMS,
         markers="cpu-ablation-v2-tables",
     ),
 }

@@ -10,6 +10,11 @@ sweep's ``--opts``: a run made with another version of a config is never reused.
 A protocol whose sweep is over pins its hashes (``RESULTS/PINNED.json``, config -> hash): its
 results stay readable after the configs they were made with change (e.g. the demo configs that
 the v1 rows inherit from), and no new run is started for a pinned config.
+
+A change of the code or the configs that leaves every number as it was (a refactor: the same
+losses and predictions, as ``tests/test_equality.py`` checks) but changes the resolved text, e.g. a
+module path or a setting that was a default before, is recorded in ``RESULTS/ALIASES.json``
+(config -> {new hash: old hash}): runs keyed by the new hash read and continue those of the old.
 """
 
 import functools
@@ -29,6 +34,7 @@ __all__ = [
 ]
 
 PINNED = "PINNED.json"
+ALIASES = "ALIASES.json"
 
 
 def _plain(obj):
@@ -134,6 +140,8 @@ class ResultStore:
         pinned = read_json(os.path.join(results_dir, PINNED)) if results_dir else None
         # pins hold for the runs made without overrides
         self.pinned = dict(pinned or {}) if not self.opts else {}
+        aliases = read_json(os.path.join(results_dir, ALIASES)) if results_dir else None
+        self.aliases = dict(aliases or {})
 
     def config_file(self, config):
         return os.path.join(self.config_dir, f"{config}.py")
@@ -145,7 +153,8 @@ class ResultStore:
         """The key of ``config``'s runs: its pinned hash, else :func:`config_hash`."""
         if config in self.pinned:
             return self.pinned[config]
-        return config_hash(self.config_file(config), self.opts)
+        key = config_hash(self.config_file(config), self.opts)
+        return self.aliases.get(config, {}).get(key, key)
 
     def run_dir(self, config, seed, iters):
         """``OUTPUT/<config>/<hash>/<seed>/<iters>``."""

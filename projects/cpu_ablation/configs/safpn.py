@@ -7,7 +7,6 @@ from .baseline import dataloader, lr_multiplier, model, optimizer, train
 model.backbone.update(
     _target_=SAFPN,
     mode="sa",
-    downsample="conv",
     share_laterals=False,
     fuse_position="after",
     td_only_levels=[],

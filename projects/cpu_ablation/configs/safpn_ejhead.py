@@ -5,11 +5,6 @@
 from sa_ejhead.model_zoo import get_config
 
 _base = get_config("demo/sa_shapes_scratch.py")
-model, dataloader, optimizer, lr_multiplier, train = (
-    _base.model,
-    _base.dataloader,
-    _base.optimizer,
-    _base.lr_multiplier,
-    _base.train,
-)
+model, dataloader, train = _base.model, _base.dataloader, _base.train
+optimizer, lr_multiplier = _base.optimizer, _base.lr_multiplier
 model.roi_heads.refinement.bottleneck_channels = 0

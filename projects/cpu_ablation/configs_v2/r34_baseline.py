@@ -3,5 +3,5 @@
 from ._settings import small_resnet
 from .baseline import dataloader, lr_multiplier, model, optimizer, train
 
-small_resnet(model.backbone.bottom_up, blocks=(3, 4, 6, 3))
+small_resnet(model.backbone.bottom_up, "FrozenBN", blocks=(3, 4, 6, 3))
 train.init_checkpoint = "sa_ejhead://pretrained/sa_shapes_R34half_pretrain.pth.xz"

@@ -59,7 +59,7 @@ def _markdown(headers, rows):
 
 
 def format_cost_table(rows):
-    """Markdown tables of :func:`sa_ejhead.analysis.measure.measure` rows, each figure with its
+    """Markdown tables of :func:`sa_ejhead_lab.measure.measure` rows, each figure with its
     ratio to the first row: the cost table (columns without any figure left out), then FLOPs per
     part when FLOPs were counted."""
     if not rows:
@@ -91,7 +91,7 @@ def format_cost_table(rows):
 
 
 def format_paired_table(rows):
-    """Markdown table of :func:`sa_ejhead.analysis.measure.measure_paired` rows: per phase, the
+    """Markdown table of :func:`sa_ejhead_lab.measure.measure_paired` rows: per phase, the
     median time and the median of the per-call ratios to the first row, with their range."""
     columns = [
         (title, key)
@@ -170,7 +170,7 @@ _VARIANT_LAYOUTS = {
 
 def format_variant_table(kind, rows):
     """The neck (``kind="necks"``) or ROI-head (``"heads"``) table of docs/safpn.md and
-    docs/ejhead.md: the part's parameters and FLOPs in :func:`sa_ejhead.analysis.measure.measure`
+    docs/ejhead.md: the part's parameters and FLOPs in :func:`sa_ejhead_lab.measure.measure`
     rows, with ratios to the first row (necks: then a row for the bottom-up)."""
     headers, cells = _VARIANT_LAYOUTS[kind]
     table = [
@@ -189,7 +189,7 @@ def format_variant_table(kind, rows):
 
 
 def format_coco_eval_table(rows):
-    """Markdown table of :func:`sa_ejhead.evaluation.time_coco_eval`'s timings and speed-ups."""
+    """Markdown table of :func:`sa_ejhead_lab.coco_eval.time_coco_eval`'s timings and speed-ups."""
     table = []
     for r in rows:
         fast = r["faster"]
@@ -220,7 +220,7 @@ def _parity_cell(figures):
 
 def format_deploy_table(rows):
     """Markdown table of rows with ``label`` and ``deploy``
-    (:func:`sa_ejhead.export.measure_deploy_configs`), latencies as ratios to the first row's
+    (:func:`sa_ejhead_lab.deploy.measure_deploy_configs`), latencies as ratios to the first row's
     eager latency."""
     if not rows:
         return ""
@@ -249,7 +249,7 @@ def format_profile_table(labels, comparison, threshold=0.02, top=25):
 
     Args:
         labels (list[str]): the configs, the reference first.
-        comparison (dict): :func:`sa_ejhead.analysis.profile.compare_ops` of their profiles.
+        comparison (dict): :func:`sa_ejhead_lab.profile.compare_ops` of their profiles.
         threshold (float): the marking's share of the reference's total (for the header only).
         top (int): besides every marked op, the ``top`` ops with the largest time in any config;
             the others are summed in one row.

@@ -2,7 +2,7 @@
 timing helper (:func:`time_calls`), peak memory, and the phases.
 
 :data:`PHASES` maps a phase name to the function that measures it: a new measurement is a new
-entry there (and its columns a new entry of :data:`sa_ejhead.analysis.report.COLUMNS`).
+entry there (and its columns a new entry of :data:`sa_ejhead_lab.report.COLUMNS`).
 """
 
 import contextlib
@@ -334,7 +334,7 @@ def measure_inference(model, options, use_cuda):
         if getattr(heads, "refinement", None) is not None:  # to split its FLOPs (report.py)
             out["head_geometry"] = {
                 "scope": heads.refinement_scope,
-                "box_size": heads.box_pooler.output_size[0] // heads.box_refinement_downsample,
+                "box_size": heads.box_pooler.output_size[0] // heads.box_pooler.downsample,
                 "mask_size": heads.mask_pooler.output_size[0],
                 "proposals": options["proposals"],
                 "detections": options["detections"],
@@ -564,9 +564,10 @@ def _measure_paired_here(spec_dicts, options, phases):
     return out
 
 
-def measure_paired(specs, options, phases=("infer", "train")):
-    """Time every config in one fresh process, in turns, one call each (``options["paired"]``
-    calls per config after ``warmup``), and give each config's per-call ratios to the first's.
+def measure_paired(specs, options, phases=("infer", "train"), isolate=True):
+    """Time every config in one fresh process (``isolate``; else in this one), in turns, one call
+    each (``options["paired"]`` calls per config after ``warmup``), and give each config's
+    per-call ratios to the first's.
 
     Machines whose speed drifts over seconds (a shared VM) move two configs timed minutes apart,
     in separate processes, by more than the difference to be measured; neighbouring calls share
@@ -577,9 +578,11 @@ def measure_paired(specs, options, phases=("infer", "train")):
         list[dict]: per config, ``label`` and, per phase timed (``cpu_latency``, ``train_step``),
         the figures of :func:`time_calls` with ``ratio`` (:func:`paired_ratios`; 1 for the first).
     """
-    payload = _in_fresh_process(
-        "The paired measurement", _measure_paired_here, [asdict(s) for s in specs], options, phases
-    )
+    args = ([asdict(s) for s in specs], options, phases)
+    if isolate:
+        payload = _in_fresh_process("The paired measurement", _measure_paired_here, *args)
+    else:
+        payload = _measure_paired_here(*args)
     base = specs[0].label
     rows = []
     for spec in specs:

@@ -124,7 +124,6 @@ _NECK = "common/models/mask_rcnn_safpn.py"
 _HEAD = "common/models/mask_rcnn_ejhead.py"
 _CHEAP = "model.backbone.share_laterals=True,model.backbone.fuse_position=before"
 _TD_P2 = "model.backbone.td_only_levels=[p2]"
-_MAXPOOL = "model.backbone.downsample=maxpool"
 _BOX7 = (
     "model.roi_heads.box_pooler.output_size=7,model.roi_heads.box_head.input_shape.height=7,"
     "model.roi_heads.box_head.input_shape.width=7"
@@ -133,7 +132,6 @@ _HEAD7 = (
     "model.roi_heads.box_head.input_shape.height=7,model.roi_heads.box_head.input_shape.width=7"
 )
 _NO_BR = "model.roi_heads.refinement=null"
-_FC = "model.roi_heads.box_head.box_fc_input="
 _BR = "model.roi_heads.refinement.mode="
 _BR_CH = "model.roi_heads.refinement.bottleneck_channels="
 _DOWN2 = "model.roi_heads.box_refinement_downsample=2"
@@ -149,27 +147,17 @@ VARIANTS = {
         ("buf", f"{_NECK},model.backbone.mode=buf"),
         ("td+buf", f"{_NECK},model.backbone.mode=td+buf"),
         ("sa (paper, default)", f"{_NECK}"),
-        ("pa (PANet)", f"{_NECK},model.backbone.mode=pa"),
-        ("sa, maxpool", f"{_NECK},{_MAXPOOL}"),
         ("sa, share_laterals", f"{_NECK},model.backbone.share_laterals=True"),
         ("sa, fuse before", f"{_NECK},model.backbone.fuse_position=before"),
         ("sa, td_only p2", f"{_NECK},{_TD_P2}"),
         ("sa, share + before", f"{_NECK},{_CHEAP}"),
         ("sa, share + before + td_only p2", f"{_NECK},{_CHEAP},{_TD_P2}"),
-        ("sa, share + before + maxpool", f"{_NECK},{_CHEAP},{_MAXPOOL}"),
-        ("sa, share + before + maxpool + td_only p2", f"{_NECK},{_CHEAP},{_MAXPOOL},{_TD_P2}"),
         ("td+buf, share + before", f"{_NECK},model.backbone.mode=td+buf,{_CHEAP}"),
-        (
-            "td+buf, share + before + maxpool",
-            f"{_NECK},model.backbone.mode=td+buf,{_CHEAP},{_MAXPOOL}",
-        ),
     ],
     "heads": [
         ("Detectron2 heads (7x7 box, no EJ)", "d2://common/models/mask_rcnn_fpn.py"),
         # Table 4 rows (Enriched Feature / Boundary Refinement alone, faithful)
         ("Enriched 14x14, flatten (faithful)", f"{_HEAD},{_NO_BR}"),
-        ("Enriched 14x14, avgpool", f"{_HEAD},{_NO_BR},{_FC}avgpool"),
-        ("Enriched 14x14, stride2conv", f"{_HEAD},{_NO_BR},{_FC}stride2conv"),
         ("BR residual at 7x7 box / 14x14 mask", f"{_HEAD},{_BOX7}"),
         # Table 5 rows (on the 7x7 box head, as the paper's "None" row is the baseline)
         ("BR conv1 (7x7 box)", f"{_HEAD},{_BOX7},{_BR}conv1"),
@@ -178,10 +166,7 @@ VARIANTS = {
         # the full EJ-Head and its cheaper variants
         ("EJ-Head faithful (14 flatten + BR shared)", f"{_HEAD}"),
         ("EJ-Head, BR scope box", f"{_HEAD},model.roi_heads.refinement_scope=box"),
-        ("EJ-Head, fc input avgpool", f"{_HEAD},{_FC}avgpool"),
-        ("EJ-Head, fc input stride2conv", f"{_HEAD},{_FC}stride2conv"),
         ("EJ-Head, BR 64 ch", f"{_HEAD},{_BR_CH}64"),
-        ("EJ-Head, fc input avgpool + BR 64 ch", f"{_HEAD},{_FC}avgpool,{_BR_CH}64"),
         ("EJ-Head, box BR at 7x7", f"{_HEAD},{_DOWN2},{_HEAD7}"),
         ("EJ-Head, box BR at 7x7 + BR 128 ch", f"{_HEAD},{_DOWN2},{_HEAD7},{_BR_CH}128"),
         ("EJ-Head, box BR at 7x7 + BR 64 ch", f"{_HEAD},{_DOWN2},{_HEAD7},{_BR_CH}64"),

@@ -1,6 +1,8 @@
-"""Parity and CPU latency of exported models against the eager model (``tools/benchmark.py
---deploy``): eager, TorchScript and onnxruntime run on the same inputs through the same Detectron2
-interface, so the times include the rescale and the mask paste for all three."""
+"""Deployment in the lab: random output layers conditioned to look trained
+(:func:`condition_random_heads`), and the CPU latency of exported models against the eager model
+(``tools/benchmark.py --deploy``, docs/deploy.md): eager, TorchScript and onnxruntime run on the
+same inputs through the same Detectron2 interface, so the times include the rescale and the mask
+paste for all three."""
 
 import functools
 import logging
@@ -11,18 +13,15 @@ from typing import Dict, Iterable, List, Optional
 
 import torch
 
-from sa_ejhead.analysis.measure import fix_roi_counts, random_inputs, time_calls
-from sa_ejhead.analysis.specs import build_model_from_spec, parse_spec
+from sa_ejhead.export import DEFAULT_OPSET, ExportedModel, check_parity, export_model
 
-from .parity import compare_instances, condition_random_heads, summarize_parity
-from .runtime import ExportedModel
-from .tracing import DEFAULT_OPSET, export_model
+from .measure import fix_roi_counts, random_inputs, time_calls
+from .specs import build_model_from_spec, parse_spec
 
 __all__ = [
     "RUNTIMES",
+    "condition_random_heads",
     "export_formats",
-    "check_parity",
-    "measure_deploy",
     "measure_deploy_many",
     "measure_deploy_configs",
     "limit_nms_candidates",
@@ -61,40 +60,6 @@ def export_formats(
     return exported
 
 
-def check_parity(model, exported: Dict[str, ExportedModel], inputs: List[Dict], **tolerances):
-    """Compare the predictions of exported models (runtime -> model) with the eager model's on
-    Detectron2 ``inputs``, image by image (``tolerances``: those of :func:`compare_instances`).
-
-    Returns:
-        dict: runtime -> ``{"images": [per-image results], "summary": ...}``.
-    """
-    with torch.no_grad():
-        expected = [model([x])[0]["instances"] for x in inputs]
-    report = {}
-    for runtime, exported_model in exported.items():
-        per_image = [
-            compare_instances(e, exported_model([x])[0]["instances"], **tolerances)
-            for e, x in zip(expected, inputs)
-        ]
-        report[runtime] = {"images": per_image, "summary": summarize_parity(per_image)}
-    return report
-
-
-def measure_deploy(model, inputs: List[Dict], **kwargs) -> Dict:
-    """CPU latency of the eager model (on the CPU, in eval mode) and of its exports (traced on
-    ``inputs[0]["image"]``), with the exports' parity on ``inputs``.
-
-    Args:
-        kwargs: those of :func:`measure_deploy_many` (the exports go to ``output_dir/model/``).
-
-    Returns:
-        dict: ``threads``; ``eager``: the figures of
-        :func:`sa_ejhead.analysis.measure.time_calls`; for each runtime its figures plus
-        ``export_s`` (export time) and ``parity`` (:func:`summarize_parity` of the inputs).
-    """
-    return measure_deploy_many({"model": model}, inputs, **kwargs)["model"]
-
-
 def measure_deploy_many(
     models: Dict,
     inputs: List[Dict],
@@ -106,9 +71,10 @@ def measure_deploy_many(
     opset: int = DEFAULT_OPSET,
     output_dir: Optional[str] = None,
 ) -> Dict[str, Dict]:
-    """:func:`measure_deploy` for several models (label -> model) at once: all are exported
-    first, then every model in every runtime takes its turn, one call each, so that ratios
-    between models are measured under the same load too.
+    """CPU latency of eager models (label -> model, on the CPU, in eval mode) and of their
+    exports (traced on ``inputs[0]["image"]``), with the exports' parity on ``inputs``. All are
+    exported first, then every model in every runtime takes its turn, one call each, so that
+    ratios between models are measured under the same load too.
 
     Args:
         inputs (list[dict]): Detectron2 inputs, one forward per call (batched as given).
@@ -119,6 +85,11 @@ def measure_deploy_many(
         num_threads (int or None): torch and onnxruntime intra-op threads (None: torch's).
         output_dir (str or None): the exports go to ``output_dir/<label>/`` (None: a temporary
             folder, removed afterwards).
+
+    Returns:
+        dict: label -> ``threads``; ``eager``: the figures of :func:`.measure.time_calls`; for
+        each runtime its figures plus ``export_s`` (export time) and ``parity`` (the summary of
+        :func:`sa_ejhead.export.check_parity` on ``inputs``).
     """
     previous = torch.get_num_threads()
     if num_threads:
@@ -196,7 +167,7 @@ def measure_deploy_configs(
     ``options``' ``runs``, ``warmup`` and ``threads`` (0 or None: torch's).
 
     Returns:
-        list[dict]: per config, as :func:`measure_deploy`, plus ``score_thresh`` and
+        list[dict]: per config, as :func:`measure_deploy_many`, plus ``score_thresh`` and
         ``nms_candidates``.
     """
     specs = [parse_spec(s) if isinstance(s, str) else s for s in specs]
@@ -222,3 +193,70 @@ def measure_deploy_configs(
         {**results[s.label], "score_thresh": thresholds[s.label], "nms_candidates": nms_candidates}
         for s in specs
     ]
+
+
+def _predictor_layers(model) -> List[List[torch.nn.Module]]:
+    """The output layers of a GeneralizedRCNN, in the order in which they are conditioned (each
+    group's inputs depend on the previous groups' outputs)."""
+    rpn_head = model.proposal_generator.rpn_head
+    groups = [[rpn_head.objectness_logits, rpn_head.anchor_deltas]]
+    predictors = model.roi_heads.box_predictor
+    if not isinstance(predictors, torch.nn.ModuleList):
+        predictors = [predictors]
+    for predictor in predictors:
+        groups.append([predictor.cls_score, predictor.bbox_pred])
+    if getattr(model.roi_heads, "mask_on", False):
+        groups.append([model.roi_heads.mask_head.predictor])
+    return groups
+
+
+# Output spread (standard deviation) given to each randomly initialised output layer.
+_TARGET_STD = {
+    "objectness_logits": 2.0,  # RPN: proposals ranked by a spread-out objectness
+    "anchor_deltas": 0.1,  # RPN: proposals near their anchors, not collapsed onto the border
+    "cls_score": 2.0,  # box head: scores between 0 and 1, few ties
+    "bbox_pred": 0.1,  # box head: small refinements (deltas are weighted by 10, 10, 5, 5)
+    "predictor": 3.0,  # mask head: probabilities with structure, not all 0 or 1
+}
+
+
+@torch.no_grad()
+def condition_random_heads(model, images: Iterable[torch.Tensor]):
+    """Rescale the output layers of a randomly initialised R-CNN (in eval mode; changed in place
+    and returned) so that its predictions look like a trained model's, for parity checks and
+    latency measurements without trained weights: without it, scores saturate at 0 or 1 and ties
+    decide which boxes survive NMS and the top-k.
+
+    Each output layer (RPN objectness and deltas, box classifier and regressor of every stage,
+    mask predictor) is scaled, weight and bias, so that its output's standard deviation on
+    ``images`` (3 x H x W, model input format) is a fixed target; the layers are done in the
+    order of inference, each after a forward with the previous ones scaled.
+    """
+    images = list(images)
+    inputs = [{"image": image} for image in images]
+    for group in _predictor_layers(model):
+        outputs = {layer: [] for layer in group}
+        hooks = [
+            # output channels first: C x (everything else)
+            layer.register_forward_hook(
+                lambda m, i, o: outputs[m].append(o.detach().transpose(0, 1).flatten(1))
+            )
+            for layer in group
+        ]
+        try:
+            model.inference(inputs, do_postprocess=False)
+        finally:
+            for hook in hooks:
+                hook.remove()
+        for layer, values in outputs.items():
+            values = torch.cat(values, dim=1) if values else torch.zeros(0, 0)
+            std = float(values.std()) if values.numel() > 1 else 0.0
+            name = [n for n, m in model.named_modules() if m is layer][0].rsplit(".", 1)[-1]
+            if std > 0:
+                scale = _TARGET_STD[name] / std
+                layer.weight.mul_(scale)
+                if layer.bias is not None:
+                    layer.bias.mul_(scale)
+                    if name == "predictor":  # each class's mask logits centred on 0
+                        layer.bias.sub_(values.mean(dim=1) * scale)
+    return model

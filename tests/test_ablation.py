@@ -53,7 +53,18 @@ def _fake(store, config, seed, iters, ap, spi=None):
     )
 
 
-def test_every_row_has_a_config_that_loads():
+@pytest.fixture(scope="module")
+def v2_configs():
+    """config name -> the loaded LazyConfig of every v2 row (loaded once: about 0.3 s each)."""
+    v2 = P.PROTOCOLS["v2"]
+    return {
+        config: LazyConfig.load(v2.path(os.path.join(v2.config_dir, f"{config}.py")))
+        for config in T.configs_of(v2, sorted(v2.tables))
+    }
+
+
+@pytest.mark.slow
+def test_every_row_has_a_config_that_loads(v2_configs):
     for protocol in P.PROTOCOLS.values():
         for table, (_, lead, rows, metrics) in protocol.tables.items():
             for config, cells in rows:
@@ -62,9 +73,7 @@ def test_every_row_has_a_config_that_loads():
                 assert len(cells) == len(lead), (protocol.name, table, config)
         for _, _, better, worse, _ in protocol.claims:
             assert better in T.configs_of(protocol, protocol.tables) and worse != better
-    v2 = P.PROTOCOLS["v2"]
-    for config in T.configs_of(v2, sorted(v2.tables)):
-        cfg = LazyConfig.load(v2.path(os.path.join(v2.config_dir, f"{config}.py")))
+    for config, cfg in v2_configs.items():
         assert cfg.model.roi_heads.num_classes == 5 and cfg.train.device == "cpu"
         # every v2 row starts from the committed pre-trained backbone, with FrozenBN
         assert cfg.train.init_checkpoint.startswith("sa_ejhead://pretrained/"), config
@@ -75,10 +84,9 @@ def test_every_row_has_a_config_that_loads():
             assert roi.interleave_max_positives == roi.batch_size_per_image * roi.positive_fraction
 
 
-def test_v2_enriched_rows_scale_fc1_and_the_others_do_not():
-    v2 = P.PROTOCOLS["v2"]
-    for config in T.configs_of(v2, sorted(v2.tables)):
-        cfg = LazyConfig.load(v2.path(os.path.join(v2.config_dir, f"{config}.py")))
+@pytest.mark.slow
+def test_v2_enriched_rows_scale_fc1_and_the_others_do_not(v2_configs):
+    for config, cfg in v2_configs.items():
         roi = cfg.model.roi_heads
         flattens_14 = (
             roi.box_pooler.output_size == 14 and not roi.get("box_refinement_downsample", 1) > 1
@@ -255,6 +263,7 @@ def test_seconds_per_iteration_and_the_evaluation_curve(tmp_path):
     assert S.evaluation_curve(str(tmp_path)) == [{"iter": 99, "bbox_AP": 12.5, "segm_AP": 10.0}]
 
 
+@pytest.mark.slow
 def test_verdicts_use_two_standard_errors(tmp_path):
     store = _store(tmp_path)
     for seed, (base, sa, bu) in enumerate(

@@ -80,6 +80,7 @@ def test_bad_config_specs_are_explained():
         )
 
 
+@pytest.mark.slow
 def test_measure_fixes_roi_counts_and_counts_flops(tiny, tiny_rows):
     rows, options = tiny_rows
     a, b = rows
@@ -100,6 +101,7 @@ def test_measure_fixes_roi_counts_and_counts_flops(tiny, tiny_rows):
     assert b["flops"]["parts"]["bottom_up"] == a["flops"]["parts"]["bottom_up"]
 
 
+@pytest.mark.slow
 def test_roi_head_flops_scale_with_the_fixed_proposals(tiny, tiny_rows):
     rows, options = tiny_rows
     model = specs.build_model_from_spec(tiny)
@@ -222,6 +224,7 @@ def test_time_calls_gives_the_steps_turns_and_paired_ratios_pair_them():
     assert ratio == {"median": 2.0, "min": 1.5, "max": 2.0, "ratios": [2.0, 2.0, 1.5]}
 
 
+@pytest.mark.slow
 def test_measure_paired_times_every_config_in_turns(tiny):
     options = _tiny_options(paired=2, threads=1, input_size=(64, 64))
     rows = measure.measure_paired(_tiny_specs(tiny), options, isolate=False)
@@ -235,6 +238,7 @@ def test_measure_paired_times_every_config_in_turns(tiny):
     assert f"{ratio:.2f}x" in next(line for line in table.splitlines() if line.startswith("| b "))
 
 
+@pytest.mark.slow
 def test_same_boxes_gives_every_model_the_same_proposals_and_detections(tiny):
     inputs = measure.random_inputs(64, 96)
     seen = {}
@@ -319,6 +323,7 @@ def test_neck_cost_counts_the_convolutions():
     assert table[-1].startswith("| bottom-up (not in the rows above)")
 
 
+@pytest.mark.slow
 def test_tool_prints_the_neck_table(tmp_path, capsys, monkeypatch):
     """``--variants necks`` on a tiny SA-FPN model (the real table: docs/safpn.md)."""
     config = str(tmp_path / "tiny_safpn.py")

@@ -63,6 +63,7 @@ def _c2_name(key):
     return key.replace(".", "_")
 
 
+@pytest.mark.slow
 def test_detectron2_mask_rcnn_checkpoint(ours, tmp_path, caplog):
     torch.manual_seed(1)
     d2_model = instantiate(d2_get_config("common/models/mask_rcnn_fpn.py").model)
@@ -139,6 +140,7 @@ def _random_resnet(seed):
     return resnet
 
 
+@pytest.mark.slow
 def test_imagenet_caffe2_pkl_backbone(ours, tmp_path):
     """A ``detectron2://ImageNetPretrained/MSRA/R-50.pkl``-style file (Caffe2 names, numpy blobs,
     an ImageNet classifier) fills ``backbone.bottom_up`` and nothing else."""
@@ -172,6 +174,7 @@ def test_imagenet_caffe2_pkl_backbone(ours, tmp_path):
     )
 
 
+@pytest.mark.slow
 def test_detectron2_backbone_state_dict(ours, tmp_path):
     """A Detectron2 state dict of the backbone's ``bottom_up`` (e.g. converted from torchvision)
     loads by name into the ResNet."""

@@ -172,6 +172,7 @@ def test_paper_data_pipeline(tmp_path):
 _SAME_MODEL = {"mask_rcnn_R_101_SAFPN_EJHead_20ep.py": "mask_rcnn_R_101_SAFPN_EJHead_1x.py"}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("config_path", model_zoo.LAZY_CONFIGS + model_zoo.OTHER_CONFIGS)
 def test_lazy_config(config_path, tmp_path):
     """Schedule and data as the paper; saves as YAML; builds the row's architecture, which the
@@ -195,6 +196,7 @@ def test_lazy_config(config_path, tmp_path):
     assert len(params) == len([p for p in model.parameters() if p.requires_grad])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("config_path", model_zoo.YACS_CONFIGS)
 def test_yacs_config_matches_lazy_config(config_path):
     """The yacs YAML builds the same model (names and shapes) and schedule as its LazyConfig."""

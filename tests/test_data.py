@@ -112,6 +112,7 @@ def test_annotations_match_masks_and_images(tiny_set):
     assert info["splits"]["train"]["annotations"] == len(coco["annotations"])
 
 
+@pytest.mark.slow
 def test_val_of_default_set_covers_all_scales(tmp_path):
     # Image i of a split depends only on (seed, split, i, size): this *is* the default val set.
     params = {**SA_SHAPES_DEFAULTS, "num_train": 0}
@@ -212,6 +213,7 @@ def test_registered_set_is_generated_on_first_use_and_maps(tmp_path):
             MetadataCatalog.remove(n)
 
 
+@pytest.mark.slow
 def test_perfect_predictions_score_100_on_every_scale(tmp_path):
     """The GT masks, boxes and areas are consistent with COCOeval: GT as predictions -> AP 100."""
     from detectron2.evaluation.coco_evaluation import _evaluate_predictions_on_coco
@@ -610,6 +612,7 @@ def test_mapper_checks_dicts_of_a_dataset_function(tmp_path):
     assert len(inst) == 2 and inst.gt_masks.tensor.sum().item() > 0
 
 
+@pytest.mark.slow
 def test_box_only_advice_trains(tmp_path):
     """The overrides that the error gives, as written there, train box-only data: LazyConfig on
     the demo config (SA-FPN + EJ-Head) and yacs on a tiny EJ-Head config (one step each)."""
@@ -778,6 +781,7 @@ def test_mapper_errors_in_a_loader_worker_reach_the_main_process_whole(tmp_path)
     [(c, "coco_2017_val") for c in model_zoo.LAZY_CONFIGS + model_zoo.OTHER_CONFIGS]
     + [("demo/sa_shapes.py", "sa_shapes_val"), ("demo/sa_shapes_baseline.py", "sa_shapes_val")],
 )
+@pytest.mark.slow
 def test_configs_use_checked_mapper_and_our_evaluator(config_path, test_name):
     """COCO (configs/common/coco_sa.py) and demo configs: a missing or corrupt image names its file
     (train and test), and evaluation uses faster-coco-eval on the test set, following an override

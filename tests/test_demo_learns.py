@@ -75,6 +75,7 @@ def tiny_shapes(tmp_path_factory):
         MetadataCatalog.remove(n)
 
 
+@pytest.mark.slow
 def test_short_training_beats_untrained_model(tiny_shapes, tmp_path):
     torch.manual_seed(0)
     torch.set_num_threads(1)

@@ -96,6 +96,7 @@ def exported(tmp_path_factory):
     return model, {k: v["model"] for k, v in runtimes.items()}
 
 
+@pytest.mark.slow
 def test_exported_model_matches_eager(exported):
     model, runtimes = exported
     inputs = [
@@ -142,6 +143,7 @@ def test_graph_has_roi_align_and_nms(exported):
     assert sum(n.op_type == "NonMaxSuppression" for n in nodes) == 2
 
 
+@pytest.mark.slow
 def test_efficient_model_exports_also_with_zero_detections(tmp_path):
     """The efficient model in ONNX: it matches eager; with no detection at run time, or already
     at trace time, it gives empty outputs of the right shapes (onnxruntime's kernels on empty
@@ -176,6 +178,7 @@ def test_opset_below_16_is_refused(exported, tmp_path):
         export_model(model, _image(64, 64, 0).float(), str(tmp_path), "onnx", opset=11)
 
 
+@pytest.mark.slow
 def test_export_tool_lazy_onnx_with_eval(tmp_path, monkeypatch):
     """tools/deploy/export_model.py: LazyConfig, TorchScript, parity on the sample image, and
     COCO AP of the exported model equal to the eager model's."""
@@ -211,6 +214,7 @@ def test_export_tool_lazy_onnx_with_eval(tmp_path, monkeypatch):
         assert metadata["evaluation"][task]["AP"] == pytest.approx(eager[task]["AP"], abs=0.1)
 
 
+@pytest.mark.slow
 def test_export_tool_yacs_torchscript(tmp_path, monkeypatch, capsys):
     cfg = tiny_yacs_config("unused", "unused", str(tmp_path))
     config = str(tmp_path / "tiny.yaml")
@@ -234,6 +238,7 @@ def test_export_tool_yacs_torchscript(tmp_path, monkeypatch, capsys):
     assert not (out / "model.onnx").exists()
 
 
+@pytest.mark.slow
 def test_measure_deploy_latency_and_table():
     """The figures behind ``tools/benchmark.py --deploy`` (TorchScript only, to be short): eager
     and exported latency on the same inputs, with the export's parity."""

@@ -64,6 +64,7 @@ def _worker(json_file, image_root, output_dir):
     do_train(cfg, extra_hooks=[_DumpParameters(dump)])
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(300)
 def test_two_cpu_processes_gloo(tmp_path, monkeypatch):
     # launch() picks NCCL when the (spawned) processes see a GPU: hide it, CPU processes only.

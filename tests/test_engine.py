@@ -206,6 +206,7 @@ def test_yacs_unknown_key_names_the_file(tmp_path):
         load_yacs_config(str(good), ["SOLVER.MAX_ITERS", "7"])
 
 
+@pytest.mark.slow
 def test_yacs_trainer_trains_and_resumes_exactly(tiny_coco, tmp_path):
     """DefaultTrainer subclass: SA-FPN + EJ-Head, atomic checkpoints, exact resume."""
     json_file, image_root = tiny_coco
@@ -380,6 +381,7 @@ def test_lazy_override_valid_keys(overrides_config):
     assert cfg.mapper.instance_mask_format == "bitmask" and cfg.roi_heads.num_classes == 3
 
 
+@pytest.mark.slow
 def test_lazy_overrides_of_the_repository_callers():
     """The overrides the ablation runner, the demo test and the tools pass still apply."""
     from sa_ejhead.model_zoo import get_config_file, get_config_root

@@ -10,6 +10,7 @@ order. Elsewhere another build of the kernels may sum in another order, so there
 ``assert_close`` with float32 tolerances.
 """
 
+import pytest
 import torch
 
 import make_equality_reference as ref
@@ -54,6 +55,7 @@ def test_the_reference_covers_every_shipped_config():
     assert set(REFERENCE["index"]) == set(REFERENCE["configs"])
 
 
+@pytest.mark.slow
 def test_every_shipped_config_computes_the_recorded_numbers():
     """Each distinct tiny model is built and run once, and compared with the record of every
     config that shares it."""

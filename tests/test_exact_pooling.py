@@ -322,6 +322,7 @@ def _saved_bytes(heads):
     return sum(sizes.values()), losses, feats
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("cls", [EJROIHeads, EJCascadeROIHeads])
 @pytest.mark.parametrize("downsample", [1, 2])
 @pytest.mark.parametrize("chunk", [0, 256, 24])

@@ -57,6 +57,7 @@ def test_get_config_trained_sets_the_weights_of_either_config_kind():
     )
 
 
+@pytest.mark.slow
 def test_get_builds_the_trained_model_with_every_weight_from_the_zoo(tmp_path, monkeypatch):
     monkeypatch.setenv("SA_EJHEAD_CACHE", str(tmp_path))
     trained = model_zoo.get("demo/sa_shapes_baseline.py", trained=True, device="cpu")
@@ -108,6 +109,7 @@ def test_zoo_config_path_of_repository_and_package_files(tmp_path):
 @pytest.mark.parametrize(
     "opts, expect_zoo", [([], True), (["train.init_checkpoint="], False), (["train.seed=1"], True)]
 )
+@pytest.mark.slow
 def test_demo_predictor_uses_the_zoo_weights_unless_weights_are_given(
     opts, expect_zoo, caplog, tmp_path, monkeypatch
 ):

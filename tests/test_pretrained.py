@@ -26,6 +26,7 @@ from weights import export_submodule_weights, pack_weights  # noqa: E402
 NAME_R34 = "sa_shapes_R34half_pretrain.pth.xz"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", [NAME, NAME_R34])
 def test_committed_weights_match_their_hash_and_size_limit(name, tmp_path, monkeypatch):
     monkeypatch.setenv("SA_EJHEAD_CACHE", str(tmp_path))
@@ -48,6 +49,7 @@ def test_committed_weights_match_their_hash_and_size_limit(name, tmp_path, monke
         ("r34_safpn_ejhead", NAME_R34),
     ],
 )
+@pytest.mark.slow
 def test_weights_load_into_the_backbone_and_nothing_else(config, name, tmp_path, monkeypatch):
     monkeypatch.setenv("SA_EJHEAD_CACHE", str(tmp_path))
     url = P.PRETRAINED_PREFIX + name
@@ -85,6 +87,7 @@ def test_a_changed_file_or_an_unknown_name_is_refused(tmp_path, monkeypatch):
         PathManager.get_local_path(URL)
 
 
+@pytest.mark.slow
 def test_pretraining_set_shares_no_image_with_the_demo_set():
     """Another seed: the first images of each pretraining split differ from every image of
     sa_shapes_train/val (the generator's images depend only on seed, split and index)."""
@@ -148,6 +151,7 @@ def test_xz_weights_are_checked_then_decompressed_once_into_the_cache(tmp_path, 
         PathManager.get_local_path(P.PRETRAINED_PREFIX + name)
 
 
+@pytest.mark.slow
 def test_r34_pretraining_differs_from_r18_only_in_depth_and_output():
     from detectron2.config import LazyConfig
 

@@ -13,6 +13,7 @@ from sa_ejhead.modeling import ThreadedROIAlign
 from sa_ejhead_lab import profile, report
 
 
+@pytest.mark.slow
 def test_profile_two_tiny_configs(tmp_path, capsys, monkeypatch):
     config = str(tmp_path / "tiny_mask_rcnn.py")
     write_tiny_lazy_config_file(config, train_dataset="-", test_dataset="-", output_dir="")

@@ -97,6 +97,7 @@ def _flattens_14x14(roi):
     return roi.box_pooler.output_size == 14 and roi.get("box_refinement_downsample", 1) == 1
 
 
+@pytest.mark.slow
 def test_coco_configs_slow_the_enriched_fc1_and_only_it():
     """Every model-zoo config that flattens 14x14 RoIs into fc1 gives it (7/14)^2 of the lr;
     no other config scales any learning rate."""

@@ -31,6 +31,7 @@ def _weights(path):
     return torch.load(path, map_location="cpu", weights_only=False)
 
 
+@pytest.mark.slow
 def test_resume_equals_uninterrupted_training(tiny_dataset, tmp_path):
     n = 2
     kwargs = dict(model_config=MODEL, max_iter=n, checkpoint_period=n // 2, evaluate=False, seed=3)

@@ -221,6 +221,7 @@ _GRAD_CASES = [dict(mode=m) for m in MODES] + [
 ]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kwargs", _GRAD_CASES, ids=lambda kw: "-".join(map(str, kw.values())))
 def test_every_parameter_gets_a_gradient(kwargs):
     neck = _neck(norm="GN", out_channels=32, **kwargs).train()
@@ -372,6 +373,7 @@ def test_yacs_keys_and_registry():
     assert BACKBONE_REGISTRY.get("build_resnet_safpn_backbone") is build_resnet_safpn_backbone
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("depth", [18, 50, 101])
 def test_yacs_builds_resnet_safpn(depth):
     cfg = _tiny_cfg(
@@ -440,6 +442,7 @@ def _image_with_gt(h, w):
     return {"image": image, "height": h, "width": w, "instances": gt}
 
 
+@pytest.mark.slow
 def test_mask_rcnn_with_safpn_at_odd_size_trains_and_infers():
     model = instantiate(_lazy_model().model)
     assert isinstance(model.backbone, SAFPN)

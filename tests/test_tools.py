@@ -60,6 +60,7 @@ def _copypaste_lines(results):
     return [",".join(f"{v:.4f}" for v in list(results[task].values())[:6]) for task in results]
 
 
+@pytest.mark.slow
 def test_lazyconfig_train_then_eval_only(lazy_run, monkeypatch):
     out = lazy_run["out"]
     assert {"model_final.pth", "last_checkpoint", "config.yaml", "metrics.json"} <= set(
@@ -111,6 +112,7 @@ def test_lazyconfig_bad_coco_dataset_spec(lazy_run):
         lazy_engine.main(args)
 
 
+@pytest.mark.slow
 def test_train_net_yacs_cli(tmp_path, monkeypatch, capsys):
     json_file, image_root = write_tiny_coco(str(tmp_path / "data"), num_images=2, seed=7)
     cfg = tiny_yacs_config("yacs_cli", "yacs_cli", str(tmp_path / "out"), max_iter=1)
@@ -165,6 +167,7 @@ def _demo_inputs(folder, json_file_dir):
     return sorted(os.path.join(folder, "good_" + n) for n in images)
 
 
+@pytest.mark.slow
 def test_demo_folder_with_a_broken_image(lazy_run, tmp_path, monkeypatch, caplog, capsys):
     inputs = str(tmp_path / "in")
     good = _demo_inputs(inputs, lazy_run["image_root"])
@@ -262,6 +265,7 @@ def _warnings(caplog):
     return [r for r in caplog.records if r.name.startswith("sa_ejhead") and r.levelno >= 30]
 
 
+@pytest.mark.slow
 def test_demo_warns_when_the_heads_are_untrained(lazy_run, tmp_path, caplog):
     final = os.path.join(lazy_run["out"], "model_final.pth")
     weights = torch.load(final, weights_only=False)["model"]
@@ -294,6 +298,7 @@ def test_demo_warns_when_the_heads_are_untrained(lazy_run, tmp_path, caplog):
     assert not predictor.model.training
 
 
+@pytest.mark.slow
 def test_demo_yacs_warns_when_the_heads_are_untrained(tmp_path, caplog):
     yaml_file = tmp_path / "tiny.yaml"
     yaml_file.write_text(tiny_yacs_config("unused", "unused", str(tmp_path / "out")).dump())
@@ -371,6 +376,7 @@ def test_demo_goes_on_when_the_predictor_raises(tmp_path, caplog, monkeypatch):
     assert caplog.text.count("Traceback") == 1  # once, not for every image
 
 
+@pytest.mark.slow
 def test_train_demo_writes_every_output_and_repeats_exactly(
     lazy_run, tmp_path, monkeypatch, capsys
 ):

@@ -37,6 +37,7 @@ def _run(cmd, **kwargs):
     return proc.stdout
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(180)
 def test_wheel_carries_the_configs(tmp_path):
     # build from a copy, so that the build leaves nothing in the checkout

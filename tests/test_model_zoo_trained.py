@@ -4,13 +4,12 @@ trained-model counterparts of the random-weight parity tests of test_deploy.py; 
 reach is the model zoo's table (sa_ejhead/model_zoo_weights/manifest.json, docs/model_zoo.md)."""
 
 import os
-import re
 
 import pytest
 import torch
 from detectron2.config import instantiate
 
-from _helpers import run_tool_script
+from _helpers import listen, run_tool_script
 from sa_ejhead import model_zoo
 from sa_ejhead.data import prepare_sa_shapes
 from sa_ejhead.export import ExportedModel, compare_instances, export_model, summarize_parity
@@ -21,7 +20,6 @@ pytestmark = pytest.mark.slow
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 AP_KEYS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
 TOLERANCE = 0.1 + 1e-6  # the table's box and mask AP (rounded to 0.001) within 0.1
-_LOGGING_ERROR = re.compile(r"^--- Logging error ---$.*?^Arguments: .*?$", re.M | re.S)
 
 
 def _test_set(cfg):
@@ -110,7 +108,7 @@ def test_onnx_export_of_the_trained_model_matches_eager(trained, tmp_path):
 
 
 def test_demo_tool_draws_with_the_zoo_weights_when_none_are_given(
-    zoo_cache, tmp_path, monkeypatch, capsys
+    zoo_cache, tmp_path, monkeypatch, caplog
 ):
     prepare_sa_shapes()
     from detectron2.data import DatasetCatalog
@@ -119,10 +117,9 @@ def test_demo_tool_draws_with_the_zoo_weights_when_none_are_given(
     out = tmp_path / "vis"
     argv = ["--config-file", os.path.join(REPO, "configs", "demo", "sa_shapes.py")]
     argv += ["--input", image, "--output", str(out)]
-    assert run_tool_script("demo.py", argv, monkeypatch) == 0
-    # without the "--- Logging error ---" reports of loggers that earlier tests pointed at a
-    # stdout pytest has closed since (they repeat the message)
-    log = _LOGGING_ERROR.sub("", "".join(capsys.readouterr()))
+    with listen(caplog):  # the package's and the tool's records, whatever ran before
+        assert run_tool_script("demo.py", argv, monkeypatch) == 0
+    log = "\n".join(r.getMessage() for r in caplog.records)
     assert log.count("No weights given") == 1
     assert model_zoo.get_checkpoint_url("demo/sa_shapes.py") in log
     assert "untrained" not in log  # every weight came from the checkpoint

@@ -137,21 +137,22 @@ def config_test_dataset(cfg):
 
 
 def build_test_loader(cfg, dataset_name=None):
-    """The config's test data loader (yacs: of ``dataset_name``, default ``DATASETS.TEST[0]``)."""
-    from detectron2.data import build_detection_test_loader
-
+    """The config's test data loader (yacs: :meth:`Trainer.build_test_loader` of
+    ``dataset_name``, default ``DATASETS.TEST[0]``)."""
     if is_yacs_config(cfg):
-        return build_detection_test_loader(cfg, dataset_name or cfg.DATASETS.TEST[0])
+        from .trainer import Trainer
+
+        return Trainer.build_test_loader(cfg, dataset_name or cfg.DATASETS.TEST[0])
     return instantiate(cfg.dataloader.test)
 
 
 def build_evaluator(cfg, output_dir=None):
-    """The config's COCO evaluator: a LazyConfig's ``dataloader.evaluator``; for yacs, the
-    project's :class:`~sa_ejhead.evaluation.COCOEvaluator` on ``DATASETS.TEST[0]``."""
+    """The config's COCO evaluator: a LazyConfig's ``dataloader.evaluator``; for yacs,
+    :meth:`Trainer.build_evaluator` on ``DATASETS.TEST[0]``."""
     if is_yacs_config(cfg):
-        from ..evaluation import COCOEvaluator
+        from .trainer import Trainer
 
-        return COCOEvaluator(cfg.DATASETS.TEST[0], output_dir=output_dir)
+        return Trainer.build_evaluator(cfg, cfg.DATASETS.TEST[0], output_dir)
     return instantiate(cfg.dataloader.evaluator)
 
 

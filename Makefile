@@ -8,7 +8,7 @@ ITERS ?=
 PYTEST_ARGS ?=
 JOBS ?= $(shell nproc 2>/dev/null || echo 1)
 
-.PHONY: setup demo test test-quick zoo ablation ablation-long pretrain pretrain-r34 format lint clean-venv
+.PHONY: setup demo test test-quick zoo ablation ablation-v2 ablation-long pretrain pretrain-r34 format lint clean-venv
 
 # The stamp is written only at the end of a successful set-up; a .venv without it is removed and
 # rebuilt. A change of setup.py or of the bootstrap script re-runs the set-up.
@@ -37,18 +37,25 @@ test-quick: $(STAMP)
 zoo: $(STAMP)
 	$(PY) projects/model_zoo/build_zoo.py
 
-# The CPU ablation of Tables 2-5, protocol v2 (pre-trained backbone; hours, resumable: rerun to
-# continue, finished runs are kept in projects/cpu_ablation/results_v2/), then its tables and
-# verdicts in docs/ablation.md. Tables 2 and 4 first.
+# The CPU ablation, protocol v3 (issue 29; hours, resumable: rerun to continue, finished runs are
+# kept in projects/cpu_ablation/results_v2/): the pilot's deciding run, Table 2 and the efficient
+# row, the equal-cost baselines (once results_v2/v3_timing.json is committed:
+# projects/cpu_ablation/time_rows.py), then the component rows; 3 seeds; then its pilot, tables,
+# verdicts and frontier plot in docs/ablation.md and docs/images/ablation_frontier.png.
 ablation: $(STAMP)
-	$(PY) projects/cpu_ablation/run_ablation.py --protocol v2 --tables 2 4 3 5 E --jobs $(JOBS) --resume --markdown docs/ablation.md
+	$(PY) projects/cpu_ablation/run_ablation.py --protocol v3 --jobs $(JOBS) --resume --markdown docs/ablation.md
 
-# Table 2's ResNet-18 rows at lr 0.02 for 2400 iterations, where the baseline's AP flattens (resumable).
+# Protocol v2, the short schedule (lr 0.01, 1200 iterations): Tables 2 and 4 first, then 3, 5, E;
+# its tables and verdicts in docs/measurements/ablation/v2.md.
+ablation-v2: $(STAMP)
+	$(PY) projects/cpu_ablation/run_ablation.py --protocol v2 --tables 2 4 3 5 E --jobs $(JOBS) --resume --markdown docs/measurements/ablation/v2.md
+
+# v2's Table 2 ResNet-18 rows at lr 0.02 for 2400 iterations (resumable).
 LONG_RUN = --tables 2 --configs baseline safpn ejhead safpn_ejhead --iters 2400 --opts optimizer.lr=0.02
 ablation-long: $(STAMP)
 	$(PY) projects/cpu_ablation/run_ablation.py --protocol v2 --seeds 0 1 2 --jobs $(JOBS) --resume $(LONG_RUN)
 	$(PY) projects/cpu_ablation/run_ablation.py --protocol v2 --table-only --markers cpu-ablation-v2-len2400 \
-		--markdown docs/ablation.md $(LONG_RUN)
+		--markdown docs/measurements/ablation/v2.md $(LONG_RUN)
 
 # Pre-train the demo backbone on sa_shapes_pretrain (resumable), then export its weights.
 pretrain: $(STAMP)

@@ -12,14 +12,6 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from .errors import ConfigError, describe
 
-__all__ = [
-    "add_sa_ejhead_config",
-    "apply_lazy_overrides",
-    "check_config_file",
-    "load_lazy_config",
-    "load_yacs_config",
-]
-
 
 def add_sa_ejhead_config(cfg):
     """Add the SA-FPN and EJ-Head keys (with the paper's defaults) to a ``get_cfg()`` config, in
@@ -47,7 +39,7 @@ def add_sa_ejhead_config(cfg):
     cfg.MODEL.EJ_HEAD.CHECKPOINT_REFINEMENT = False  # checkpoint_refinement
     cfg.MODEL.EJ_HEAD.CHECKPOINT_CHUNK = 256  # checkpoint_chunk
 
-    # The learning-rate factor of the box heads' first fc (sa_ejhead.solver.enriched_fc1_lr_factor)
+    # The learning-rate factor of the box heads' first fc (sa_ejhead.modeling.enriched_fc1_lr_factor)
     cfg.SOLVER.ENRICHED_FC1_LR_FACTOR = 1.0
     return cfg
 

@@ -9,23 +9,6 @@ import tempfile
 import traceback
 import warnings
 
-__all__ = [
-    "SAEJHeadError",
-    "CheckpointError",
-    "ConfigError",
-    "DatasetError",
-    "DatasetFileNotFoundError",
-    "DatasetFormatError",
-    "DatasetImageError",
-    "DiskFullError",
-    "ImageReadError",
-    "TrainingDivergedError",
-    "describe",
-    "errors_logged_in",
-    "other_messages_on_stdout",
-    "run_tool",
-]
-
 
 class SAEJHeadError(Exception):
     """Base of the errors about a user's input."""

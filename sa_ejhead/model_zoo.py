@@ -15,8 +15,8 @@ their AP is ``docs/model_zoo.md``): :func:`get_checkpoint_url` gives their
 ``sa_ejhead://model_zoo/`` path, usable as ``train.init_checkpoint`` or ``MODEL.WEIGHTS``. No
 COCO weights are provided (training them needs COCO and GPUs).
 
-``PAPER_ROWS`` maps every row of the paper's Tables 1-5 to its config and the paper's COCO AP;
-``python -m sa_ejhead.model_zoo`` prints it as the Markdown table of ``docs/configs.md``.
+``PAPER_ROWS`` maps every row of the paper's Tables 1-5 to its config and the paper's COCO AP
+(the table of ``docs/configs.md``).
 """
 
 import os
@@ -26,23 +26,6 @@ from typing import Optional, Tuple
 
 from .errors import SAEJHeadError
 from .pretrained import MODEL_ZOO_PREFIX, model_zoo_manifest
-
-__all__ = [
-    "ModelZooError",
-    "PaperRow",
-    "PAPER_ROWS",
-    "LAZY_CONFIGS",
-    "OTHER_CONFIGS",
-    "YACS_CONFIGS",
-    "get_config_root",
-    "get_config_file",
-    "get_config",
-    "get_checkpoint_url",
-    "get",
-    "trained_configs",
-    "zoo_config_path",
-    "format_paper_table",
-]
 
 
 @dataclass(frozen=True)
@@ -205,31 +188,3 @@ def get(config_path: str, trained: bool = False, device: Optional[str] = None):
     model = build_config_model(cfg, device)
     load_weights(model, config_weights(cfg))  # "" loads nothing
     return model
-
-
-def format_paper_table(our_ap=None, link_prefix: str = "../") -> str:
-    """``PAPER_ROWS`` as the Markdown table of ``docs/configs.md``.
-
-    Args:
-        our_ap (dict or None): config path -> (box AP, mask AP) we measured; rows without an
-            entry say they were not trained.
-        link_prefix (str): prefix of the links to the configs: "../" from ``docs/``, "" from
-            the repository root.
-    """
-    our_ap = our_ap or {}
-    lines = [
-        "| Paper row | Config (LazyConfig; yacs) | Paper box AP | Paper mask AP | Our box / mask AP |",
-        "|---|---|---|---|---|",
-    ]
-    for r in PAPER_ROWS:
-        cfg = f"[{os.path.basename(r.config)}]({link_prefix}configs/{r.config})"
-        if r.yacs_config:
-            cfg += f"; [{os.path.basename(r.yacs_config)}]({link_prefix}configs/{r.yacs_config})"
-        ours = our_ap.get(r.config)
-        ours = f"{ours[0]:.1f} / {ours[1]:.1f}" if ours else "not trained (needs COCO + GPUs)"
-        lines.append(f"| {r.table}: {r.row} | {cfg} | {r.box_ap:.1f} | {r.mask_ap:.1f} | {ours} |")
-    return "\n".join(lines)
-
-
-if __name__ == "__main__":
-    print(format_paper_table())

@@ -20,8 +20,6 @@ from .engine import build
 from .engine.lazy import check_device
 from .errors import ImageReadError, describe
 
-__all__ = ["Predictor", "build_predictor", "read_image"]
-
 logger = logging.getLogger(__name__)
 
 

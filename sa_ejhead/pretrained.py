@@ -21,18 +21,6 @@ import torch
 from detectron2.utils.file_io import PathManager
 from iopath.common.file_io import PathHandler
 
-__all__ = [
-    "MODEL_ZOO_PREFIX",
-    "PRECISIONS",
-    "PRETRAINED_BACKBONES",
-    "PRETRAINED_PREFIX",
-    "model_zoo_manifest",
-    "pretrained_path",
-    "sha256_of",
-    "unpack_file",
-    "unpack_weights",
-]
-
 PRETRAINED_PREFIX = "sa_ejhead://pretrained/"
 MODEL_ZOO_PREFIX = "sa_ejhead://model_zoo/"
 _HERE = os.path.dirname(os.path.abspath(__file__))

@@ -10,6 +10,7 @@ import sys
 import threading
 
 import pytest
+import torch
 
 from detectron2.config import LazyConfig
 
@@ -391,3 +392,286 @@ def test_run_one_skips_finished_and_locked_runs(tmp_path, monkeypatch):
         f.write("999999999")  # stale: no such process
     R.run_one(store, "safpn", 0, 5, resume=True, checkpoint_period=10)
     assert trained == ["safpn"] and not os.path.exists(lock)
+
+
+# --- protocol v3 (issue 29) -----------------------------------------------------------------------
+from ablation import v3 as V3  # noqa: E402
+
+
+def _fake_hash(config_file, opts=()):
+    """A config hash without loading the config: the overrides make the key, as in the real one."""
+    return "h" + "-".join(opts)
+
+
+def _v3_store(tmp_path, lr=P.V3_LR):
+    """A store with v3's layout in tmp_path (the real configs' names; hashes from _fake_hash)."""
+    results = tmp_path / "store"
+    results.mkdir(exist_ok=True)
+    return S.ResultStore(
+        P.PROTOCOLS["v3"].path(P.PROTOCOLS["v3"].config_dir),
+        str(tmp_path / "runs"),
+        str(results),
+        P.lr_opts(lr),
+    )
+
+
+def _pilot(aps):
+    """``result(config, lr, iters)`` from ``{(lr, iters): box AP}`` (the baseline; mask = box - 5)."""
+
+    def result(config, lr, iters):
+        ap = aps.get((lr, iters)) if config == "baseline" else None
+        return None if ap is None else {"bbox": {"AP": ap}, "segm": {"AP": ap - 5}}
+
+    return result
+
+
+def test_pilot_rule_chooses_where_doubling_moves_box_ap_under_a_point():
+    ladder = {(0.02, 1200): 52.7, (0.02, 2400): 57.0, (0.04, 1200): 53.7, (0.04, 2400): 58.7}
+    # 2400 -> 4800 moves the baseline by 0.6 < 1: v3's (0.04, 2400) is chosen
+    d = V3.pilot_decision(_pilot({**ladder, (0.04, 4800): 59.3}), chosen=(0.04, 2400))
+    assert d["status"] == "chosen" and (d["rate"], d["length"]) == (0.04, 2400)
+    assert d["compared_at"] == 2400 and [s[:2] for s in d["steps"]] == [(1200, 2400), (2400, 4800)]
+    assert d["steps"][0][2] == pytest.approx(5.0) and d["steps"][1][2] == pytest.approx(0.6)
+    # the deciding run has not finished: pending, and it says which run it waits for
+    d = V3.pilot_decision(_pilot(ladder), chosen=(0.04, 2400))
+    assert d["status"] == "pending" and d["length"] is None and d["needs"] == [(0.04, 4800)]
+    assert not d["rejects_chosen"]
+    # doubling moves it by a point or more (either way): pending on the next doubling, and
+    # v3's pair is ruled out
+    for later in (60.0, 57.7):
+        d = V3.pilot_decision(_pilot({**ladder, (0.04, 4800): later}), chosen=(0.04, 2400))
+        assert d["status"] == "pending" and d["needs"] == [(0.04, 9600)] and d["rejects_chosen"]
+    # converged earlier than the protocol's pair: the rule gives another pair
+    early = {**ladder, (0.02, 2400): 53.0, (0.04, 2400): 54.0}
+    d = V3.pilot_decision(_pilot(early), chosen=(0.04, 2400))
+    assert d["status"] == "differs" and (d["rate"], d["length"]) == (0.04, 1200)
+    # the rate: higher box + mask AP at the longest length both rates finished
+    d = V3.pilot_decision(_pilot({**ladder, (0.02, 2400): 59.0}), chosen=(0.04, 2400))
+    assert d["rate"] == 0.02 and d["needs"] == [(0.02, 4800)] and d["rejects_chosen"]
+    assert V3.pilot_decision(_pilot({(0.04, 1200): 50.0}))["rate"] is None
+
+
+def test_pilot_table_from_the_stored_runs(tmp_path, monkeypatch):
+    monkeypatch.setattr(S, "config_hash", _fake_hash)
+    for lr, iters, ap in [(0.02, 1200, 52.7), (0.02, 2400, 57.0), (0.04, 1200, 53.7)]:
+        _fake(_v3_store(tmp_path, lr), "baseline", 0, iters, ap)
+    store = _v3_store(tmp_path)
+    _fake(store, "baseline", 0, 2400, 58.7)
+    _fake(store, "baseline", 1, 4800, 99.0)  # not the pilot's seed: not read
+    _fake(store, "safpn_ejhead", 0, 1200, 55.6)
+    text = V3.pilot_markdown(store, chosen=(0.04, 2400))
+    base = next(line for line in text.splitlines() if line.startswith("| `baseline`"))
+    assert base.split(" | ")[1:] == ["52.7 / 51.7", "57.0 / 56.0", "-", "53.7 / 52.7"] + [
+        "**58.7 / 57.7**",
+        "- |",
+    ]
+    assert "| `safpn_ejhead` | - | - | - | 55.6 / 54.6 | - | - |" in text
+    assert "**Status: pending**" in text and "lr 0.04 for 4800 iterations" in text
+    _fake(store, "baseline", 0, 4800, 59.2)
+    assert "**Status: chosen.** v3 = lr 0.04, 2400 iterations" in V3.pilot_markdown(
+        store, chosen=(0.04, 2400)
+    )
+    text = V3.pilot_markdown(store, chosen=(0.04, 1200))  # doubling 1200 moved it by 5
+    assert "**Status: the rule gives lr 0.04, 2400 iterations, not v3's" in text
+
+
+def _timing(results_dir, ratios, hashes=None):
+    rows = {
+        config: {
+            "sec_per_iter": 0.4 * ratio,
+            "ratio": {"median": ratio, "min": ratio - 0.1, "max": ratio + 0.1},
+            "config_hash": (hashes or {}).get(config),
+        }
+        for config, ratio in ratios.items()
+    }
+    data = {"date": "2026-12-07", "machine": "Test CPU.", "threads": 1, "rows": rows}
+    data["ratios"] = dict(ratios)
+    with open(os.path.join(results_dir, V3.TIMING_FILE), "w") as f:
+        json.dump(data, f)
+    return V3.read_timing(results_dir)
+
+
+def test_equal_cost_lengths_come_from_the_committed_ratio_file(tmp_path):
+    ratios = {"baseline": 1.0, "safpn_ejhead": 1.9, "safpn_ejhead_efficient": 1.15}
+    timing = _timing(str(tmp_path), ratios)
+    assert V3.equal_cost_iters(timing, 2400) == {
+        "safpn_ejhead": 4560,
+        "safpn_ejhead_efficient": 2760,
+    }
+    assert V3.equal_cost_iters(timing, 1000)["safpn_ejhead_efficient"] == 1150
+    assert V3.equal_cost_iters(None, 2400) == {} and V3.read_timing(str(tmp_path / "no")) is None
+    claims = V3.equal_cost_claims(timing, 2400)
+    assert [(c[2], c[3]) for c in claims] == [
+        ("safpn_ejhead", "baseline@4560"),
+        ("safpn_ejhead_efficient", "baseline@2760"),
+    ]
+    assert [c[3] for c in V3.equal_cost_claims(None, 2400)] == [None, None]
+
+    # the sweep's order: the pilot's deciding run, Table 2 + efficient, equal cost, components
+    configs = list(P.V3_MAIN + P.V3_COMPONENTS)
+    runs = V3.plan_runs(configs, [0, 1, 2], 2400, timing)
+    assert runs[0] == ("baseline", 0, 4800) and len(runs) == 1 + 30 + 6
+    groups = [
+        "pilot" if n == 4800 else "cost" if n != 2400 else "main" if c in P.V3_MAIN else "parts"
+        for c, _, n in runs
+    ]
+    assert groups == ["pilot"] + ["main"] * 15 + ["cost"] * 6 + ["parts"] * 15
+    assert runs[16:18] == [("baseline", 0, 4560), ("baseline", 0, 2760)]
+    assert [s for c, s, _ in runs[1:16]] == [0] * 5 + [1] * 5 + [2] * 5  # seed-major
+    assert not any(n not in (2400, 4800) for _, _, n in V3.plan_runs(configs, [0], 2400, None))
+    assert V3.plan_runs(["fpn_buf"], [1], 2400, timing) == [("fpn_buf", 1, 2400)]
+
+
+def test_v3_tables_and_verdicts_say_n_of_3_seeds(tmp_path, monkeypatch):
+    monkeypatch.setattr(S, "config_hash", _fake_hash)
+    store = _v3_store(tmp_path)
+    v3 = P.PROTOCOLS["v3"]
+    for seed in range(3):
+        _fake(store, "safpn_ejhead", seed, 50, 20.0 + seed)
+        _fake(store, "baseline", seed, 50, 10.0 + seed)
+    _fake(store, "safpn", 0, 50, 15.0)
+    _fake(store, "baseline", 0, 95, 30.0)  # the equal-cost baseline: 1 of 3 seeds
+    text = T.format_tables(v3, store, ["V3"], [0, 1, 2], 50)
+    row = next(line for line in text.splitlines() if line.startswith("| Mask R-CNN + SA-FPN |"))
+    assert "| 15.0 |" in row and "| 1/3 seeds |" in row
+    assert "| 0/3 seeds |" in next(line for line in text.splitlines() if "| BUF-FPN |" in line)
+    timing = _timing(str(tmp_path / "store"), {"baseline": 1.0, "safpn_ejhead": 1.9})
+    claims = list(v3.claims) + V3.equal_cost_claims(timing, 50)
+    text = T.verdicts(v3, store, [0, 1, 2], 50, claims=claims)
+    lines = text.splitlines()
+    ours = next(line for line in lines if "| safpn_ejhead vs baseline | box AP |" in line)
+    assert ours.endswith("| +10.0 ± 0.8 | confirms |")
+    sa = next(line for line in lines if "| safpn vs baseline | box AP |" in line)
+    assert sa.endswith("| - | under 3 seeds (1/3 vs 3/3) |")
+    eq = next(line for line in lines if "safpn_ejhead vs baseline (95 it) | box AP" in line)
+    assert eq.endswith("| under 3 seeds (3/3 vs 1/3) |")
+    eff = next(line for line in lines if "safpn_ejhead_efficient vs ? | box AP" in line)
+    assert eff.endswith("| - | no time ratio yet |")
+    block = V3.equal_cost_markdown(store, [0, 1, 2], 50, timing, "time it")
+    assert "round(50 x 1.900) = 95 it" in block and "| 30.0 |" in block
+    assert "| Mask R-CNN + SA-FPN + EJ-Head (Ours), equal iterations | 50 | +10.0 ± 0.8 |" in block
+    assert "_Some rows were timed with another config" not in block
+    stale = _timing(str(tmp_path / "store"), {"baseline": 1.0}, {"baseline": "old"})
+    assert "(other config!)" in V3.equal_cost_markdown(store, [0, 1, 2], 50, stale, "time it")
+    assert "not measured yet: `time it`" in V3.equal_cost_markdown(store, [0], 50, None, "time it")
+
+
+def _frontier_store(tmp_path):
+    """A v3 store with baseline and safpn_ejhead at 50 (2 seeds) and 100 iterations (1 seed)."""
+    store = _v3_store(tmp_path)
+    for seed in range(2):
+        _fake(store, "baseline", seed, 50, 10.0 + 2 * seed, spi=0.5)
+        _fake(store, "safpn_ejhead", seed, 50, 20.0, spi=1.0)
+    _fake(store, "baseline", 0, 100, 14.0, spi=0.7)
+    for iters in (50, 100):
+        store.publish(["baseline", "safpn_ejhead"], [0, 1], iters)
+    shutil.rmtree(store.output_dir)  # the committed store alone
+    _fake(store, "safpn_ejhead", 0, 100, 25.0, spi=1.0)  # an unpublished run directory
+    return store
+
+
+def test_frontier_points(tmp_path, monkeypatch):
+    """Every finished (row, length) at v3's rate is a point; core-seconds from the timing file
+    where it has the row, else the runs' own s/iter x threads."""
+    monkeypatch.setattr(S, "config_hash", _fake_hash)
+    store = _frontier_store(tmp_path)
+    assert store.lengths("baseline") == [50, 100] and store.lengths("baseline", [1]) == [50]
+    points = V3.frontier_points(store, [0, 1, 2], None)
+    assert [(p["config"], p["iters"], p["n"]) for p in points] == [
+        ("baseline", 50, 2),
+        ("baseline", 100, 1),
+        ("safpn_ejhead", 50, 2),
+        ("safpn_ejhead", 100, 1),
+    ]
+    assert points[0]["box"] == pytest.approx((11.0, math.sqrt(2.0)))
+    assert points[1]["core_s"] == pytest.approx(70.0) and points[1]["source"] == "runs"
+    timing = _timing(str(tmp_path / "store"), {"baseline": 1.0, "safpn_ejhead": 2.0})
+    timed = V3.frontier_points(store, [0, 1, 2], timing)
+    assert timed[3]["core_s"] == pytest.approx(100 * 0.8) and timed[3]["source"] == "timed"
+    assert "0.400 (timed)" in V3.frontier_markdown(timed, "f.png", [0, 1, 2])
+
+
+@pytest.mark.slow
+def test_table_only_writes_the_frontier_plot_and_the_v3_blocks(tmp_path, monkeypatch):
+    """v3's --table-only writes the PNG (not rewritten when nothing changed: no churn) and the
+    page's v3 blocks, the image linked relative to the page."""
+    monkeypatch.setattr(S, "config_hash", _fake_hash)
+    monkeypatch.setattr(R, "REPO_ROOT", str(tmp_path))
+    store = _frontier_store(tmp_path)
+    _timing(str(tmp_path / "store"), {"baseline": 1.0, "safpn_ejhead": 2.0})
+    (tmp_path / "docs").mkdir()
+    page, png = tmp_path / "docs" / "ablation.md", tmp_path / "docs" / "images" / "front.png"
+    argv = ["--protocol", "v3", "--table-only", "--iters", "50", "--seeds", "0", "1", "2"]
+    argv += ["--output-dir", store.output_dir, "--results-dir", store.results_dir]
+    argv += ["--plot", str(png), "--markdown", str(page)]
+    assert R.main(argv) == 0
+    data = png.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n" and b"Software" not in data
+    mtime = png.stat().st_mtime_ns
+    assert R.main(argv) == 0
+    assert png.read_bytes() == data and png.stat().st_mtime_ns == mtime  # no churn
+    text = page.read_text()
+    for markers in ("pilot", "tables", "tables-verdicts", "equal-cost", "frontier"):
+        assert f"<!-- cpu-ablation-v3-{markers}:start -->" in text
+    assert "![Box and mask AP against training core-seconds](images/front.png)" in text
+    assert "| Mask R-CNN (Baseline) | 100 | 0.400 (timed) | 40 | 14.0 | 13.0 | 1/3 seeds |" in text
+    assert "[baseline](../projects/cpu_ablation/configs_v2/baseline.py)" in text
+
+
+@pytest.mark.slow
+def test_v3_reuses_the_pilot_runs_and_keeps_the_schedule_shape():
+    """v3's key is v2's config with the rate as an override, exactly as the pilot's runs were
+    made: its baseline and SA-FPN + EJ-Head (through ALIASES.json) find the stored pilot runs.
+    The equal-cost rows' longer schedule keeps its shape: warm-up and decay are fractions."""
+    from detectron2.config import instantiate
+    from detectron2.solver import LRMultiplier
+
+    store = R.make_store(R.get_parser().parse_args(["--protocol", "v3"]))
+    assert store.opts == ("optimizer.lr=0.04",) and P.V3_ITERS == 2400
+    assert store.hash("baseline") == "8a8cb13e87"
+    path = store.result_path("baseline", 0, 2400)
+    assert path.endswith(os.path.join("results_v2", "baseline", "8a8cb13e87", "0", "2400.json"))
+    run = store.load("baseline", 0, 2400)
+    assert run["opts"] == list(store.opts) and run["config_hash"] == "8a8cb13e87"
+    assert store.hash("safpn_ejhead") == "8f9f199486"  # an ALIASES.json entry
+    assert store.load("safpn_ejhead", 0, 1200)["opts"] == list(store.opts)
+
+    cfg = LazyConfig.load(store.config_file("baseline"))
+    model = torch.nn.Linear(1, 1)
+    lrs = {}
+    for iters in (2400, 4560):
+        optimizer = torch.optim.SGD(model.parameters(), lr=1.0)
+        scheduler = LRMultiplier(optimizer, instantiate(cfg.lr_multiplier), iters)
+        lrs[iters] = []
+        for i in range(iters):
+            if i % (iters // 20) == 0:
+                lrs[iters].append(optimizer.param_groups[0]["lr"])
+            optimizer.step()
+            scheduler.step()
+    assert lrs[2400] == pytest.approx(lrs[4560], abs=2e-3)
+    assert lrs[2400][1] == pytest.approx(lrs[2400][2], abs=2e-3) or lrs[2400][1] < lrs[2400][2]
+
+
+@pytest.mark.slow
+def test_table_only_rewrites_v2_byte_identically_beside_v3(tmp_path, monkeypatch):
+    """On the committed store, v2's --table-only leaves its page's blocks as they are, and v3's
+    --table-only (the plot elsewhere) writes its own blocks into its page."""
+    monkeypatch.setattr(R, "REPO_ROOT", str(tmp_path))
+    v2_page = tmp_path / "docs" / "measurements" / "ablation" / "v2.md"
+    v2_page.parent.mkdir(parents=True)
+    original = open(os.path.join(REPO, "docs", "measurements", "ablation", "v2.md")).read()
+    v2_page.write_text(original)
+    page = tmp_path / "docs" / "ablation.md"
+    page.write_text(open(os.path.join(REPO, "docs", "ablation.md")).read())
+
+    def v2_blocks(text):
+        start = text.index("<!-- cpu-ablation-v2-tables:start -->")
+        return text[start : text.index("<!-- cpu-ablation-v2-len2400:start -->")]
+
+    runs = ["--output-dir", str(tmp_path / "runs")]  # the committed store alone
+    assert R.main(["--table-only", "--markdown", str(v2_page)] + runs) == 0
+    assert v2_blocks(v2_page.read_text()) == v2_blocks(original)
+    argv = ["--protocol", "v3", "--table-only", "--plot", str(tmp_path / "f.png")] + runs
+    assert R.main(argv + ["--markdown", str(page)]) == 0
+    assert (tmp_path / "f.png").is_file()
+    assert "<!-- cpu-ablation-v3-pilot:start -->" in page.read_text()

@@ -81,17 +81,26 @@ def exported(tmp_path_factory):
     """(eager model, {runtime: ExportedModel}) of the tiny SA-FPN + EJ-Head, traced on a 64x80
     image (the efficient model: test_efficient_model_exports_also_with_zero_detections).
 
-    It pools with ThreadedROIAlign splitting any number of RoIs, and TorchScript is traced with 2
-    threads, so that the threaded path would be taken if tracing did not avoid it (the worker
-    threads' RoIAlign would then be missing from the graph). ONNX is traced with one thread (2
-    threads on a loaded 2-core machine only slow the export down).
+    It pools with ThreadedROIAlign splitting any number of RoIs, and TorchScript is traced where
+    torch.get_num_threads() answers 2 while tracing, so that the threaded path would be taken if
+    tracing did not avoid it (the worker threads' RoIAlign would then be missing from the graph).
+    The intra-op pool keeps one thread: with 2, a loaded 2-core machine traced 4 times slower
+    (4.1 s against 1.0 s), and ThreadedROIAlign splits by the answer alone (the eager run before
+    the trace gets the true count: its thread pool would otherwise set 2 for the process). ONNX
+    is traced with one thread too.
     """
     model = _tiny_model("faithful", threaded_pooling=True)
     for level in model.roi_heads.box_pooler.level_poolers:
         level.min_rois_per_thread = 1
     folder, image = str(tmp_path_factory.mktemp("faithful")), _image(64, 80, 0).float()
-    with _threads(2):
-        runtimes = export_formats(model, image, folder, ["torchscript"], num_threads=1)
+    threads, get_num_threads = torch.get_num_threads(), torch.get_num_threads
+    try:
+        with pytest.MonkeyPatch.context() as monkeypatch:
+            tracing_2 = lambda: 2 if torch.jit.is_tracing() else get_num_threads()  # noqa: E731
+            monkeypatch.setattr(torch, "get_num_threads", tracing_2)
+            runtimes = export_formats(model, image, folder, ["torchscript"], num_threads=1)
+    finally:
+        torch.set_num_threads(threads)  # (a threaded RoIAlign in the trace would have set 2)
     runtimes.update(export_formats(model, image, folder, ["onnxruntime"], num_threads=1))
     return model, {k: v["model"] for k, v in runtimes.items()}
 
@@ -120,7 +129,7 @@ def test_threaded_roi_align_traces_as_the_plain_op(exported):
     model, runtimes = exported
     levels = model.roi_heads.box_pooler.level_poolers
     assert all(isinstance(level, ThreadedROIAlign) for level in levels)
-    with _threads(2):  # as the fixture traced: eager inference splits the RoIs over 2 threads
+    with _threads(2):  # eager inference splits the RoIs over 2 threads
         assert levels[0].num_chunks(torch.rand(1, 32, 8, 8), 8) == 2
     # and yet the graph has the plain op, one per level and pooler, and matches eager
     ts_graph = str(torch.jit.load(runtimes["torchscript"].path).inlined_graph)

@@ -17,10 +17,9 @@ from sa_ejhead.evaluation import (
     FASTER_COCO_EVAL_AVAILABLE,
     COCOEvaluator,
     FasterCOCOeval,
-    evaluate_coco_results,
     get_cocoeval_class,
 )
-from sa_ejhead_lab.coco_eval import _uncompressed_rle, make_synthetic_coco
+from sa_ejhead_lab.coco_eval import _uncompressed_rle, evaluate_coco_results, make_synthetic_coco
 
 needs_faster = pytest.mark.skipif(
     not FASTER_COCO_EVAL_AVAILABLE, reason="faster-coco-eval is not installed"

@@ -8,7 +8,7 @@ from torch import nn
 from detectron2.solver.build import get_default_optimizer_params
 
 from sa_ejhead.modeling import BoundaryRefinement
-from sa_ejhead.solver import ParamLRFactor, enriched_fc1_lr_factor
+from sa_ejhead.modeling import ParamLRFactor, enriched_fc1_lr_factor
 
 C = 8
 

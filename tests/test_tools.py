@@ -176,6 +176,17 @@ def test_demo_folder_with_a_broken_image(lazy_run, tmp_path, monkeypatch, caplog
     argv += ["--confidence-threshold", "0.0", "--coco-dataset"]
     argv += [f"tools_val={lazy_run['json_file']},{lazy_run['image_root']}"]
     argv += ["--opts", f"train.init_checkpoint={os.path.join(lazy_run['out'], 'model_final.pth')}"]
+    # the runs after the first differ in their inputs and outputs only: they get the predictor
+    # the first one built (each build loads the config and the checkpoint again, 0.6 s)
+    built, build_predictor = [], predictor_module.build_predictor
+
+    def build_once(config_file, opts):
+        if not built:
+            built.append((config_file, opts, build_predictor(config_file, opts)))
+        assert built[0][:2] == (config_file, opts)
+        return built[0][2]
+
+    monkeypatch.setattr(predictor_module, "build_predictor", build_once)
     with listen(caplog):
         code = run_tool_script("demo.py", argv, monkeypatch)
     assert code == 1  # one image could not be read; the others were drawn

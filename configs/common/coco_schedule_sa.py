@@ -16,7 +16,7 @@ from detectron2 import model_zoo
 from detectron2.config import LazyCall as L
 from detectron2.solver import WarmupParamScheduler
 
-from sa_ejhead.solver import enriched_fc1_lr_factor
+from sa_ejhead.modeling import enriched_fc1_lr_factor
 
 # lr 0.02, momentum 0.9, weight decay 1e-4 (no decay on norm layers), as Detectron2's SGD
 optimizer = model_zoo.get_config("common/optim.py").SGD

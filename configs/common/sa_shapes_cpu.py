@@ -120,7 +120,7 @@ dataloader.train.mapper.augmentations[0].update(
 )
 dataloader.test.mapper.augmentations[0].update(short_edge_length=192, max_size=320)
 
-# SGD; a model with the Enriched Feature adds params.lr_factor_func (sa_ejhead.solver)
+# SGD; a model with the Enriched Feature adds params.lr_factor_func (sa_ejhead.modeling.box_head)
 optimizer = L(torch.optim.SGD)(
     params=L(get_default_optimizer_params)(base_lr="${..lr}", weight_decay_norm=0.0),
     lr=0.01,

@@ -23,7 +23,7 @@
 # (tests/test_demo_configs.py), so that row's 3 seeds are the demo's: docs/demo.md. Baseline twin:
 # sa_shapes_baseline.py. The from-scratch demo of earlier versions: sa_shapes_scratch.py.
 from sa_ejhead.model_zoo import get_config
-from sa_ejhead.solver import enriched_fc1_lr_factor
+from sa_ejhead.modeling import enriched_fc1_lr_factor
 
 from ..common.sa_shapes_cpu import apply_demo_settings, dataloader, lr_multiplier, optimizer, train
 

@@ -5,8 +5,9 @@ Trains each row's demo-sized config on ``sa_shapes_train`` for ``--iters`` itera
 of ``--seeds``, evaluates on ``sa_shapes_val`` (COCO box and mask AP, AP_S/M/L) and writes the
 tables of mean ± std over the seeds, laid out like the paper's, and (protocol v2) a verdict on
 each of the paper's claims. ``--protocol`` picks the rows' configs and the results store
-(``ablation/protocols.py``): ``v2`` (default; pre-trained backbone, COCO-like RoI geometry) or
-``v1`` (from scratch; finished and pinned).
+(``ablation/protocols.py``): ``v2`` (default; pre-trained backbone, COCO-like RoI geometry, the
+short schedule), ``v1`` (from scratch; finished and pinned) or ``v3`` (v2's rows at the pilot's
+rate and length, the equal-cost baselines and the frontier plot; ``ablation/v3.py``).
 
 Runs and results: see ``ablation/store.py``. A rerun skips finished runs; ``--resume``
 continues unfinished ones from their last checkpoint; ``--table-only`` builds the tables from
@@ -15,7 +16,9 @@ whatever finished. ``--jobs N`` runs N trainings at once, each on ``cores // N``
 Examples::
 
     python projects/cpu_ablation/run_ablation.py --tables 2 4 --jobs 2 --resume
-    python projects/cpu_ablation/run_ablation.py --table-only --markdown docs/ablation.md
+    python projects/cpu_ablation/run_ablation.py --table-only --markdown docs/measurements/ablation/v2.md
+    python projects/cpu_ablation/run_ablation.py --protocol v3 --jobs 2 --resume
+    python projects/cpu_ablation/run_ablation.py --protocol v3 --table-only --markdown docs/ablation.md
     python projects/cpu_ablation/run_ablation.py --protocol v1 --tables D --table-only
 """
 
@@ -30,20 +33,25 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 if HERE not in sys.path:
     sys.path.insert(0, HERE)
 
+from ablation import v3  # noqa: E402
 from ablation.protocols import PROTOCOLS, REPO_ROOT  # noqa: E402
 from ablation.store import ResultStore, evaluation_curve, seconds_per_iteration  # noqa: E402
 from ablation.tables import configs_of, format_tables, verdicts, write_markdown  # noqa: E402
 
+FRONTIER_PNG = os.path.join("docs", "images", "ablation_frontier.png")
+TIMING_COMMAND = "python projects/cpu_ablation/time_rows.py"
+
 
 def make_store(args):
-    """The :class:`ResultStore` of the protocol and the command line's directories."""
+    """The :class:`ResultStore` of the protocol and the command line's directories; its key's
+    overrides are the protocol's (v3's rate), then ``--opts``."""
     protocol = PROTOCOLS[args.protocol]
     results = protocol.path(protocol.results_dir) if args.results_dir is None else args.results_dir
     return ResultStore(
         protocol.path(protocol.config_dir),
         args.output_dir or protocol.output_dir,
         results,
-        args.opts,
+        tuple(protocol.key_opts) + tuple(args.opts),
     )
 
 
@@ -188,6 +196,11 @@ def get_parser():
     parser.add_argument(
         "--pin", action="store_true", help="pin the current hashes of the tables' configs"
     )
+    parser.add_argument(
+        "--plot",
+        default=None,
+        help=f"v3: the frontier plot's PNG (default: {FRONTIER_PNG}; '' for none)",
+    )
     parser.add_argument("--checkpoint-period", type=int, default=100)
     parser.add_argument(
         "--opts", nargs="*", default=[], help="config overrides KEY=VALUE for every run"
@@ -196,10 +209,11 @@ def get_parser():
     return parser
 
 
-def _run_subprocess(args, config, seed, threads):
-    """Train one config/seed in a subprocess (output appended to the run's ``stdout.txt``)."""
+def _run_subprocess(args, config, seed, iters, threads):
+    """Train one config/seed for ``iters`` iterations in a subprocess (output appended to the
+    run's ``stdout.txt``)."""
     cmd = [sys.executable, os.path.abspath(__file__), "--run-one", config, str(seed)]
-    cmd += ["--protocol", args.protocol, "--iters", str(args.iters)]
+    cmd += ["--protocol", args.protocol, "--iters", str(iters)]
     cmd += ["--output-dir", args.output_dir or PROTOCOLS[args.protocol].output_dir]
     if args.results_dir is not None:
         cmd += ["--results-dir", args.results_dir]
@@ -208,7 +222,7 @@ def _run_subprocess(args, config, seed, threads):
         cmd.append("--resume")
     if args.opts:
         cmd += ["--opts"] + list(args.opts)
-    log = os.path.join(make_store(args).run_dir(config, seed, args.iters), "stdout.txt")
+    log = os.path.join(make_store(args).run_dir(config, seed, iters), "stdout.txt")
     os.makedirs(os.path.dirname(log), exist_ok=True)
     env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
     with open(log, "a") as f:
@@ -224,23 +238,29 @@ def available_cores():
 
 
 def run_sweep(args, todo):
-    """Run the (config, seed) pairs of ``todo``, ``args.jobs`` at a time, in plan order."""
+    """Run the (config, seed, iterations) triples of ``todo``, ``args.jobs`` at a time, in plan
+    order."""
     jobs = max(1, args.jobs)
     threads = max(1, available_cores() // jobs)
+    lengths = sorted({n for _, _, n in todo})
     print(
-        f"[ablation] {len(todo)} runs to do ({args.iters} iterations each, {jobs} at once, "
-        f"{threads} torch thread(s) each)",
+        f"[ablation] {len(todo)} runs to do ({'/'.join(map(str, lengths))} iterations, "
+        f"{jobs} at once, {threads} torch thread(s) each)",
         flush=True,
     )
     done = 0
     with concurrent.futures.ThreadPoolExecutor(max_workers=jobs) as pool:
-        futures = {pool.submit(_run_subprocess, args, c, s, threads): (c, s) for c, s in todo}
+        futures = {
+            pool.submit(_run_subprocess, args, c, s, n, threads): (c, s, n) for c, s, n in todo
+        }
         for future in concurrent.futures.as_completed(futures):
-            config, seed = futures[future]
+            config, seed, n = futures[future]
             rc, log = future.result()
             done += 1
             status = "done" if rc == 0 else f"FAILED (rc={rc}, see {log})"
-            print(f"[ablation] {done}/{len(todo)} {config} seed {seed}: {status}", flush=True)
+            print(
+                f"[ablation] {done}/{len(todo)} {config} seed {seed} ({n} it): {status}", flush=True
+            )
 
 
 def main(argv=None):
@@ -273,13 +293,21 @@ def main(argv=None):
     for c in configs:
         if not store.has_config(c):
             raise SystemExit(f"Unknown config {c!r}: no {c}.py in {store.config_dir}")
+    if protocol.name == "v3":
+        if args.pin:
+            raise SystemExit(
+                "--pin: v3's runs have an override in their key; pins hold only without one"
+            )
+        return main_v3(args, protocol, store, configs)
     copied = store.publish(configs, args.seeds, args.iters)
     if copied:
         print(f"[ablation] copied {copied} finished result(s) to {store.results_dir}")
     if args.pin:
         print(f"[ablation] pinned: {store.pin(configs)}")
     if not args.table_only and not args.pin:
-        run_sweep(args, store.plan(configs, args.seeds, args.iters))
+        run_sweep(
+            args, [(c, s, args.iters) for c, s in store.plan(configs, args.seeds, args.iters)]
+        )
     # --configs also limits the tables' rows and the claims to those configs
     only = args.configs or None
     # the files first, so that a closed stdout (e.g. piped into head) cannot leave them stale
@@ -299,6 +327,69 @@ def main(argv=None):
     print(format_tables(protocol, store, tables, args.seeds, args.iters, configs=only))
     if protocol.claims:
         print("\n" + verdicts(protocol, store, args.seeds, args.iters, tables, only))
+    return 0
+
+
+def _link_root(path):
+    """The repository root relative to the Markdown file ``path`` (its links are relative)."""
+    link_root = os.path.relpath(REPO_ROOT, os.path.dirname(os.path.abspath(path)))
+    return "" if link_root == "." else link_root.replace(os.sep, "/") + "/"
+
+
+def main_v3(args, protocol, store, configs):
+    """Protocol v3: the runs in the sweep's order (``ablation/v3.py``, plan_runs), then the pilot,
+    the rows, the verdicts, the equal-cost rows and the frontier (plot and points)."""
+    timing = v3.read_timing(store.results_dir)
+    runs = v3.plan_runs(configs, args.seeds, args.iters, timing)
+    copied = sum(store.publish([c], [s], n) for c, s, n in runs)
+    if copied:
+        print(f"[ablation] copied {copied} finished result(s) to {store.results_dir}")
+    if timing is None:
+        print(f"[ablation] no {v3.TIMING_FILE}: the equal-cost rows wait for {TIMING_COMMAND}")
+    if not args.table_only:
+        decision = v3.pilot_decision(v3.pilot_lookup(store), chosen=(v3.key_lr(store), args.iters))
+        if decision["status"] != "chosen":
+            print(f"[ablation] the pilot's rule: {decision['status']} (docs/ablation.md, Pilot)")
+        run_sweep(args, [r for r in runs if store.load(*r) is None])
+    only = args.configs or None
+    plot = os.path.join(REPO_ROOT, FRONTIER_PNG) if args.plot is None else args.plot
+    points = v3.frontier_points(store, args.seeds, timing)
+    if plot:
+        from ablation.frontier import plot_frontier
+
+        labels = {c: v3.LABELS[c] for c in v3.FRONTIER_ROWS}
+        if plot_frontier(points, plot, labels, v3.frontier_caption(points)):
+            print(f"[ablation] wrote {plot}")
+    blocks = None
+    for path in args.markdown:
+        image = os.path.relpath(plot, os.path.dirname(os.path.abspath(path))) if plot else ""
+        blocks = v3.markdown_blocks(
+            protocol,
+            store,
+            args.seeds,
+            args.iters,
+            link_root=_link_root(path),
+            configs=only,
+            timing=timing,
+            image_link=image.replace(os.sep, "/"),
+            points=points,
+            timing_command=TIMING_COMMAND,
+        )
+        for markers, text in blocks.items():
+            write_markdown(path, text, markers)
+    if blocks is None:
+        blocks = v3.markdown_blocks(
+            protocol,
+            store,
+            args.seeds,
+            args.iters,
+            configs=only,
+            timing=timing,
+            image_link=plot,
+            points=points,
+            timing_command=TIMING_COMMAND,
+        )
+    print("\n\n".join(blocks.values()))
     return 0
 
 

@@ -10,15 +10,6 @@ from detectron2.data.datasets import load_coco_json, register_coco_instances
 from .synthetic import SA_SHAPES_CATEGORIES, ensure_sa_shapes
 from .validation import validate_coco_json
 
-__all__ = [
-    "SA_SHAPES_DEFAULTS",
-    "SA_SHAPES_PRETRAIN",
-    "default_sa_shapes_root",
-    "prepare_sa_shapes",
-    "register_sa_shapes",
-    "register_coco_instances_checked",
-]
-
 # The arguments of sa_ejhead.data.synthetic.generate_sa_shapes for sa_shapes_{train,val}
 SA_SHAPES_DEFAULTS = dict(num_train=400, num_val=80, height=192, width=256, seed=0)
 # The same for sa_shapes_pretrain_{train,val} (in "sa_shapes_pretrain" beside the default set), on

@@ -9,8 +9,6 @@ from torch.utils.data import get_worker_info
 from ..errors import DatasetError, DatasetFormatError, DatasetImageError, describe
 from .validation import BOX_ONLY_ADVICE, check_image_file, has_segmentation, lacks_segmentation
 
-__all__ = ["CheckedDatasetMapper"]
-
 
 def _describe(anno):
     """``(id 57, bbox [x, y, w, h])``: what identifies an annotation of a dataset dict."""

@@ -21,8 +21,6 @@ import cv2
 import numpy as np
 import pycocotools.mask as mask_util
 
-__all__ = ["SA_SHAPES_CATEGORIES", "ensure_sa_shapes", "generate_sa_shapes", "size_counts"]
-
 logger = logging.getLogger(__name__)
 
 # Bumped whenever the generator's output changes; a folder written by another version is rebuilt.

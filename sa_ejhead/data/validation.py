@@ -17,14 +17,6 @@ from ..errors import (
     describe,
 )
 
-__all__ = [
-    "BOX_ONLY_ADVICE",
-    "check_image_file",
-    "has_segmentation",
-    "lacks_segmentation",
-    "validate_coco_json",
-]
-
 # How to train data without masks. LazyConfig needs both settings: the ROI heads derive mask_on
 # from mask_in_features, and the train mapper loads masks while use_instance_mask=True. Hydra's
 # parser reads null as None ("None" would be a string).

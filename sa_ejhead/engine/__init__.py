@@ -5,14 +5,14 @@ checked overrides, models, ``--coco-dataset``, atomic checkpoints, CPU DDP and e
 (docs/tools.md, "Library API").
 """
 
-from ..config import apply_lazy_overrides, load_lazy_config, load_yacs_config
-from .args import (
+from ..config import apply_lazy_overrides, load_lazy_config, load_yacs_config  # noqa: F401
+from .args import (  # noqa: F401
     default_argument_parser,
     launch_tool,
     parse_coco_dataset_spec,
     register_datasets_from_args,
 )
-from .build import (
+from .build import (  # noqa: F401
     build_config_model,
     build_cpu_model,
     build_evaluator,
@@ -28,42 +28,7 @@ from .build import (
     test_augmentations,
     weights_option,
 )
-from .checkpoint import AtomicDetectionCheckpointer, atomic_write
-from .lazy import build_lazy_model, check_device, create_ddp_model, do_test, do_train
-from .resume import IterationSeeder, ResumableTrainingSampler
-from .trainer import Trainer, setup_yacs_config
-
-__all__ = [
-    "AtomicDetectionCheckpointer",
-    "IterationSeeder",
-    "ResumableTrainingSampler",
-    "Trainer",
-    "atomic_write",
-    "build_config_model",
-    "build_cpu_model",
-    "build_evaluator",
-    "build_test_loader",
-    "config_input_format",
-    "config_weights",
-    "is_yacs_config",
-    "overridden_keys",
-    "set_config_weights",
-    "test_augmentations",
-    "weights_option",
-    "build_lazy_model",
-    "check_device",
-    "create_ddp_model",
-    "default_argument_parser",
-    "do_test",
-    "do_train",
-    "is_lazy_config",
-    "launch_tool",
-    "load_config",
-    "load_weights",
-    "apply_lazy_overrides",
-    "load_lazy_config",
-    "load_yacs_config",
-    "parse_coco_dataset_spec",
-    "register_datasets_from_args",
-    "setup_yacs_config",
-]
+from .checkpoint import AtomicDetectionCheckpointer, atomic_write  # noqa: F401
+from .lazy import build_lazy_model, check_device, create_ddp_model, do_test, do_train  # noqa: F401
+from .resume import IterationSeeder, ResumableTrainingSampler  # noqa: F401
+from .trainer import Trainer, setup_yacs_config  # noqa: F401

@@ -17,15 +17,6 @@ from ..data import register_coco_instances_checked
 from ..errors import ConfigError, SAEJHeadError, other_messages_on_stdout, run_tool
 from .train_loop import input_errors_on_one_line
 
-__all__ = [
-    "default_argument_parser",
-    "launch_tool",
-    "add_coco_dataset_argument",
-    "add_debug_argument",
-    "parse_coco_dataset_spec",
-    "register_datasets_from_args",
-]
-
 _SPEC_FORMAT = "NAME=ANNOTATIONS.json,IMAGE_DIR"
 
 

@@ -13,25 +13,6 @@ from detectron2.modeling import build_model
 from .checkpoint import AtomicDetectionCheckpointer
 from ..config import check_config_file, load_lazy_config, load_yacs_config
 
-__all__ = [
-    "build_config_model",
-    "build_cpu_model",
-    "build_evaluator",
-    "build_test_loader",
-    "config_device",
-    "config_input_format",
-    "config_test_dataset",
-    "config_weights",
-    "is_lazy_config",
-    "is_yacs_config",
-    "load_config",
-    "load_weights",
-    "overridden_keys",
-    "set_config_weights",
-    "test_augmentations",
-    "weights_option",
-]
-
 
 class _TagBlindLoader(yaml.SafeLoader):
     """A safe YAML loader that reads Python-object tags (which ``LazyConfig.save`` writes, e.g.

@@ -11,8 +11,6 @@ from detectron2.checkpoint import DetectionCheckpointer
 
 from ..errors import CheckpointError, DiskFullError, describe
 
-__all__ = ["AtomicDetectionCheckpointer", "atomic_open", "atomic_write", "check_checkpoint_path"]
-
 logger = logging.getLogger(__name__)
 
 

@@ -23,15 +23,6 @@ from .checkpoint import AtomicDetectionCheckpointer, check_checkpoint_path
 from .resume import IterationSeeder, ResumableTrainingSampler, process_seed, run_seed
 from .train_loop import AMPTrainer, EvalHook, SimpleTrainer
 
-__all__ = [
-    "build_lazy_model",
-    "check_device",
-    "create_ddp_model",
-    "do_test",
-    "do_train",
-    "main",
-]
-
 logger = logging.getLogger("detectron2")
 
 

@@ -11,13 +11,6 @@ from detectron2.data.samplers import TrainingSampler
 from detectron2.engine import HookBase
 from detectron2.utils import comm
 
-__all__ = [
-    "ResumableTrainingSampler",
-    "IterationSeeder",
-    "process_seed",
-    "run_seed",
-]
-
 logger = logging.getLogger(__name__)
 
 

@@ -9,14 +9,6 @@ from detectron2.engine import hooks
 
 from ..errors import SAEJHeadError, TrainingDivergedError, describe
 
-__all__ = [
-    "AMPTrainer",
-    "EvalHook",
-    "SimpleTrainer",
-    "StopsOnDivergence",
-    "input_errors_on_one_line",
-]
-
 
 class StopsOnDivergence:
     """A trainer mixin: Detectron2's ``FloatingPointError`` in ``run_step`` becomes a

@@ -17,14 +17,12 @@ from ..config import load_yacs_config
 from ..data import CheckedDatasetMapper
 from ..errors import ConfigError, errors_logged_in
 from ..evaluation import COCOEvaluator
-from ..solver import ParamLRFactor, fc1_prefixes
+from ..modeling import ParamLRFactor, fc1_prefixes
 from .args import register_datasets_from_args
 from .checkpoint import AtomicDetectionCheckpointer, check_checkpoint_path
 from .lazy import check_device
 from .resume import IterationSeeder, ResumableTrainingSampler, process_seed, run_seed
 from .train_loop import EvalHook, StopsOnDivergence
-
-__all__ = ["Trainer", "setup_yacs_config", "main"]
 
 logger = logging.getLogger(__name__)
 

@@ -4,6 +4,5 @@ from .fast_coco import (  # noqa: F401
     FASTER_COCO_EVAL_AVAILABLE,
     COCOEvaluator,
     FasterCOCOeval,
-    evaluate_coco_results,
     get_cocoeval_class,
 )

@@ -1,17 +1,12 @@
 """COCO evaluation with ``faster-coco-eval`` (C++, the same numbers) when it is installed: without
 Detectron2's compiled ``_C``, its ``COCOEvaluator`` uses pycocotools' pure Python ``COCOeval``."""
 
-import contextlib
-import io
 import itertools
-import json
 
-from pycocotools.coco import COCO as PyCOCO
 from pycocotools.cocoeval import COCOeval as PyCOCOeval
 
 from detectron2.evaluation import COCOEvaluator as _D2COCOEvaluator
 from detectron2.evaluation.coco_evaluation import _evaluate_predictions_on_coco
-from detectron2.utils.file_io import PathManager
 
 try:
     import faster_coco_eval
@@ -19,14 +14,6 @@ try:
     from faster_coco_eval import COCOeval_faster as _COCOevalFaster
 except ImportError:  # pragma: no cover - depends on the environment
     faster_coco_eval = None
-
-__all__ = [
-    "FASTER_COCO_EVAL_AVAILABLE",
-    "COCOEvaluator",
-    "FasterCOCOeval",
-    "get_cocoeval_class",
-    "evaluate_coco_results",
-]
 
 FASTER_COCO_EVAL_AVAILABLE = faster_coco_eval is not None
 
@@ -60,28 +47,6 @@ def get_cocoeval_class(use_fast_impl=True):
     if use_fast_impl and FASTER_COCO_EVAL_AVAILABLE:
         return FasterCOCOeval
     return PyCOCOeval
-
-
-def evaluate_coco_results(gt, results, iou_type, use_fast_impl=True):
-    """The 12 ``COCOeval.stats`` (AP, AP50, AP75, AP_S, AP_M, AP_L, AR..., fractions; -1 where
-    undefined) of COCO results (``coco_instances_results.json``, path or list) against a ground
-    truth (COCO ``instances`` json, path or dict), for ``iou_type`` "bbox" or "segm", as
-    Detectron2's ``COCOEvaluator`` computes them, with :func:`get_cocoeval_class`."""
-    if isinstance(gt, str):
-        with PathManager.open(gt) as f:
-            gt = json.load(f)
-    if isinstance(results, str):
-        with PathManager.open(results) as f:
-            results = json.load(f)
-    results = [dict(r) for r in results]  # loadRes adds keys; keep the caller's list intact
-    with contextlib.redirect_stdout(io.StringIO()):  # pycocotools' prints
-        coco_gt = PyCOCO()
-        coco_gt.dataset = json.loads(json.dumps(gt))  # private copy: COCOeval marks annotations
-        coco_gt.createIndex()
-        coco_eval = _evaluate_predictions_on_coco(
-            coco_gt, results, iou_type, cocoeval_fn=get_cocoeval_class(use_fast_impl)
-        )
-    return [float(s) for s in coco_eval.stats]
 
 
 class COCOEvaluator(_D2COCOEvaluator):

@@ -8,15 +8,6 @@ from typing import Dict, Iterable, List
 
 import torch
 
-__all__ = [
-    "BOX_ATOL",
-    "SCORE_ATOL",
-    "MASK_IOU_MIN",
-    "check_parity",
-    "compare_instances",
-    "summarize_parity",
-]
-
 # Tolerances of the exported models against eager (float32 throughout; onnxruntime's convolution
 # and RoiAlign kernels round differently from PyTorch's). Boxes in pixels of the original image.
 BOX_ATOL = 0.05

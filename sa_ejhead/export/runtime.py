@@ -11,8 +11,6 @@ import torch
 
 from .tracing import metadata_path
 
-__all__ = ["ExportedModel"]
-
 
 def _onnxruntime_session(path: str, num_threads: Optional[int]):
     import onnxruntime as ort

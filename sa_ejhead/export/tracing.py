@@ -14,8 +14,6 @@ from typing import Dict, Optional, Tuple
 
 import torch
 
-__all__ = ["DEFAULT_OPSET", "MIN_OPSET", "export_model", "metadata_path"]
-
 logger = logging.getLogger(__name__)
 
 # RoiAlign's coordinate_transformation_mode ("half_pixel" = aligned=True) is in ONNX from opset 16;

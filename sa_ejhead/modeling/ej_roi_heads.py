@@ -23,8 +23,6 @@ from detectron2.utils.events import get_event_storage
 from .poolers import RefinedROIPooler, check_count, use_threaded_roi_align
 from .refinement import build_refinement
 
-__all__ = ["EJROIHeads", "EJCascadeROIHeads", "REFINEMENT_SCOPES"]
-
 REFINEMENT_SCOPES = ("shared", "box")
 
 # The objectness logit Detectron2's add_ground_truth_to_proposals gives the GT boxes it appends

@@ -45,8 +45,6 @@ from detectron2.layers import ROIAlign
 from detectron2.modeling.poolers import ROIPooler
 from detectron2.structures import Boxes
 
-__all__ = ["RefinedROIPooler", "ThreadedROIAlign", "ThreadedROIPooler", "use_threaded_roi_align"]
-
 _POOLS = {}  # thread count -> ThreadPoolExecutor
 _POOLS_LOCK = threading.Lock()
 _PIECE_BYTES = 2 << 20

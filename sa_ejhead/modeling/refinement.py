@@ -10,8 +10,6 @@ from torch.nn import functional as F
 from detectron2.config import configurable
 from detectron2.layers import Conv2d
 
-__all__ = ["BoundaryRefinement", "REFINEMENT_MODES", "build_refinement"]
-
 # Table 5 of the paper: "none", "Simple Conv x 1/2/3", "Simple Conv x 2 + Shortcut".
 REFINEMENT_MODES = ("none", "conv1", "conv2", "conv3", "residual")
 

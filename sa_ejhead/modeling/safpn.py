@@ -18,8 +18,6 @@ from detectron2.layers import Conv2d, ShapeSpec, get_norm
 from detectron2.modeling.backbone import BACKBONE_REGISTRY, Backbone, build_resnet_backbone
 from detectron2.modeling.backbone.fpn import LastLevelMaxPool
 
-__all__ = ["SAFPN", "build_resnet_safpn_backbone", "SAFPN_MODES"]
-
 SAFPN_MODES = ("td", "bu", "buf", "td+buf", "sa")
 _FUSE_POSITIONS = ("after", "before")
 

@@ -4,7 +4,12 @@
   to levels at canonical size 36, 615 iterations; finished, its hashes pinned. Its ``D``
   tables are the diagnostics that led to v2.
 * ``v2`` (pretrained): every row starts from the committed pre-trained backbone, with RoI
-  geometry like COCO's, equal positive caps and one variable per row (``configs_v2/_settings.py``).
+  geometry like COCO's, equal positive caps and one variable per row (``configs_v2/_settings.py``);
+  lr 0.01 for 1200 iterations: the short schedule.
+* ``v3`` (issue 29): v2's configs at the rate and length of the pilot's rule (:data:`V3_LR`,
+  :data:`V3_ITERS`), the rate a keyed override (part of the runs' hash, as ``--opts
+  optimizer.lr=...`` was for the pilot's runs, which v3 reuses); ten decisive rows, the
+  equal-cost baseline rows and the frontier (``ablation/v3.py``).
 
 A table is ``(title, leading column names, rows, metrics)``; a row is ``(config, leading cells)``.
 A claim is one sentence of the paper's Tables 2-5 as ``(table, text, better, worse, metrics)``:
@@ -178,12 +183,81 @@ PAPER_CLAIMS = _claims("""
 """)
 
 
+# --- protocol v3 (issue 29) ---------------------------------------------------------------------
+# v3's learning rate and length: ONE pair, chosen by the pilot's rule (ablation/v3.py,
+# pilot_decision): the shortest (rate, length) at which doubling the length moves the baseline's
+# box AP by less than CONVERGED_AP. The pilot table in docs/ablation.md says whether the stored
+# results confirm it ("chosen") or not yet ("pending"). Changing it changes the v3 runs' key.
+V3_LR = 0.04
+V3_ITERS = 2400
+# the pilot: seed 0 of these rows at these rates and lengths (v2's configs, the rate as --opts)
+PILOT_ROWS = ("baseline", "safpn_ejhead")
+PILOT_RATES = (0.02, 0.04)
+PILOT_LENGTHS = (1200, 2400, 4800)
+PILOT_SEED = 0
+CONVERGED_AP = 1.0
+
+
+def lr_opts(lr):
+    """The keyed override of a learning rate, as the pilot's runs were made: ``optimizer.lr=0.04``."""
+    return (f"optimizer.lr={lr:g}",)
+
+
+# the ten decisive rows; the sweep runs the first five (Table 2 + efficient), then the
+# equal-cost baselines, then the components (ablation/v3.py, plan_runs)
+V3_MAIN = ("baseline", "safpn", "ejhead", "safpn_ejhead", "safpn_ejhead_efficient")
+V3_COMPONENTS = ("ej_interleave", "ej_enriched", "ej_refine", "fpn_buf", "ej_br_conv2")
+_V3 = _rows("""
+    baseline | Mask R-CNN (Baseline) | 2-5
+    safpn | Mask R-CNN + SA-FPN | 2, 3
+    ejhead | Mask R-CNN + EJ-Head | 2, 4
+    safpn_ejhead | Mask R-CNN + SA-FPN + EJ-Head (Ours) | 2
+    safpn_ejhead_efficient | SA-FPN + EJ-Head, efficient | E
+    ej_interleave | Interleaving only | 4
+    ej_enriched | Enriched Feature only | 4
+    ej_refine | Boundary Refinement only (Simple Conv x 2 + Shortcut) | 4, 5
+    fpn_buf | BUF-FPN | 3
+    ej_br_conv2 | Simple Conv x 2 (BR without its shortcut) | 5
+    """)
+assert tuple(config for config, _ in _V3) == V3_MAIN + V3_COMPONENTS
+V3_TABLES = {
+    "V3": ("Protocol v3: the decisive rows", ["Model", "paper table"], _V3, AP_SML),
+}
+# the equal-cost comparisons: the model, and the baseline trained for as long (ablation/v3.py)
+EQUAL_COST = (
+    ("safpn_ejhead", "SA-FPN + EJ-Head beats the baseline at equal training time"),
+    (
+        "safpn_ejhead_efficient",
+        "SA-FPN + EJ-Head, efficient, beats the baseline at equal training time",
+    ),
+)
+# the frontier plot's rows (ablation/v3.py, frontier_points)
+FRONTIER_ROWS = V3_MAIN
+
+
+def _v3_claims():
+    """v2's claims between v3's rows (each comparison once), then the efficient setting's."""
+    rows = set(V3_MAIN + V3_COMPONENTS)
+    claims, seen = [], set()
+    for claim in PAPER_CLAIMS:
+        table, _, better, worse, metrics = claim
+        if better in rows and worse in rows and (better, worse, metrics) not in seen:
+            seen.add((better, worse, metrics))
+            claims.append(claim)
+    return claims + _claims("""
+E | Efficient keeps the gains: it improves Mask R-CNN | safpn_ejhead_efficient > baseline
+""")
+
+
+V3_CLAIMS = _v3_claims()
+
+
 @dataclass(frozen=True)
 class Protocol:
     """One protocol of the ablation.
 
     Attributes:
-        name: "v1" or "v2".
+        name: "v1", "v2" or "v3".
         config_dir: the rows' configs, relative to the repository root.
         results_dir: the committed results store, relative to the repository root.
         output_dir: run directories (relative to the working directory, as train.output_dir).
@@ -194,6 +268,9 @@ class Protocol:
         markers: name of the Markdown markers the tables are written between.
         run_overrides: overrides every run gets after the config and before ``--opts`` (not
             part of the key: v1 evaluates once, at the end, whatever its configs say).
+        key_opts: overrides every run gets before ``--opts`` that are part of the key, as if
+            given with ``--opts`` (v3's learning rate).
+        seeds_word: the tables say "n/3 seeds" (v3), not "n/3".
     """
 
     name: str
@@ -206,6 +283,8 @@ class Protocol:
     claims: List[Tuple] = field(default_factory=list)
     markers: str = ""
     run_overrides: Tuple[str, ...] = ()
+    key_opts: Tuple[str, ...] = ()
+    seeds_word: bool = False
 
     def path(self, relative):
         return os.path.join(REPO_ROOT, relative)
@@ -233,5 +312,20 @@ PROTOCOLS = {
         output_dir="output/cpu_ablation_v2",
         iters=1200,
         markers="cpu-ablation-v2-tables",
+    ),
+    "v3": Protocol(
+        name="v3",
+        tables=V3_TABLES,
+        default_tables=("V3",),
+        claims=V3_CLAIMS,
+        # v2's configs and store: the rate is part of the key, so v3's runs never mix with v2's, and
+        # the pilot's runs at v3's rate and length are v3's (projects/cpu_ablation/README.md)
+        config_dir="projects/cpu_ablation/configs_v2",
+        results_dir="projects/cpu_ablation/results_v2",
+        output_dir="output/cpu_ablation_v2",
+        iters=V3_ITERS,
+        markers="cpu-ablation-v3-tables",
+        key_opts=lr_opts(V3_LR),
+        seeds_word=True,
     ),
 }

@@ -80,6 +80,14 @@ def read_json(path):
     return data if isinstance(data, dict) else None
 
 
+def _listdir(path):
+    """The names in ``path``, sorted; none if it is not a directory."""
+    try:
+        return sorted(os.listdir(path))
+    except OSError:
+        return []
+
+
 def metrics_rows(directory):
     """The JSON objects of a run's ``metrics.json`` (Detectron2's JSONWriter), junk lines skipped;
     empty if the file is missing."""
@@ -173,6 +181,26 @@ class ResultStore:
         if data is None:
             data = read_json(os.path.join(self.run_dir(config, seed, iters), "results.json"))
         return data
+
+    def lengths(self, config, seeds=None):
+        """The iteration counts of ``config``'s finished runs (of ``seeds`` only, when given), in
+        the store and in the run directories, sorted."""
+        found = set()
+        roots = [(self.results_dir, True), (self.output_dir, False)]
+        for root, in_store in roots:
+            if not root:
+                continue
+            top = os.path.join(root, config, self.hash(config))
+            for seed in _listdir(top):
+                if not seed.isdigit() or (seeds is not None and int(seed) not in seeds):
+                    continue
+                for name in _listdir(os.path.join(top, seed)):
+                    stem = name[: -len(".json")] if in_store and name.endswith(".json") else name
+                    if not stem.isdigit() or stem in found:
+                        continue
+                    if self.load(config, int(seed), int(stem)) is not None:
+                        found.add(stem)
+        return sorted(int(n) for n in found)
 
     def save(self, config, seed, iters, data):
         """Write a finished run's ``results.json`` and its copy in the store."""

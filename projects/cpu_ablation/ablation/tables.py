@@ -4,7 +4,17 @@ import math
 import os
 import statistics
 
-__all__ = ["mean_std", "summarize", "format_table", "format_tables", "verdicts", "write_markdown"]
+__all__ = [
+    "mean_std",
+    "summarize",
+    "split_row",
+    "seeds_cell",
+    "format_table",
+    "format_tables",
+    "compare",
+    "verdicts",
+    "write_markdown",
+]
 
 TASK_NAMES = {"bbox": "box", "segm": "mask"}
 MIN_SEEDS = 3  # seeds on each side before a claim gets a verdict
@@ -43,6 +53,18 @@ def summarize(store, config, seeds, iters, metrics=("AP", "APs", "APm", "APl")):
     return out
 
 
+def split_row(row, iters):
+    """A claim's side: ``config`` (at ``iters`` iterations) or ``config@N`` (at N iterations), as
+    ``(config, iterations)``."""
+    config, _, length = row.partition("@")
+    return config, int(length) if length else iters
+
+
+def seeds_cell(n, total, word=False):
+    """Finished seeds of a row: ``2/3``, or ``2/3 seeds`` with ``word``."""
+    return f"{n}/{total}" + (" seeds" if word else "")
+
+
 def _cell(mean_std_pair, n):
     """``mean ± std`` over ``n`` seeds; the mean alone for one seed, ``-`` for none."""
     mean, std = mean_std_pair
@@ -78,7 +100,8 @@ def format_table(protocol, store, table, seeds, iters, link_root="", configs=Non
         spi = s["sec_per_iter"][0]
         figures.append("-" if math.isnan(spi) else f"{spi:.2f}")
         link = f"[{config}]({link_root}{protocol.config_dir}/{config}.py)"
-        lines.append("| " + " | ".join(cells + figures + [f"{s['n']}/{len(seeds)}", link]) + " |")
+        done = seeds_cell(s["n"], len(seeds), protocol.seeds_word)
+        lines.append("| " + " | ".join(cells + figures + [done, link]) + " |")
     return "\n".join(lines)
 
 
@@ -109,13 +132,16 @@ def format_tables(protocol, store, tables, seeds, iters, link_root="", configs=N
 def compare(store, better, worse, task, metric, seeds, iters):
     """The difference ``better - worse`` of one metric, its standard error and a verdict.
 
-    The standard error is ``sqrt(s_a^2 / n_a + s_b^2 / n_b)`` over the finished seeds; the
-    verdict is "confirms" if the difference exceeds 2 standard errors, "contradicts" if it is
-    below -2 standard errors, "cannot tell" otherwise, and "under 3 seeds" while either side has
-    fewer than the protocol's 3 seeds (two values give no usable spread).
+    ``better`` and ``worse`` are configs at ``iters`` iterations, or ``config@N`` at N (see
+    :func:`split_row`; v3's equal-cost rows). The standard error is
+    ``sqrt(s_a^2 / n_a + s_b^2 / n_b)`` over the finished seeds; the verdict is "confirms" if the
+    difference exceeds 2 standard errors, "contradicts" if it is below -2 standard errors,
+    "cannot tell" otherwise, and "under 3 seeds" while either side has fewer than the protocol's
+    3 seeds (two values give no usable spread).
     """
-    a = summarize(store, better, seeds, iters, (metric,))
-    b = summarize(store, worse, seeds, iters, (metric,))
+    (config_a, iters_a), (config_b, iters_b) = split_row(better, iters), split_row(worse, iters)
+    a = summarize(store, config_a, seeds, iters_a, (metric,))
+    b = summarize(store, config_b, seeds, iters_b, (metric,))
     (ma, sa), (mb, sb) = a[(task, metric)], b[(task, metric)]
     if a["n"] < MIN_SEEDS or b["n"] < MIN_SEEDS or math.isnan(ma) or math.isnan(mb):
         return {
@@ -135,29 +161,48 @@ def compare(store, better, worse, task, metric, seeds, iters):
     return {"diff": diff, "se": se, "verdict": verdict, "n": (a["n"], b["n"])}
 
 
-def verdicts(protocol, store, seeds, iters, tables=None, configs=None):
+def _side_name(row, iters):
+    """A claim's side as the verdicts show it: the config, with its iterations where they are not
+    the table's."""
+    config, length = split_row(row, iters)
+    return config if length == iters else f"{config} ({length} it)"
+
+
+NOT_MEASURED = "no time ratio yet"  # the verdict of an equal-cost claim before the timing
+
+
+def verdicts(protocol, store, seeds, iters, tables=None, configs=None, claims=None, title=None):
     """Markdown table: each claim of the paper (of ``tables`` only, and of claims between
     ``configs`` only, when given), per metric, the difference ± its standard error and the verdict
-    (see :func:`compare`)."""
+    (see :func:`compare`). ``claims``: these instead of the protocol's (a side may be
+    ``config@N``, see :func:`split_row`, or None: not measured yet); ``title``: the bold title."""
+    title = title or "Verdicts on the paper's claims"
     lines = [
-        f"**Verdicts on the paper's claims** ({iters} iterations; difference of the means ± its "
+        f"**{title}** ({iters} iterations; difference of the means ± its "
         'standard error over seeds; "confirms"/"contradicts" beyond 2 standard errors)',
         "",
         "| Table | Claim | rows (better vs worse) | metric | difference | verdict |",
         "|---|---|---|---|---:|---|",
     ]
-    for table, text, better, worse, metrics in protocol.claims:
+    for table, text, better, worse, metrics in protocol.claims if claims is None else claims:
         if tables is not None and table not in tables:
             continue
-        if configs is not None and not (better in configs and worse in configs):
+        sides = [split_row(row, iters)[0] for row in (better, worse) if row is not None]
+        if configs is not None and not all(config in configs for config in sides):
             continue
         for task, metric in metrics:
+            name = f"{TASK_NAMES[task]} {METRIC_NAMES[metric]}"
+            if better is None or worse is None:
+                rows = " vs ".join(_side_name(r, iters) if r else "?" for r in (better, worse))
+                lines.append(f"| {table} | {text} | {rows} | {name} | - | {NOT_MEASURED} |")
+                continue
             c = compare(store, better, worse, task, metric, seeds, iters)
             diff = "-" if math.isnan(c["diff"]) else f"{c['diff']:+.1f} ± {c['se']:.1f}"
-            name = f"{TASK_NAMES[task]} {METRIC_NAMES[metric]}"
-            lines.append(
-                f"| {table} | {text} | {better} vs {worse} | {name} | {diff} | {c['verdict']} |"
-            )
+            verdict = c["verdict"]
+            if protocol.seeds_word and math.isnan(c["diff"]):
+                verdict += " ({}/{} vs {}/{})".format(c["n"][0], len(seeds), c["n"][1], len(seeds))
+            rows = f"{_side_name(better, iters)} vs {_side_name(worse, iters)}"
+            lines.append(f"| {table} | {text} | {rows} | {name} | {diff} | {verdict} |")
     return "\n".join(lines)
 
 

@@ -6,7 +6,7 @@
 from detectron2.config import LazyConfig
 
 from sa_ejhead.model_zoo import get_config_file
-from sa_ejhead.solver import enriched_fc1_lr_factor
+from sa_ejhead.modeling import enriched_fc1_lr_factor
 
 from .cascade_baseline import dataloader, lr_multiplier, model, optimizer, train
 from .safpn_ejhead import model as _ours

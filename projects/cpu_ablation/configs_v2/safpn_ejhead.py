@@ -2,7 +2,7 @@
 # neck; EJ-Head: 14x14 box RoIs flattened into fc1, shared residual Boundary Refinement on all
 # channels, interleaving) with the protocol's settings; fc1 at (7/14)^2 of the lr.
 from sa_ejhead.model_zoo import get_config
-from sa_ejhead.solver import enriched_fc1_lr_factor
+from sa_ejhead.modeling import enriched_fc1_lr_factor
 
 from ._settings import apply_settings, dataloader, lr_multiplier, optimizer, train
 

@@ -2,6 +2,8 @@
 (:func:`make_synthetic_coco`, to test and time it), and how long pycocotools' COCOeval and
 faster-coco-eval take on them (:func:`time_coco_eval`, ``tools/benchmark.py --coco-eval``)."""
 
+import contextlib
+import io
 import json
 import os
 import tempfile
@@ -10,9 +12,35 @@ import time
 import numpy as np
 import pycocotools.mask as mask_util
 
-from sa_ejhead.evaluation import FASTER_COCO_EVAL_AVAILABLE, evaluate_coco_results
+from detectron2.evaluation.coco_evaluation import _evaluate_predictions_on_coco
+from detectron2.utils.file_io import PathManager
+from pycocotools.coco import COCO
 
-__all__ = ["make_synthetic_coco", "time_coco_eval"]
+from sa_ejhead.evaluation import FASTER_COCO_EVAL_AVAILABLE, get_cocoeval_class
+
+__all__ = ["evaluate_coco_results", "make_synthetic_coco", "time_coco_eval"]
+
+
+def evaluate_coco_results(gt, results, iou_type, use_fast_impl=True):
+    """The 12 ``COCOeval.stats`` (AP, AP50, AP75, AP_S, AP_M, AP_L, AR..., fractions; -1 where
+    undefined) of COCO results (``coco_instances_results.json``, path or list) against a ground
+    truth (COCO ``instances`` json, path or dict), for ``iou_type`` "bbox" or "segm", as
+    Detectron2's ``COCOEvaluator`` computes them, with :func:`get_cocoeval_class`."""
+    if isinstance(gt, str):
+        with PathManager.open(gt) as f:
+            gt = json.load(f)
+    if isinstance(results, str):
+        with PathManager.open(results) as f:
+            results = json.load(f)
+    results = [dict(r) for r in results]  # loadRes adds keys; keep the caller's list intact
+    with contextlib.redirect_stdout(io.StringIO()):  # pycocotools' prints
+        coco_gt = COCO()
+        coco_gt.dataset = json.loads(json.dumps(gt))  # private copy: COCOeval marks annotations
+        coco_gt.createIndex()
+        coco_eval = _evaluate_predictions_on_coco(
+            coco_gt, results, iou_type, cocoeval_fn=get_cocoeval_class(use_fast_impl)
+        )
+    return [float(s) for s in coco_eval.stats]
 
 
 def _polygon(rng, cx, cy, rx, ry, num_vertices):

@@ -461,11 +461,14 @@ def test_pilot_table_from_the_stored_runs(tmp_path, monkeypatch):
     _fake(store, "safpn_ejhead", 0, 1200, 55.6)
     text = V3.pilot_markdown(store, chosen=(0.04, 2400))
     base = next(line for line in text.splitlines() if line.startswith("| `baseline`"))
-    assert base.split(" | ")[1:] == ["52.7 / 51.7", "57.0 / 56.0", "-", "53.7 / 52.7"] + [
+    # columns: lr 0.02 then lr 0.04, each at PILOT_LENGTHS (1200, 2400, 4800, 9600)
+    assert P.PILOT_LENGTHS == (1200, 2400, 4800, 9600)
+    assert base.split(" | ")[1:] == ["52.7 / 51.7", "57.0 / 56.0", "-", "-", "53.7 / 52.7"] + [
         "**58.7 / 57.7**",
+        "-",
         "- |",
     ]
-    assert "| `safpn_ejhead` | - | - | - | 55.6 / 54.6 | - | - |" in text
+    assert "| `safpn_ejhead` | - | - | - | - | 55.6 / 54.6 | - | - | - |" in text
     assert "**Status: pending**" in text and "lr 0.04 for 4800 iterations" in text
     _fake(store, "baseline", 0, 4800, 59.2)
     assert "**Status: chosen.** v3 = lr 0.04, 2400 iterations" in V3.pilot_markdown(
@@ -627,14 +630,14 @@ def test_v3_reuses_the_pilot_runs_and_keeps_the_schedule_shape():
     from detectron2.solver import LRMultiplier
 
     store = R.make_store(R.get_parser().parse_args(["--protocol", "v3"]))
-    assert store.opts == ("optimizer.lr=0.04",) and P.V3_ITERS == 2400
+    assert store.opts == ("optimizer.lr=0.04",) and P.V3_ITERS == 4800
     assert store.hash("baseline") == "8a8cb13e87"
-    path = store.result_path("baseline", 0, 2400)
-    assert path.endswith(os.path.join("results_v2", "baseline", "8a8cb13e87", "0", "2400.json"))
-    run = store.load("baseline", 0, 2400)
+    path = store.result_path("baseline", 0, 4800)
+    assert path.endswith(os.path.join("results_v2", "baseline", "8a8cb13e87", "0", "4800.json"))
+    run = store.load("baseline", 0, 4800)
     assert run["opts"] == list(store.opts) and run["config_hash"] == "8a8cb13e87"
     assert store.hash("safpn_ejhead") == "8f9f199486"  # an ALIASES.json entry
-    assert store.load("safpn_ejhead", 0, 1200)["opts"] == list(store.opts)
+    assert store.load("safpn_ejhead", 0, 2400)["opts"] == list(store.opts)
 
     cfg = LazyConfig.load(store.config_file("baseline"))
     model = torch.nn.Linear(1, 1)

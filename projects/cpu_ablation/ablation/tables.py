@@ -73,18 +73,26 @@ def _cell(mean_std_pair, n):
     return f"{mean:.1f}" if n == 1 else f"{mean:.1f} ± {std:.1f}"
 
 
+def ap_header(metrics):
+    """The column names of the box then mask ``metrics`` ("box AP", "AP_S", ...)."""
+    return [
+        f"{TASK_NAMES[task]} {METRIC_NAMES[m]}" if m == "AP" else METRIC_NAMES[m]
+        for task in TASK_NAMES
+        for m in metrics
+    ]
+
+
+def ap_figures(summary, metrics):
+    """The cells (mean ± std) of the box then mask ``metrics`` of a :func:`summarize` result."""
+    return [_cell(summary[(task, m)], summary["n"]) for task in TASK_NAMES for m in metrics]
+
+
 def format_table(protocol, store, table, seeds, iters, link_root="", configs=None):
     """One table as Markdown: the leading columns, box then mask AP figures (mean ± std over the
     finished seeds), training seconds per iteration, finished seeds, the config's link. With
     ``configs``, only the rows of those configs."""
     title, lead, rows, metrics = protocol.tables[table]
-    header = list(lead)
-    for task in TASK_NAMES:
-        header += [
-            f"{TASK_NAMES[task]} {METRIC_NAMES[m]}" if m == "AP" else METRIC_NAMES[m]
-            for m in metrics
-        ]
-    header += ["s/iter", "seeds", "config"]
+    header = list(lead) + ap_header(metrics) + ["s/iter", "seeds", "config"]
     ncols = 2 * len(metrics) + 2
     lines = [
         f"**{title}** ({iters} iterations, mean ± std over seeds)",
@@ -96,7 +104,7 @@ def format_table(protocol, store, table, seeds, iters, link_root="", configs=Non
         if configs is not None and config not in configs:
             continue
         s = summarize(store, config, seeds, iters, metrics)
-        figures = [_cell(s[(task, m)], s["n"]) for task in TASK_NAMES for m in metrics]
+        figures = ap_figures(s, metrics)
         spi = s["sec_per_iter"][0]
         figures.append("-" if math.isnan(spi) else f"{spi:.2f}")
         link = f"[{config}]({link_root}{protocol.config_dir}/{config}.py)"

@@ -39,9 +39,9 @@ from .protocols import (
 )
 from .store import ResultStore, read_json
 from .tables import (
-    METRIC_NAMES,
-    TASK_NAMES,
     _cell,
+    ap_figures,
+    ap_header,
     compare,
     format_tables,
     mean_std,
@@ -308,18 +308,6 @@ def plan_runs(configs, seeds, iters, timing):
     return runs
 
 
-def _ap_figures(summary, metrics):
-    return [_cell(summary[(task, m)], summary["n"]) for task in TASK_NAMES for m in metrics]
-
-
-def _ap_header(metrics):
-    return [
-        f"{TASK_NAMES[task]} {METRIC_NAMES[m]}" if m == "AP" else METRIC_NAMES[m]
-        for task in TASK_NAMES
-        for m in metrics
-    ]
-
-
 def _diff(store, better, worse, task, seeds, iters):
     c = compare(store, better, worse, task, "AP", seeds, iters)
     if math.isnan(c["diff"]):
@@ -369,7 +357,7 @@ def equal_cost_markdown(store, seeds, iters, timing, command):
     if any(" (other config!)" in line for line in lines):
         lines += ["", "_Some rows were timed with another config than v3's: measure again._"]
 
-    head = ["Baseline trained as long as", "iterations"] + _ap_header(metrics) + ["seeds"]
+    head = ["Baseline trained as long as", "iterations"] + ap_header(metrics) + ["seeds"]
     lines += [
         "",
         f"**Equal training cost: the baseline at lr {V3_LR:g} for as long as each model trains "
@@ -382,7 +370,7 @@ def equal_cost_markdown(store, seeds, iters, timing, command):
         if config not in lengths:
             continue
         s = summarize(store, "baseline", seeds, lengths[config], metrics)
-        cells = [LABELS.get(config, config), str(lengths[config])] + _ap_figures(s, metrics)
+        cells = [LABELS.get(config, config), str(lengths[config])] + ap_figures(s, metrics)
         lines.append("| " + " | ".join(cells + [seeds_cell(s["n"], len(seeds), True)]) + " |")
 
     lines += [

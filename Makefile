@@ -6,6 +6,9 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.sa_ejhead-ready
 ITERS ?=
 PYTEST_ARGS ?=
+# pytest-xdist workers of `make test` / `make test-quick` (0: in one process). Each test runs on one
+# torch thread (tests/conftest.py), so two workers keep a 2-core machine busy.
+TEST_WORKERS ?= 2
 JOBS ?= $(shell nproc 2>/dev/null || echo 1)
 
 .PHONY: setup demo test test-quick zoo ablation ablation-v2 ablation-long pretrain pretrain-r34 format lint clean-venv
@@ -26,11 +29,11 @@ demo: $(STAMP)
 	$(PY) tools/train_demo.py $(if $(ITERS),--iters $(ITERS),)
 
 test: $(STAMP)
-	$(PY) -m pytest tests $(PYTEST_ARGS)
+	$(PY) -m pytest tests -n $(TEST_WORKERS) --dist worksteal $(PYTEST_ARGS)
 
 # the suite without the tests marked slow (pytest.ini lists the markers)
 test-quick: $(STAMP)
-	$(PY) -m pytest tests -m "not slow" $(PYTEST_ARGS)
+	$(PY) -m pytest tests -m "not slow" -n $(TEST_WORKERS) --dist worksteal $(PYTEST_ARGS)
 
 # Train the model zoo's SA-Shapes checkpoints (resumable: rerun to continue), pack and evaluate
 # them, and rewrite the shipped weights, their manifest (hashes, AP) and docs/model_zoo.md.

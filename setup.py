@@ -73,7 +73,7 @@ setup(
     extras_require={
         # black is pinned: `make lint` (run by .ci/run) checks the formatting, and black changes
         # its style
-        "dev": ["pytest", "pytest-timeout", "black==26.10.1"],
+        "dev": ["pytest", "pytest-timeout", "pytest-xdist", "black==26.10.1"],
         # export to ONNX and run it (sa_ejhead.export, tools/deploy/export_model.py); tested with
         # onnx 1.23.2 and onnxruntime 1.32.0 (CPU); RoiAlign's half-pixel mode needs opset 16
         "deploy": ["onnx>=1.16", "onnxruntime>=1.16"],

@@ -178,7 +178,7 @@ def main(argv=None):
     try:
         check_python()
         if venv.exists():
-            log(f"removing incomplete environment {venv} (no {STAMP_NAME})")
+            log(f"removing {venv}, to build it afresh (incomplete, or older than setup.py)")
             shutil.rmtree(venv)
         run(
             [sys.executable, "-m", "venv", venv],

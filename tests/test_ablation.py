@@ -559,6 +559,26 @@ def test_v3_tables_and_verdicts_say_n_of_3_seeds(tmp_path, monkeypatch):
     assert "not measured yet: `time it`" in V3.equal_cost_markdown(store, [0], 50, None, "time it")
 
 
+def test_sweep_progress_counts_finished_runs_and_the_core_hours_left(tmp_path, monkeypatch):
+    """Finished runs of the plan are counted; the others cost iterations x timed s/iter x threads,
+    and runs of rows without a timing are counted apart."""
+    monkeypatch.setattr(S, "config_hash", _fake_hash)
+    store = _v3_store(tmp_path)
+    timing = _timing(str(tmp_path / "store"), {"baseline": 1.0, "safpn_ejhead": 2.5})
+    runs = [("baseline", 0, 3600), ("baseline", 1, 3600), ("safpn_ejhead", 0, 3600)]
+    runs.append(("ej_refine", 0, 3600))
+    _fake(store, "baseline", 0, 3600, 30.0)
+    line = V3.sweep_progress(store, runs, timing)
+    # 3600 x 0.4 s (baseline seed 1) + 3600 x 1.0 s (0.4 x 2.5): 1.4 core-hours
+    assert line == (
+        "**Sweep progress**: 1 of 4 runs finished; the 2 left of the timed rows take about "
+        "1.4 core-hours at the timed s/iter; 1 left of rows not timed."
+    )
+    for config, seed, n in runs:
+        _fake(store, config, seed, n, 30.0)
+    assert V3.sweep_progress(store, runs, timing) == "**Sweep progress**: 4 of 4 runs finished."
+
+
 def _frontier_store(tmp_path):
     """A v3 store with baseline and safpn_ejhead at 50 (2 seeds) and 100 iterations (1 seed)."""
     store = _v3_store(tmp_path)

@@ -350,6 +350,7 @@ def main_v3(args, protocol, store, configs):
         decision = v3.pilot_decision(v3.pilot_lookup(store), chosen=(v3.key_lr(store), args.iters))
         if decision["status"] != "chosen":
             print(f"[ablation] the pilot's rule: {decision['status']} (docs/ablation.md, Pilot)")
+        print("[ablation] " + v3.sweep_progress(store, runs, timing).replace("**", ""))
         run_sweep(args, [r for r in runs if store.load(*r) is None])
     only = args.configs or None
     plot = os.path.join(REPO_ROOT, FRONTIER_PNG) if args.plot is None else args.plot

@@ -59,6 +59,7 @@ __all__ = [
     "equal_cost_iters",
     "equal_cost_claims",
     "plan_runs",
+    "sweep_progress",
     "equal_cost_markdown",
     "frontier_points",
     "frontier_markdown",
@@ -308,6 +309,31 @@ def plan_runs(configs, seeds, iters, timing):
     return runs
 
 
+def sweep_progress(store, runs, timing):
+    """One Markdown line: how many of ``runs`` (:func:`plan_runs`) are finished, and the
+    core-hours the others take at the timing file's s/iter (runs of rows it has not timed are
+    counted, not estimated)."""
+    timed = (timing or {}).get("rows") or {}
+    threads = int((timing or {}).get("threads") or 1)
+    left = [run for run in runs if store.load(*run) is None]
+    seconds, untimed = 0.0, 0
+    for config, _, n in left:
+        spi = (timed.get(config) or {}).get("sec_per_iter")
+        if isinstance(spi, (int, float)):
+            seconds += n * spi * threads
+        else:
+            untimed += 1
+    line = f"**Sweep progress**: {len(runs) - len(left)} of {len(runs)} runs finished"
+    if len(left) > untimed:
+        line += (
+            f"; the {len(left) - untimed} left of the timed rows take about "
+            f"{seconds / 3600:.1f} core-hours at the timed s/iter"
+        )
+    if untimed:
+        line += f"; {untimed} left of rows not timed"
+    return line + "."
+
+
 def _diff(store, better, worse, task, seeds, iters):
     c = compare(store, better, worse, task, "AP", seeds, iters)
     if math.isnan(c["diff"]):
@@ -506,11 +532,13 @@ def markdown_blocks(
     pilot, the ten rows, the verdicts (the paper's claims between them, the efficient setting's,
     and equal cost), the equal-cost rows, the frontier."""
     claims = list(protocol.claims) + equal_cost_claims(timing, iters)
+    runs = plan_runs(configs or V3_MAIN + V3_COMPONENTS, seeds, iters, timing)
+    tables = format_tables(
+        protocol, store, list(protocol.default_tables), seeds, iters, link_root, configs
+    )
     return {
         MARKERS["pilot"]: pilot_markdown(store, (key_lr(store), iters)),
-        protocol.markers: format_tables(
-            protocol, store, list(protocol.default_tables), seeds, iters, link_root, configs
-        ),
+        protocol.markers: sweep_progress(store, runs, timing) + "\n\n" + tables,
         protocol.markers
         + "-verdicts": verdicts(
             protocol,

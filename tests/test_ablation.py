@@ -374,6 +374,70 @@ def test_v1_tables_are_read_from_the_committed_store():
     assert "| 7.2 ± 0.2 |" in base
 
 
+def test_cuda_runs_have_their_own_key_and_store(tmp_path, monkeypatch):
+    """--device cuda: train.device=cuda joins the key (another hash, so never a CPU run's
+    directory) and the results go to the store's _cuda folder (its own timing file); the CPU
+    store is the committed one, keyed as before."""
+    monkeypatch.setattr(S, "config_hash", _fake_hash)
+    v3 = P.PROTOCOLS["v3"]
+    cpu = R.make_store(R.get_parser().parse_args(["--protocol", "v3"]))
+    cuda = R.make_store(R.get_parser().parse_args(["--protocol", "v3", "--device", "cuda"]))
+    assert cpu.opts == ("optimizer.lr=0.04",) and cpu.results_dir == v3.path(v3.results_dir)
+    assert cuda.opts == ("optimizer.lr=0.04", "train.device=cuda")
+    assert cuda.results_dir == v3.path(v3.results_dir) + "_cuda"
+    assert cuda.hash("baseline") != cpu.hash("baseline")
+    assert cuda.run_dir("baseline", 0, 10) != cpu.run_dir("baseline", 0, 10)
+    with pytest.raises(ValueError, match="device 'tpu'"):
+        v3.store(device="tpu")
+    with pytest.raises(SystemExit):  # argparse: not one of the choices
+        R.get_parser().parse_args(["--device", "tpu"])
+
+
+@pytest.mark.slow
+def test_a_real_run_stores_its_results_with_the_device_and_machine(tmp_path):
+    """run_one trains a v3 row for real (2 iterations), evaluates it and stores the results with
+    the run's device and machine, under the committed store's key (v3's baseline hash)."""
+    store = P.PROTOCOLS["v3"].store(
+        output_dir=str(tmp_path / "runs"), results_dir=str(tmp_path / "store")
+    )
+    # after 2 iterations every score is low: keep the 5 best detections of each image; no loader
+    # workers to start and join (out of the key, as the protocols' run_overrides)
+    predictor = "model.roi_heads.box_predictor"
+    overrides = (f"{predictor}.test_score_thresh=0.0", f"{predictor}.test_topk_per_image=5")
+    overrides += ("dataloader.train.num_workers=0", "dataloader.test.num_workers=0")
+    R.run_one(store, "baseline", 0, 2, False, 100, threads=1, overrides=overrides)
+    result = store.load("baseline", 0, 2)
+    assert result["config_hash"] == "8a8cb13e87" and result["opts"] == ["optimizer.lr=0.04"]
+    assert result["device"] == "cpu" and "logical CPUs" in result["machine"]
+    assert result["torch_threads"] == 1 and result["wall_s"] > 0
+    for task in ("bbox", "segm"):
+        assert set(result[task]) >= {"AP", "APs", "APm", "APl"}
+
+
+@pytest.mark.slow
+def test_time_rows_times_real_trainings_in_turns(tmp_path):
+    """time_rows.py builds each row's real v3 training, times them in turns and writes the
+    timing file that the equal-cost lengths are read from."""
+    spec = importlib.util.spec_from_file_location(
+        "time_rows", os.path.join(ABLATION, "time_rows.py")
+    )
+    time_rows = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(time_rows)
+    out = tmp_path / "timing.json"
+    argv = ["--rows", "baseline", "safpn_ejhead_efficient", "--burst", "1", "--turns", "2"]
+    argv += ["--warmup", "0", "--output", str(out), "--opts", "dataloader.train.num_workers=0"]
+    assert time_rows.main(argv) == 0
+    timing = json.loads(out.read_text())
+    assert set(timing["rows"]) == {"baseline", "safpn_ejhead_efficient"}
+    for row in timing["rows"].values():
+        assert row["sec_per_iter"] > 0 and len(row["turns_s"]) == 2
+    assert timing["ratios"]["baseline"] == 1.0 and timing["ratios"]["safpn_ejhead_efficient"] > 0
+    assert "logical CPUs" in timing["machine"] and timing["threads"] == 1
+    assert timing["opts"] == ["optimizer.lr=0.04", "dataloader.train.num_workers=0"]
+    efficient = round(P.V3_ITERS * timing["ratios"]["safpn_ejhead_efficient"])
+    assert V3.equal_cost_iters(timing) == {"safpn_ejhead_efficient": efficient}
+
+
 def test_run_one_skips_finished_and_locked_runs(tmp_path, monkeypatch):
     """Two sweeps sharing a store never train the same run twice at once."""
     store = _store(tmp_path)

@@ -30,12 +30,14 @@ import sys
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-if HERE not in sys.path:
-    sys.path.insert(0, HERE)
+LAB = os.path.join(os.path.dirname(HERE), "lab")
+for path in (HERE, LAB):
+    if path not in sys.path:
+        sys.path.insert(0, path)
 
 from ablation import v3  # noqa: E402
-from ablation.protocols import PROTOCOLS, REPO_ROOT  # noqa: E402
-from ablation.store import ResultStore, evaluation_curve, seconds_per_iteration  # noqa: E402
+from ablation.protocols import DEVICES, PROTOCOLS, REPO_ROOT  # noqa: E402
+from ablation.store import evaluation_curve, seconds_per_iteration  # noqa: E402
 from ablation.tables import configs_of, format_tables, verdicts, write_markdown  # noqa: E402
 
 FRONTIER_PNG = os.path.join("docs", "images", "ablation_frontier.png")
@@ -43,16 +45,9 @@ TIMING_COMMAND = "python projects/cpu_ablation/time_rows.py"
 
 
 def make_store(args):
-    """The :class:`ResultStore` of the protocol and the command line's directories; its key's
-    overrides are the protocol's (v3's rate), then ``--opts``."""
-    protocol = PROTOCOLS[args.protocol]
-    results = protocol.path(protocol.results_dir) if args.results_dir is None else args.results_dir
-    return ResultStore(
-        protocol.path(protocol.config_dir),
-        args.output_dir or protocol.output_dir,
-        results,
-        tuple(protocol.key_opts) + tuple(args.opts),
-    )
+    """The protocol's :class:`ResultStore` (``Protocol.store``) for the command line's
+    ``--opts``, ``--device`` and directories."""
+    return PROTOCOLS[args.protocol].store(args.opts, args.device, args.output_dir, args.results_dir)
 
 
 def run_one(store, config, seed, iters, resume, checkpoint_period, threads=0, overrides=()):
@@ -103,6 +98,7 @@ def _train(store, config, seed, iters, resume, checkpoint_period, directory, ove
     """Train and evaluate one run in this process; store its results."""
     import torch
     from detectron2.utils.logger import setup_logger
+    from sa_ejhead_lab.report import describe_machine
 
     from sa_ejhead.engine import do_train, load_lazy_config
 
@@ -136,6 +132,8 @@ def _train(store, config, seed, iters, resume, checkpoint_period, directory, ove
             "wall_s": time.time() - start,
             "resumed": resumed,
             "torch_threads": torch.get_num_threads(),
+            "device": str(cfg.train.device),
+            "machine": describe_machine(torch.get_num_threads()),
             "sec_per_iter": seconds_per_iteration(directory),
             "opts": list(store.opts),
             "config_hash": store.hash(config),
@@ -199,7 +197,15 @@ def get_parser():
     parser.add_argument(
         "--plot",
         default=None,
-        help=f"v3: the frontier plot's PNG (default: {FRONTIER_PNG}; '' for none)",
+        help=f"v3: the frontier plot's PNG (default: {FRONTIER_PNG} on the CPU, none on cuda; "
+        "'' for none)",
+    )
+    parser.add_argument(
+        "--device",
+        default="cpu",
+        choices=DEVICES,
+        help="where the runs train; cuda runs have their own key and store (RESULTS_cuda/), "
+        "never averaged with CPU runs (ablation/protocols.py, Protocol.store)",
     )
     parser.add_argument("--checkpoint-period", type=int, default=100)
     parser.add_argument(
@@ -218,6 +224,7 @@ def _run_subprocess(args, config, seed, iters, threads):
     if args.results_dir is not None:
         cmd += ["--results-dir", args.results_dir]
     cmd += ["--checkpoint-period", str(args.checkpoint_period), "--threads", str(threads)]
+    cmd += ["--device", args.device]
     if args.resume:
         cmd.append("--resume")
     if args.opts:
@@ -353,7 +360,9 @@ def main_v3(args, protocol, store, configs):
         print("[ablation] " + v3.sweep_progress(store, runs, timing).replace("**", ""))
         run_sweep(args, [r for r in runs if store.load(*r) is None])
     only = args.configs or None
-    plot = os.path.join(REPO_ROOT, FRONTIER_PNG) if args.plot is None else args.plot
+    plot = args.plot
+    if plot is None:  # the committed plot is the CPU's
+        plot = os.path.join(REPO_ROOT, FRONTIER_PNG) if args.device == "cpu" else ""
     points = v3.frontier_points(store, args.seeds, timing)
     if plot:
         from ablation.frontier import plot_frontier

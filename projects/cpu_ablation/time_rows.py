@@ -33,8 +33,8 @@ for path in (HERE, LAB):
         sys.path.insert(0, path)
 
 from ablation import v3  # noqa: E402
-from ablation.protocols import FRONTIER_ROWS, PROTOCOLS  # noqa: E402
-from ablation.store import ResultStore, write_json_atomic  # noqa: E402
+from ablation.protocols import DEVICES, FRONTIER_ROWS, PROTOCOLS  # noqa: E402
+from ablation.store import write_json_atomic  # noqa: E402
 
 
 def get_parser():
@@ -50,6 +50,12 @@ def get_parser():
     parser.add_argument("--warmup", type=int, default=2, help="untimed turns per row first")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (the sweep's: 1)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--device",
+        default="cpu",
+        choices=DEVICES,
+        help="as run_ablation.py's: cuda times the rows on the GPU, into the cuda store",
+    )
     parser.add_argument(
         "--output",
         default=None,
@@ -101,7 +107,7 @@ def build_training(store, config, iters, seed, output_dir):
     return step, model
 
 
-def measure_rows(store, rows, iters, burst, turns, warmup, seed):
+def measure_rows(store, rows, iters, burst, turns, warmup, seed, device="cpu"):
     """Time ``rows`` in turns, ``burst`` iterations a turn; per row the lab's ``time_calls``
     figures (per turn) and its ``paired_ratios`` to the first row."""
     from detectron2.utils.events import EventStorage
@@ -125,7 +131,7 @@ def measure_rows(store, rows, iters, burst, turns, warmup, seed):
             flush=True,
         )
         with EventStorage():
-            timed = time_calls(steps, runs=turns, warmup=warmup)
+            timed = time_calls(steps, runs=turns, warmup=warmup, device=device)
     base = rows[0]
     return {
         config: dict(
@@ -184,12 +190,7 @@ def main(argv=None):
     if args.rows[0] != "baseline":
         raise SystemExit("the first row is the ratios' reference: it must be the baseline")
     protocol = PROTOCOLS["v3"]
-    store = ResultStore(
-        protocol.path(protocol.config_dir),
-        protocol.output_dir,
-        protocol.path(protocol.results_dir),
-        tuple(protocol.key_opts) + tuple(args.opts),
-    )
+    store = protocol.store(args.opts, args.device)
     for config in args.rows:
         if not store.has_config(config):
             raise SystemExit(f"Unknown config {config!r}: no {config}.py in {store.config_dir}")
@@ -197,7 +198,14 @@ def main(argv=None):
 
     torch.set_num_threads(args.threads)
     timed = measure_rows(
-        store, args.rows, protocol.iters, args.burst, args.turns, args.warmup, args.seed
+        store,
+        args.rows,
+        protocol.iters,
+        args.burst,
+        args.turns,
+        args.warmup,
+        args.seed,
+        args.device,
     )
     record = timing_record(store, timed, args.rows, args, protocol.iters, args.threads)
     output = args.output or os.path.join(store.results_dir, v3.TIMING_FILE)

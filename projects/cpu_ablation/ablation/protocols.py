@@ -254,6 +254,10 @@ E | Efficient keeps the gains: it improves Mask R-CNN | safpn_ejhead_efficient >
 V3_CLAIMS = _v3_claims()
 
 
+# where a run trains (run_ablation.py / time_rows.py --device); the CPU is the store's default
+DEVICES = ("cpu", "cuda")
+
+
 @dataclass(frozen=True)
 class Protocol:
     """One protocol of the ablation.
@@ -290,6 +294,28 @@ class Protocol:
 
     def path(self, relative):
         return os.path.join(REPO_ROOT, relative)
+
+    def store(self, opts=(), device="cpu", output_dir=None, results_dir=None):
+        """The :class:`ResultStore` of this protocol's runs on ``device``: the key's overrides
+        are ``key_opts`` (v3's rate), then ``opts``. On ``"cuda"`` the key also holds
+        ``train.device=cuda`` and the results are stored apart (the committed store's folder +
+        ``_cuda``, with its own timing file), so that no mean, ratio or verdict mixes GPU runs
+        with CPU runs."""
+        from .store import ResultStore
+
+        if device not in DEVICES:
+            raise ValueError(f"device {device!r}: expected one of {DEVICES}")
+        key = tuple(self.key_opts) + tuple(opts)
+        results = self.path(self.results_dir)
+        if device != "cpu":
+            key += (f"train.device={device}",)
+            results += f"_{device}"
+        return ResultStore(
+            self.path(self.config_dir),
+            output_dir or self.output_dir,
+            results if results_dir is None else results_dir,
+            key,
+        )
 
 
 PROTOCOLS = {

@@ -4,7 +4,7 @@ One intra-op thread for the whole session: for these tiny tensors the threading 
 more than it gains, and with two threads per process a 2-core machine is oversubscribed as soon as
 anything else runs (measured: one tiny training iteration 0.38 s with 1 thread against 6-12 s with
 2 on a loaded 2-core machine). `make test` runs two pytest-xdist workers instead (the Makefile's
-TEST_WORKERS), so the suite still uses both cores: 225 s in one process, 141 s in two, here.
+TEST_WORKERS), so the suite uses both cores: 225 s in one process, 86 s in two, quiet, here.
 
 Built models hold reference cycles; collecting after each test keeps the suite's peak memory low
 (test_configs: 3.3 GB instead of 7.5 GB). The objects that exist once the tests are collected

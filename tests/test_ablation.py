@@ -525,14 +525,20 @@ def test_pilot_table_from_the_stored_runs(tmp_path, monkeypatch):
     _fake(store, "safpn_ejhead", 0, 1200, 55.6)
     text = V3.pilot_markdown(store, chosen=(0.04, 2400))
     base = next(line for line in text.splitlines() if line.startswith("| `baseline`"))
-    # columns: lr 0.02 then lr 0.04, each at PILOT_LENGTHS (1200, 2400, 4800, 9600)
-    assert P.PILOT_LENGTHS == (1200, 2400, 4800, 9600)
-    assert base.split(" | ")[1:] == ["52.7 / 51.7", "57.0 / 56.0", "-", "-", "53.7 / 52.7"] + [
+    # columns: lr 0.02 then lr 0.04, each at the lengths a pilot row finished or the rule waits for
+    # (lr 0.04 at 4800: pending on it)
+    assert text.splitlines()[2] == (
+        "| row | lr 0.02, 1200 it | lr 0.02, 2400 it | lr 0.04, 1200 it | lr 0.04, 2400 it "
+        "| lr 0.04, 4800 it |"
+    )
+    assert base.split(" | ")[1:] == [
+        "52.7 / 51.7",
+        "57.0 / 56.0",
+        "53.7 / 52.7",
         "**58.7 / 57.7**",
-        "-",
         "- |",
     ]
-    assert "| `safpn_ejhead` | - | - | - | - | 55.6 / 54.6 | - | - | - |" in text
+    assert "| `safpn_ejhead` | - | - | 55.6 / 54.6 | - | - |" in text
     assert "**Status: pending**" in text and "lr 0.04 for 4800 iterations" in text
     _fake(store, "baseline", 0, 4800, 59.2)
     assert "**Status: chosen.** v3 = lr 0.04, 2400 iterations" in V3.pilot_markdown(
@@ -540,6 +546,13 @@ def test_pilot_table_from_the_stored_runs(tmp_path, monkeypatch):
     )
     text = V3.pilot_markdown(store, chosen=(0.04, 1200))  # doubling 1200 moved it by 5
     assert "**Status: the rule gives lr 0.04, 2400 iterations, not v3's" in text
+    # a doubling past the pilot's lengths (9600 -> 19200) gets its own column
+    for iters, ap in [(4800, 61.4), (9600, 63.1), (19200, 63.6)]:
+        _fake(store, "baseline", 0, iters, ap)
+    text = V3.pilot_markdown(store, chosen=(0.04, 9600))
+    assert text.splitlines()[2].endswith("| lr 0.04, 9600 it | lr 0.04, 19200 it |")
+    assert "9600 -> 19200 iterations: box AP +0.5 (converged)" in text
+    assert "**Status: chosen.** v3 = lr 0.04, 9600 iterations" in text
 
 
 def _timing(results_dir, ratios, hashes=None):

@@ -178,7 +178,8 @@ def pilot_markdown(store, chosen=(V3_LR, V3_ITERS)):
     curve, the rule's steps and its status for ``chosen``."""
     result = pilot_lookup(store)
     decision = pilot_decision(result, chosen=chosen)
-    head = ["row"] + [f"lr {lr:g}, {n} it" for lr in PILOT_RATES for n in PILOT_LENGTHS]
+    columns = _pilot_columns(result, decision)
+    head = ["row"] + [f"lr {lr:g}, {n} it" for lr, n in columns]
     lines = [
         f"**Pilot** (seed {PILOT_SEED}; box / mask AP at the end of each run; v2's configs with "
         f"the rate as `--opts optimizer.lr=...`; in bold: v3's pair)",
@@ -189,22 +190,35 @@ def pilot_markdown(store, chosen=(V3_LR, V3_ITERS)):
     curves = []
     for config in PILOT_ROWS:
         cells = [f"`{config}`"]
-        for lr in PILOT_RATES:
-            for n in PILOT_LENGTHS:
-                r = result(config, lr, n)
-                ap = _box_mask(r)
-                cell = "-" if ap is None else f"{ap[0]:.1f} / {ap[1]:.1f}"
-                if ap is not None and (lr, n) == tuple(chosen):
-                    cell = f"**{cell}**"
-                cells.append(cell)
-                if ap is not None and _curve_text(r, n):
-                    curves.append(f"- `{config}`, lr {lr:g}, {n} it: {_curve_text(r, n)}")
+        for lr, n in columns:
+            r = result(config, lr, n)
+            ap = _box_mask(r)
+            cell = "-" if ap is None else f"{ap[0]:.1f} / {ap[1]:.1f}"
+            if ap is not None and (lr, n) == tuple(chosen):
+                cell = f"**{cell}**"
+            cells.append(cell)
+            if ap is not None and _curve_text(r, n):
+                curves.append(f"- `{config}`, lr {lr:g}, {n} it: {_curve_text(r, n)}")
         lines.append("| " + " | ".join(cells) + " |")
     lines += ["", _rule_text(decision, chosen)]
     if curves:
         lines += ["", "AP curves (box / mask AP after N iterations; each run's own schedule):", ""]
         lines += curves
     return "\n".join(lines)
+
+
+def _pilot_columns(result, decision):
+    """The pilot table's ``(rate, length)`` columns, rate-major: of the pilot's lengths and the
+    lengths the rule's doublings reached, those where a pilot row has finished or the rule waits."""
+    lengths = set(PILOT_LENGTHS) | {long for _, long, _ in decision["steps"]}
+    lengths |= {n for _, n in decision["needs"]}
+    return [
+        (lr, n)
+        for lr in PILOT_RATES
+        for n in sorted(lengths)
+        if (lr, n) in decision["needs"]
+        or any(_box_mask(result(config, lr, n)) is not None for config in PILOT_ROWS)
+    ]
 
 
 def _rule_text(decision, chosen):

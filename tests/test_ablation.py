@@ -727,7 +727,7 @@ def test_v3_reuses_the_pilot_runs_and_keeps_the_schedule_shape():
     from detectron2.solver import LRMultiplier
 
     store = R.make_store(R.get_parser().parse_args(["--protocol", "v3"]))
-    assert store.opts == ("optimizer.lr=0.04",) and P.V3_ITERS == 4800
+    assert store.opts == ("optimizer.lr=0.04",) and P.V3_ITERS == 19200
     assert store.hash("baseline") == "8a8cb13e87"
     path = store.result_path("baseline", 0, 4800)
     assert path.endswith(os.path.join("results_v2", "baseline", "8a8cb13e87", "0", "4800.json"))

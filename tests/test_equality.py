@@ -6,8 +6,10 @@ boxes, scores, classes and masks), and what the model zoo's trained SA-Shapes mo
 A refactoring must not move them. The comparison is exact (``torch.equal``) where the reference
 was made with this torch version on this CPU kind: the pooling, the refinement (chunked or not:
 these batches have fewer RoIs than a chunk) and the heads run the same operations in the same
-order. Elsewhere another build of the kernels may sum in another order, so there it is
-``assert_close`` with float32 tolerances.
+order. Elsewhere another build of the kernels (e.g. AVX512 against AVX2) may sum in another
+order, so there it is ``assert_close`` with float32 tolerances, the absolute one scaled by each
+tensor's largest magnitude: a gradient summed over a deep model's many terms (R-101) carries their
+rounding, which a record near zero shows as a large relative difference (0.7% measured on AVX512).
 """
 
 import pytest
@@ -44,7 +46,10 @@ def _differences(actual, expected, where):
             return []
         return [f"{where}: not bit-identical"]
     try:
-        torch.testing.assert_close(actual, expected, rtol=1e-4, atol=1e-5)
+        scale = (
+            float(expected.abs().max()) if expected.is_floating_point() and expected.numel() else 0
+        )
+        torch.testing.assert_close(actual, expected, rtol=1e-4, atol=max(1e-5, 5e-4 * scale))
     except AssertionError as e:
         return [f"{where}: {str(e).splitlines()[0]}"]
     return []

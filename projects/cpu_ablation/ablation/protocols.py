@@ -188,10 +188,11 @@ PAPER_CLAIMS = _claims("""
 # pilot_decision): the shortest (rate, length) at which doubling the length moves the baseline's
 # box AP by less than CONVERGED_AP. The pilot table in docs/ablation.md says whether the stored
 # results confirm it ("chosen") or not yet ("pending"). Changing it changes the v3 runs' key.
-# 4800 since the baseline gained 2.6 box AP from 2400 to 4800 iterations (2026-12-07): 2400 is
-# ruled out, and 4800 is the next candidate until the baseline's 9600-iteration run decides.
+# 19200 provisionally: doubling the baseline's length moved its box AP by +2.6 (2400 -> 4800), +1.7
+# (4800 -> 9600) and +1.7 (9600 -> 19200) (2026-12-07), so 2400, 4800 and 9600 are ruled out and
+# 19200 is the next candidate until the baseline's 38400-iteration run decides.
 V3_LR = 0.04
-V3_ITERS = 4800
+V3_ITERS = 19200
 # the pilot: seed 0 of these rows at these rates and lengths (v2's configs, the rate as --opts)
 PILOT_ROWS = ("baseline", "safpn_ejhead")
 PILOT_RATES = (0.02, 0.04)

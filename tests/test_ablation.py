@@ -539,6 +539,8 @@ def test_pilot_table_from_the_stored_runs(tmp_path, monkeypatch):
         "- |",
     ]
     assert "| `safpn_ejhead` | - | - | 55.6 / 54.6 | - | - |" in text
+    # the difference row: where both rows finished, SA-FPN + EJ-Head minus the baseline
+    assert "| `safpn_ejhead` - `baseline` (one seed) | - | - | +1.9 / +1.9 | - | - |" in text
     assert "**Status: pending**" in text and "lr 0.04 for 4800 iterations" in text
     _fake(store, "baseline", 0, 4800, 59.2)
     assert "**Status: chosen.** v3 = lr 0.04, 2400 iterations" in V3.pilot_markdown(

@@ -174,8 +174,9 @@ def _curve_text(result, iters):
 
 
 def pilot_markdown(store, chosen=(V3_LR, V3_ITERS)):
-    """The pilot's table (box / mask AP of its seed per row, rate and length), each run's AP
-    curve, the rule's steps and its status for ``chosen``."""
+    """The pilot's table (box / mask AP of its seed per row, rate and length, and the second
+    row's difference to the first where both finished: one seed, so a figure, no verdict), each
+    run's AP curve, the rule's steps and its status for ``chosen``."""
     result = pilot_lookup(store)
     decision = pilot_decision(result, chosen=chosen)
     columns = _pilot_columns(result, decision)
@@ -200,6 +201,12 @@ def pilot_markdown(store, chosen=(V3_LR, V3_ITERS)):
             if ap is not None and _curve_text(r, n):
                 curves.append(f"- `{config}`, lr {lr:g}, {n} it: {_curve_text(r, n)}")
         lines.append("| " + " | ".join(cells) + " |")
+    better, worse = PILOT_ROWS[1], PILOT_ROWS[0]
+    cells = [f"`{better}` - `{worse}` (one seed)"]
+    for lr, n in columns:
+        a, b = _box_mask(result(better, lr, n)), _box_mask(result(worse, lr, n))
+        cells.append("-" if a is None or b is None else f"{a[0] - b[0]:+.1f} / {a[1] - b[1]:+.1f}")
+    lines.append("| " + " | ".join(cells) + " |")
     lines += ["", _rule_text(decision, chosen)]
     if curves:
         lines += ["", "AP curves (box / mask AP after N iterations; each run's own schedule):", ""]

@@ -188,12 +188,12 @@ def pilot_markdown(store, chosen=(V3_LR, V3_ITERS)):
         "| " + " | ".join(head) + " |",
         "|---|" + "---:|" * (len(head) - 1),
     ]
-    curves = []
+    curves, aps = [], {}
     for config in PILOT_ROWS:
         cells = [f"`{config}`"]
         for lr, n in columns:
             r = result(config, lr, n)
-            ap = _box_mask(r)
+            ap = aps[config, lr, n] = _box_mask(r)
             cell = "-" if ap is None else f"{ap[0]:.1f} / {ap[1]:.1f}"
             if ap is not None and (lr, n) == tuple(chosen):
                 cell = f"**{cell}**"
@@ -204,7 +204,7 @@ def pilot_markdown(store, chosen=(V3_LR, V3_ITERS)):
     better, worse = PILOT_ROWS[1], PILOT_ROWS[0]
     cells = [f"`{better}` - `{worse}` (one seed)"]
     for lr, n in columns:
-        a, b = _box_mask(result(better, lr, n)), _box_mask(result(worse, lr, n))
+        a, b = aps[better, lr, n], aps[worse, lr, n]
         cells.append("-" if a is None or b is None else f"{a[0] - b[0]:+.1f} / {a[1] - b[1]:+.1f}")
     lines.append("| " + " | ".join(cells) + " |")
     lines += ["", _rule_text(decision, chosen)]
